@@ -1,0 +1,1 @@
+//! Pure file editors: each edit is `fn(&str, …) -> Result<String>` with an exact reverse.
