@@ -1,6 +1,14 @@
 //! gpt: prepare a Debian or Ubuntu host for GPU passthrough (VFIO), and undo it exactly.
 //!
-//! Read the host → decide → plan → apply → verify. Pure modules (`pci`, `pciids`, `edit`,
-//! `select`) do no I/O; everything that touches the host takes a [`host::Host`].
+//! Read the host → decide → plan → apply → verify. Pure modules (`pci`, `pciids`, `describe`,
+//! `edit`) do no I/O; everything that touches the host takes a [`host::Host`].
 
+pub mod cli;
+pub mod cmd;
+pub mod describe;
 pub mod edit;
+pub mod host;
+pub mod pci;
+pub mod pciids;
+pub mod sysfs;
+pub mod ui;

@@ -1,0 +1,154 @@
+//! The command line: what each subcommand takes. Parsing only; the work is in `cmd`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gpt",
+    version,
+    about = "Prepare a Debian or Ubuntu host for GPU passthrough (VFIO), and undo it exactly",
+    long_about = "Prepare a Debian or Ubuntu host for GPU passthrough (VFIO), and undo it exactly.\n\n\
+        gpt finds the GPU, takes every function of its IOMMU group, and configures the kernel \
+        command line, the initramfs and modprobe.d so that vfio-pci claims them on the next boot. \
+        Every change is journalled; `gpt reset` puts the host back byte for byte.\n\n\
+        Typical use: `sudo gpt full nvidia --dry-run`, then `sudo gpt full nvidia`, reboot, \
+        `gpt check`, `gpt qemu`. Undo with `sudo gpt reset`.",
+    after_help = "Exit status: 0 success, 1 failure or refusal, 2 usage error."
+)]
+pub struct Cli {
+    /// Work on the host tree under DIR instead of this machine (paths and symlinks stay inside it)
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Print exactly one JSON document on stdout; human messages go to stderr
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Configure the host so the GPU and its IOMMU group go to vfio-pci on the next boot
+    #[command(
+        long_about = "Configure the host so the GPU and every function of its IOMMU group are \
+            bound to vfio-pci on the next boot.\n\n\
+            Edits /etc/default/grub (IOMMU arguments and vfio-pci.ids, which live only on the \
+            kernel command line: removing vfio-pci.ids= at the GRUB prompt gives the GPU back), \
+            adds the vfio modules to /etc/initramfs-tools/modules, writes \
+            /etc/modprobe.d/gpt-vfio.conf, installs missing packages, then runs update-grub, \
+            update-initramfs and depmod. Shows the plan and asks first; --dry-run only shows it.\n\n\
+            When the IOMMU is off, a first run adds only the IOMMU arguments; reboot and run the \
+            same command again."
+    )]
+    Full(FullArgs),
+    /// Undo what `gpt full` did, byte for byte, keeping edits made since
+    Reset(ResetArgs),
+    /// List IOMMU groups with device names, ids and the driver in use
+    Iommu(IommuArgs),
+    /// After the reboot: check that passthrough is ready (PASS/WARN/FAIL per check)
+    Check(CheckArgs),
+    /// Print a QEMU command line (or libvirt XML) that passes the configured GPU to a VM
+    Qemu(QemuArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Distro {
+    Debian,
+    Ubuntu,
+}
+
+impl Distro {
+    pub fn name(self) -> &'static str {
+        match self {
+            Distro::Debian => "debian",
+            Distro::Ubuntu => "ubuntu",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FullArgs {
+    /// GPU vendor: nvidia, amd, intel (any case) or a 4-digit hex vendor id such as 10de;
+    /// then, optionally, the distribution: debian or ubuntu (default: from /etc/os-release)
+    #[arg(value_name = "VENDOR [DISTRO]", num_args = 0..=2)]
+    pub positional: Vec<String>,
+
+    /// Select a GPU by PCI address (0000:02:00.0 or 02:00.0); repeatable
+    #[arg(long = "device", value_name = "ADDR")]
+    pub devices: Vec<String>,
+
+    /// Take every GPU of the vendor when there are several
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print the plan (a diff of every file, the commands) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Apply without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Do not install missing packages
+    #[arg(long)]
+    pub no_deps: bool,
+
+    /// Do not run update-grub, update-initramfs and depmod; print what to run instead
+    #[arg(long)]
+    pub no_update: bool,
+
+    /// Override refusals that are safe to override (shared IOMMU group, headless host, non-GPU device)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Leave out kvm.ignore_msrs=1 kvm.report_ignored_msrs=0
+    #[arg(long)]
+    pub no_ignore_msrs: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Print what would be undone and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Apply without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Do not run update-grub, update-initramfs and depmod; print what to run instead
+    #[arg(long)]
+    pub no_update: bool,
+
+    /// Also remove what the old setup.sh left behind (asks for each one unless --yes)
+    #[arg(long)]
+    pub legacy: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IommuArgs {
+    /// Only groups that hold a GPU (display controller, class 03xx)
+    #[arg(long)]
+    pub gpu: bool,
+
+    /// Only this group
+    #[arg(long, value_name = "N")]
+    pub group: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {}
+
+#[derive(Debug, Args)]
+pub struct QemuArgs {
+    /// The GPU to pass (default: the one `gpt full` configured); repeatable
+    #[arg(long = "device", value_name = "ADDR")]
+    pub devices: Vec<String>,
+
+    /// Print libvirt <hostdev> XML instead of a QEMU command line
+    #[arg(long)]
+    pub libvirt: bool,
+}

@@ -1,0 +1,296 @@
+//! The PCI/IOMMU model: addresses, devices, groups. Pure: no I/O.
+
+use anyhow::{bail, Result};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A PCI address with its full domain (`0000:02:00.0`; Intel VMD domains have 5 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddress {
+    pub domain: u32,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl PciAddress {
+    /// `02:00.0` as lspci prints it in domain 0, the full form otherwise.
+    pub fn short(&self) -> String {
+        if self.domain == 0 {
+            format!("{:02x}:{:02x}.{:x}", self.bus, self.device, self.function)
+        } else {
+            self.to_string()
+        }
+    }
+
+    /// Same physical slot (domain, bus, device): functions of one card.
+    pub fn same_slot(&self, other: &PciAddress) -> bool {
+        (self.domain, self.bus, self.device) == (other.domain, other.bus, other.device)
+    }
+}
+
+impl fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+impl FromStr for PciAddress {
+    type Err = anyhow::Error;
+
+    /// Accepts `DOMAIN:BUS:DEV.FN` or `BUS:DEV.FN` (domain 0), hex, any case.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            anyhow::anyhow!(
+                "'{s}' is not a PCI address; expected the form 0000:02:00.0 or 02:00.0 (see `gpt iommu`)"
+            )
+        };
+        let parts: Vec<&str> = s.split(':').collect();
+        let (domain, bus, rest) = match parts.as_slice() {
+            [bus, rest] => ("0", *bus, *rest),
+            [domain, bus, rest] => (*domain, *bus, *rest),
+            _ => return Err(bad()),
+        };
+        let (dev, func) = rest.split_once('.').ok_or_else(bad)?;
+        let hex = |t: &str, max_len: usize| -> Result<u32> {
+            if t.is_empty() || t.len() > max_len || !t.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            Ok(u32::from_str_radix(t, 16)?)
+        };
+        let domain = hex(domain, 8)?;
+        let bus = hex(bus, 2)?;
+        let device = hex(dev, 2)?;
+        let function = hex(func, 1)?;
+        if device > 0x1f || function > 7 {
+            return Err(bad());
+        }
+        Ok(PciAddress {
+            domain,
+            bus: bus as u8,
+            device: device as u8,
+            function: function as u8,
+        })
+    }
+}
+
+/// One PCI function as sysfs describes it. Attributes that could not be read are `None`
+/// and explained in `problems`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciDevice {
+    pub address: PciAddress,
+    pub vendor: Option<u16>,
+    pub device: Option<u16>,
+    /// The 24-bit class: base class, subclass, programming interface.
+    pub class: Option<u32>,
+    pub revision: Option<u8>,
+    pub subsystem_vendor: Option<u16>,
+    pub subsystem_device: Option<u16>,
+    pub boot_vga: bool,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+    pub problems: Vec<String>,
+}
+
+impl PciDevice {
+    pub fn new(address: PciAddress) -> Self {
+        PciDevice {
+            address,
+            vendor: None,
+            device: None,
+            class: None,
+            revision: None,
+            subsystem_vendor: None,
+            subsystem_device: None,
+            boot_vga: false,
+            driver: None,
+            iommu_group: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Base class and subclass, `0x0300` for a VGA controller.
+    pub fn class_code(&self) -> Option<u16> {
+        self.class.map(|c| (c >> 8) as u16)
+    }
+
+    /// Display controllers (base class 0x03: VGA 0300, 3D 0302, other 0380) are GPUs.
+    pub fn is_gpu(&self) -> bool {
+        self.class.is_some_and(|c| c >> 16 == 0x03)
+    }
+
+    /// PCI-to-PCI bridges stay with the host: vfio-pci does not need them.
+    pub fn is_bridge(&self) -> bool {
+        self.class_code() == Some(0x0604)
+    }
+
+    /// `10de:1f08`, or `None` if either half is unknown.
+    pub fn id(&self) -> Option<String> {
+        Some(format!("{:04x}:{:04x}", self.vendor?, self.device?))
+    }
+
+    pub fn subsystem(&self) -> Option<String> {
+        Some(format!(
+            "{:04x}:{:04x}",
+            self.subsystem_vendor?, self.subsystem_device?
+        ))
+    }
+}
+
+/// Every PCI function of a host and, when the IOMMU is on, its groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub devices: BTreeMap<PciAddress, PciDevice>,
+    /// Group number → member addresses (sorted). Empty when the IOMMU is off.
+    pub groups: BTreeMap<u32, Vec<PciAddress>>,
+}
+
+impl Topology {
+    pub fn iommu_enabled(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
+    pub fn device(&self, addr: &PciAddress) -> Option<&PciDevice> {
+        self.devices.get(addr)
+    }
+
+    /// The members of `addr`'s IOMMU group (sorted), or `None` without a group.
+    pub fn group_of(&self, addr: &PciAddress) -> Option<(u32, &[PciAddress])> {
+        let id = self.devices.get(addr)?.iommu_group?;
+        self.groups.get(&id).map(|m| (id, m.as_slice()))
+    }
+
+    /// Find a device by a user-given address: the full form, or the short form in any domain
+    /// when it is unambiguous.
+    pub fn find(&self, wanted: &str) -> Result<&PciDevice> {
+        let addr: PciAddress = wanted.parse()?;
+        if let Some(dev) = self.devices.get(&addr) {
+            return Ok(dev);
+        }
+        let has_domain = wanted.matches(':').count() == 2;
+        if !has_domain {
+            let matches: Vec<&PciDevice> = self
+                .devices
+                .values()
+                .filter(|d| {
+                    (d.address.bus, d.address.device, d.address.function)
+                        == (addr.bus, addr.device, addr.function)
+                })
+                .collect();
+            match matches.as_slice() {
+                [one] => return Ok(one),
+                [] => {}
+                many => bail!(
+                    "'{wanted}' matches {} devices in different PCI domains ({}); give the full address",
+                    many.len(),
+                    many.iter().map(|d| d.address.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+        bail!("no PCI device at {wanted}; `gpt iommu` lists the devices of this host")
+    }
+}
+
+/// The vendor ids gpt knows by name.
+pub fn vendor_by_name(name: &str) -> Option<u16> {
+    match name.to_ascii_lowercase().as_str() {
+        "nvidia" => Some(0x10de),
+        "amd" | "ati" => Some(0x1002),
+        "intel" => Some(0x8086),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_in_both_forms_and_keep_long_domains() {
+        let a: PciAddress = "0000:02:00.0".parse().unwrap();
+        assert_eq!(a.to_string(), "0000:02:00.0");
+        assert_eq!(a.short(), "02:00.0");
+        let b: PciAddress = "02:00.0".parse().unwrap();
+        assert_eq!(a, b);
+        let vmd: PciAddress = "10000:e1:00.0".parse().unwrap();
+        assert_eq!(vmd.domain, 0x10000);
+        assert_eq!(vmd.to_string(), "10000:e1:00.0");
+        assert_eq!(vmd.short(), "10000:e1:00.0");
+        let upper: PciAddress = "0000:0A:1F.7".parse().unwrap();
+        assert_eq!(upper.to_string(), "0000:0a:1f.7");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_with_the_expected_form() {
+        for bad in [
+            "",
+            "02:00",
+            "02-00.0",
+            "0000:02:00.8",
+            "0000:02:20.0",
+            "zz:00.0",
+            "02:00.0;rm",
+            "1:2:3:4.0",
+            "٠٢:00.0",
+            "0000:002:00.0",
+        ] {
+            let err = bad.parse::<PciAddress>().unwrap_err().to_string();
+            assert!(err.contains("expected the form"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn gpu_and_bridge_classes() {
+        let mut d = PciDevice::new("01:00.0".parse().unwrap());
+        for (class, gpu) in [
+            (0x030000, true),
+            (0x030200, true),
+            (0x038000, true),
+            (0x040300, false),
+        ] {
+            d.class = Some(class);
+            assert_eq!(d.is_gpu(), gpu, "{class:06x}");
+        }
+        d.class = Some(0x060400);
+        assert!(d.is_bridge());
+        d.class = None;
+        assert!(!d.is_gpu());
+    }
+
+    #[test]
+    fn find_accepts_short_addresses_unless_ambiguous() {
+        let mut t = Topology::default();
+        for a in ["0000:02:00.0", "0001:03:00.0", "0002:03:00.0"] {
+            let addr: PciAddress = a.parse().unwrap();
+            t.devices.insert(addr, PciDevice::new(addr));
+        }
+        assert_eq!(
+            t.find("02:00.0").unwrap().address.to_string(),
+            "0000:02:00.0"
+        );
+        assert!(t
+            .find("03:00.0")
+            .unwrap_err()
+            .to_string()
+            .contains("give the full address"));
+        assert_eq!(t.find("0001:03:00.0").unwrap().address.domain, 1);
+        assert!(t
+            .find("04:00.0")
+            .unwrap_err()
+            .to_string()
+            .contains("no PCI device"));
+    }
+
+    #[test]
+    fn vendor_names() {
+        assert_eq!(vendor_by_name("NVIDIA"), Some(0x10de));
+        assert_eq!(vendor_by_name("amd"), Some(0x1002));
+        assert_eq!(vendor_by_name("Intel"), Some(0x8086));
+        assert_eq!(vendor_by_name("matrox"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Read the PCI devices and IOMMU groups of a host from its sysfs, and their names from pci.ids.
+//!
+//! A broken or partial entry (missing attribute, dangling link) is recorded as a problem of
+//! that device, never a panic and never a failure of the whole listing.
+
+use crate::host::Host;
+use crate::pci::{PciAddress, PciDevice, Topology};
+use crate::pciids::{Names, Wanted};
+use anyhow::Result;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub const PCI_DEVICES: &str = "/sys/bus/pci/devices";
+pub const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
+
+/// Where pci.ids may live on a Debian/Ubuntu host, in order of preference.
+const PCI_IDS: [&str; 2] = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids"];
+
+/// Read every PCI function and every IOMMU group.
+pub fn read_topology(host: &Host) -> Result<Topology> {
+    let mut topo = Topology::default();
+    let mut not_addresses = Vec::new();
+    for name in host.list_dir(PCI_DEVICES)? {
+        match name.parse::<PciAddress>() {
+            Ok(addr) => {
+                topo.devices.insert(addr, read_device(host, addr));
+            }
+            Err(_) => not_addresses.push(name),
+        }
+    }
+    for name in host.list_dir(IOMMU_GROUPS)? {
+        let Ok(id) = name.parse::<u32>() else {
+            continue;
+        };
+        let mut members = Vec::new();
+        for dev in host.list_dir(format!("{IOMMU_GROUPS}/{name}/devices"))? {
+            let Ok(addr) = dev.parse::<PciAddress>() else {
+                continue; // non-PCI members (platform devices) are not ours to list
+            };
+            let entry = topo.devices.entry(addr).or_insert_with(|| {
+                let mut d = PciDevice::new(addr);
+                d.problems.push(format!(
+                    "in IOMMU group {id} but missing from {PCI_DEVICES}"
+                ));
+                d
+            });
+            entry.iommu_group = Some(id);
+            members.push(addr);
+        }
+        members.sort();
+        topo.groups.insert(id, members);
+    }
+    Ok(topo)
+}
+
+fn read_device(host: &Host, addr: PciAddress) -> PciDevice {
+    let mut dev = PciDevice::new(addr);
+    let abs = format!("{PCI_DEVICES}/{addr}");
+    let dir = match host.resolve(&abs) {
+        Ok(dir) if dir.is_dir() => dir,
+        Ok(dir) => {
+            dev.problems.push(format!(
+                "{abs} is a dangling link (points to {}, which does not exist)",
+                dir.strip_prefix(host.root()).unwrap_or(&dir).display()
+            ));
+            return dev;
+        }
+        Err(e) => {
+            dev.problems.push(format!("{abs}: {e:#}"));
+            return dev;
+        }
+    };
+    let mut attr = |name: &str| -> Option<u32> {
+        match read_attr(host, &dir, name) {
+            Ok(text) => {
+                let t = text.trim();
+                let parsed = u32::from_str_radix(t.trim_start_matches("0x"), 16).ok();
+                if parsed.is_none() {
+                    dev.problems
+                        .push(format!("{name} holds '{t}', not a hex number"));
+                }
+                parsed
+            }
+            Err(e) => {
+                dev.problems.push(format!("cannot read {name}: {e}"));
+                None
+            }
+        }
+    };
+    let vendor = attr("vendor").and_then(|v| u16::try_from(v).ok());
+    let device = attr("device").and_then(|v| u16::try_from(v).ok());
+    let class = attr("class").filter(|c| *c <= 0xff_ffff);
+    let revision = attr("revision").and_then(|v| u8::try_from(v).ok());
+    let subsystem_vendor = attr("subsystem_vendor").and_then(|v| u16::try_from(v).ok());
+    let subsystem_device = attr("subsystem_device").and_then(|v| u16::try_from(v).ok());
+    dev.vendor = vendor;
+    dev.device = device;
+    dev.class = class;
+    dev.revision = revision;
+    dev.subsystem_vendor = subsystem_vendor;
+    dev.subsystem_device = subsystem_device;
+    // boot_vga exists only on VGA devices.
+    dev.boot_vga = read_attr(host, &dir, "boot_vga").is_ok_and(|v| v.trim() == "1");
+    dev.driver = link_name(&dir.join("driver"));
+    dev
+}
+
+/// Read a sysfs attribute of an already-resolved device directory. Attributes are plain files;
+/// under a foreign root, one that is a symlink is resolved inside the root, never outside.
+fn read_attr(host: &Host, dir: &Path, name: &str) -> io::Result<String> {
+    let path = dir.join(name);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    if !host.is_real_root() {
+        opts.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    }
+    let mut file: File = match opts.open(&path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            let inside = Path::new("/").join(path.strip_prefix(host.root()).unwrap_or(&path));
+            return host.read_to_string(inside);
+        }
+        Err(e) => return Err(e),
+    };
+    let mut s = String::new();
+    file.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+fn link_name(path: &Path) -> Option<String> {
+    let target = std::fs::read_link(path).ok()?;
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// The pci.ids file to use: the root's, else (under a foreign root) this machine's.
+/// `GPT_PCI_IDS` overrides: a path, or empty for none (tests use it for stable output).
+pub fn pci_ids_path(host: &Host) -> Option<PathBuf> {
+    if let Some(over) = std::env::var_os("GPT_PCI_IDS") {
+        return (!over.is_empty()).then(|| PathBuf::from(over));
+    }
+    let in_root = PCI_IDS
+        .iter()
+        .map(|p| host.resolve(p))
+        .filter_map(Result::ok)
+        .find(|p| p.is_file());
+    in_root.or_else(|| {
+        PCI_IDS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| !host.is_real_root() && p.is_file())
+    })
+}
+
+/// Names for every device of `topo`, from pci.ids when there is one (empty otherwise).
+pub fn load_names(host: &Host, topo: &Topology) -> Names {
+    let Some(path) = pci_ids_path(host) else {
+        return Names::default();
+    };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Names::default();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut wanted = Wanted::default();
+    for d in topo.devices.values() {
+        if let Some(v) = d.vendor {
+            wanted.vendors.insert(v);
+            if let Some(id) = d.device {
+                wanted.devices.insert((v, id));
+            }
+        }
+        if let Some(c) = d.class_code() {
+            wanted.classes.insert(((c >> 8) as u8, c as u8));
+        }
+    }
+    Names::parse(&text, &wanted)
+}

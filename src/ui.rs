@@ -1,0 +1,92 @@
+//! Human output: messages to stderr, colours only on a terminal and never with `NO_COLOR`.
+//!
+//! With `--json`, stdout carries exactly one JSON document, so everything meant for a person
+//! goes to stderr.
+
+use console::{Style, Term};
+use std::fmt::Display;
+
+#[derive(Debug, Clone)]
+pub struct Ui {
+    pub json: bool,
+    /// Whether stdin is a terminal a person can answer a prompt on.
+    pub interactive: bool,
+}
+
+/// Turn colours off when `NO_COLOR` is set (to anything non-empty), as no-color.org asks.
+pub fn init_colors() {
+    if std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()) {
+        console::set_colors_enabled(false);
+        console::set_colors_enabled_stderr(false);
+    }
+}
+
+impl Ui {
+    pub fn new(json: bool) -> Ui {
+        use std::io::IsTerminal;
+        Ui {
+            json,
+            interactive: std::io::stdin().is_terminal(),
+        }
+    }
+
+    /// Whether stderr shows spinners (a terminal, and not silenced).
+    pub fn spinners(&self) -> bool {
+        Term::stderr().is_term()
+    }
+
+    pub fn info(&self, msg: impl Display) {
+        eprintln!("{msg}");
+    }
+
+    pub fn step(&self, msg: impl Display) {
+        eprintln!(
+            "{} {msg}",
+            Style::new().for_stderr().cyan().bold().apply_to("==>")
+        );
+    }
+
+    pub fn warn(&self, msg: impl Display) {
+        eprintln!(
+            "{} {msg}",
+            Style::new()
+                .for_stderr()
+                .yellow()
+                .bold()
+                .apply_to("warning:")
+        );
+    }
+
+    pub fn ok(&self, msg: impl Display) {
+        eprintln!(
+            "{} {msg}",
+            Style::new().for_stderr().green().bold().apply_to("ok:")
+        );
+    }
+
+    /// Print a JSON document on stdout (one line, then a newline).
+    pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string(value)?);
+        Ok(())
+    }
+}
+
+/// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Bail out with a usage error (exit 2).
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::ui::UsageError(format!($($arg)*))))
+    };
+}

@@ -1,0 +1,202 @@
+//! Whole host trees for tests: the old README's RocketLake + RTX 2060 Debian 12 host (also the
+//! bundled example), an AMD datacenter host with a 3D-controller GPU, and broken variants.
+#![allow(dead_code)]
+
+use super::tree::{Dev, HostTree};
+use std::path::Path;
+
+pub const PCI_IDS: &str = include_str!("fixtures/pci.ids");
+pub const GRUB_DEBIAN12: &str = include_str!("fixtures/grub.debian12");
+pub const MODULES_DEBIAN12: &str = include_str!("fixtures/initramfs-modules.debian12");
+pub const OS_DEBIAN12: &str = include_str!("fixtures/os-release.debian12");
+pub const OS_UBUNTU2404: &str = include_str!("fixtures/os-release.ubuntu2404");
+
+pub const DEBIAN_KVER: &str = "6.1.0-13-amd64";
+
+fn cpuinfo(vendor: &str, model: &str, flag: &str, threads: usize) -> String {
+    (0..threads)
+        .map(|i| {
+            format!(
+                "processor\t: {i}\nvendor_id\t: {vendor}\nmodel name\t: {model}\n\
+                 physical id\t: 0\nsiblings\t: {threads}\ncore id\t\t: {}\ncpu cores\t: {}\n\
+                 flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep {flag} sse sse2 ht\n\n",
+                i / 2,
+                threads / 2
+            )
+        })
+        .collect()
+}
+
+/// The Debian 12 files every test host has: os-release, grub, initramfs-tools, modprobe.d.
+pub fn debian12_etc(t: &mut HostTree) {
+    t.file("/etc/os-release", OS_DEBIAN12)
+        .file("/etc/default/grub", GRUB_DEBIAN12)
+        .file("/etc/initramfs-tools/modules", MODULES_DEBIAN12)
+        .file(
+            "/etc/initramfs-tools/initramfs.conf",
+            "MODULES=most\nBUSYBOX=auto\nCOMPRESS=zstd\n",
+        )
+        .file(
+            "/etc/modprobe.d/intel-microcode-blacklist.conf",
+            "# The microcode module attempts to apply a microcode update when\n\
+             # it autoloads.  This is not always safe, so we block it by default.\n\
+             blacklist microcode\n",
+        )
+        .file("/usr/share/misc/pci.ids", PCI_IDS);
+}
+
+/// A Debian 6.1 kernel: vfio, vfio_iommu_type1, vfio_virqfd and vfio-pci are modules.
+pub fn debian_kernel(t: &mut HostTree, kver: &str) {
+    t.kernel(
+        kver,
+        &[
+            "kernel/drivers/vfio/vfio.ko",
+            "kernel/drivers/vfio/vfio_iommu_type1.ko",
+            "kernel/drivers/vfio/vfio_virqfd.ko",
+            "kernel/drivers/vfio/pci/vfio-pci.ko",
+            "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+            "kernel/drivers/gpu/drm/nouveau/nouveau.ko",
+            "kernel/sound/pci/hda/snd-hda-intel.ko",
+            "kernel/drivers/usb/host/xhci-pci.ko",
+            "kernel/drivers/i2c/busses/i2c-nvidia-gpu.ko",
+            "kernel/drivers/usb/typec/ucsi/ucsi_ccg.ko",
+        ],
+        &["kernel/drivers/pci/pcie/portdrv.ko"],
+        "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n\
+         alias pci:v*d*sv*sd*bc04sc03i00* snd_hda_intel\n\
+         alias pci:v*d*sv*sd*bc0Csc03i30* xhci_pci\n\
+         alias pci:v000010DEd00001ADBsv*sd*bc0Csc80i00* i2c_nvidia_gpu\n",
+    );
+}
+
+/// The host of the old README: Intel i7 RocketLake, iGPU as boot VGA, RTX 2060 in group 14,
+/// NVMe root disk in group 15, Debian 12. Its listing is the one the README showed.
+pub fn rocketlake(root: &Path) -> HostTree {
+    let mut t = HostTree::new(root);
+    let intel = |addr: &str, dev: u16, class: u32| Dev::new(addr, (0x8086, dev), class);
+    let nv = |addr: &str, dev: u16, class: u32, drv: &str| {
+        Dev::new(addr, (0x10de, dev), class)
+            .rev(0xa1)
+            .subsys(0x1043, 0x86f0)
+            .group(14)
+            .driver(drv)
+            .behind("00:01.0")
+    };
+    t.device(intel("00:00.0", 0x4c43, 0x060000).rev(1).group(1))
+        .device(
+            intel("00:01.0", 0x4c01, 0x060400)
+                .rev(1)
+                .group(2)
+                .driver("pcieport"),
+        )
+        .device(
+            intel("00:02.0", 0x4c8a, 0x030000)
+                .rev(4)
+                .group(0)
+                .boot_vga()
+                .driver("i915"),
+        )
+        .device(intel("00:04.0", 0x4c03, 0x118000).rev(1).group(3))
+        .device(intel("00:08.0", 0x4c11, 0x088000).rev(1).group(4))
+        .device(intel("00:12.0", 0x06f9, 0x118000).group(5))
+        .device(
+            intel("00:14.0", 0x06ed, 0x0c0330)
+                .group(6)
+                .driver("xhci_hcd"),
+        )
+        .device(intel("00:14.2", 0x06ef, 0x050000).group(6))
+        .device(
+            intel("00:14.3", 0x06f0, 0x028000)
+                .group(7)
+                .driver("iwlwifi"),
+        )
+        .device(
+            intel("00:15.0", 0x06e8, 0x0c8000)
+                .group(8)
+                .driver("intel-lpss"),
+        )
+        .device(intel("00:16.0", 0x06e0, 0x078000).group(9).driver("mei_me"))
+        .device(intel("00:17.0", 0x06d2, 0x010601).group(10).driver("ahci"))
+        .device(
+            intel("00:1b.0", 0x06ac, 0x060400)
+                .rev(0xf0)
+                .group(11)
+                .driver("pcieport"),
+        )
+        .device(
+            intel("00:1c.0", 0x06bc, 0x060400)
+                .rev(0xf0)
+                .group(12)
+                .driver("pcieport"),
+        )
+        .device(intel("00:1f.0", 0x0684, 0x060100).group(13))
+        .device(
+            intel("00:1f.3", 0xf1c8, 0x040300)
+                .group(13)
+                .driver("snd_hda_intel"),
+        )
+        .device(
+            intel("00:1f.4", 0x06a3, 0x0c0500)
+                .group(13)
+                .driver("i801_smbus"),
+        )
+        .device(
+            intel("00:1f.5", 0x06a4, 0x0c8000)
+                .group(13)
+                .driver("intel-spi"),
+        )
+        .device(nv("02:00.0", 0x1f08, 0x030000, "nouveau"))
+        .device(nv("02:00.1", 0x10f9, 0x040300, "snd_hda_intel"))
+        .device(nv("02:00.2", 0x1ada, 0x0c0330, "xhci_hcd"))
+        .device(nv("02:00.3", 0x1adb, 0x0c8000, "nvidia-gpu"))
+        .device(
+            Dev::new("03:00.0", (0x1cc1, 0x8201), 0x010802)
+                .rev(3)
+                .subsys(0x1cc1, 0x8201)
+                .group(15)
+                .driver("nvme")
+                .behind("00:1b.0"),
+        )
+        .driver_dir("vfio-pci")
+        .block(
+            "0000:03:00.0",
+            "nvme/nvme0",
+            "nvme0n1",
+            &["nvme0n1p1", "nvme0n1p2", "nvme0n1p3"],
+        )
+        .net("0000:00:14.3", "wlp0s20f3");
+    t.file("/sys/firmware/acpi/tables/DMAR", "DMAR");
+    debian12_etc(&mut t);
+    debian_kernel(&mut t, DEBIAN_KVER);
+    t.file(
+        "/proc/cpuinfo",
+        &cpuinfo("GenuineIntel", "11th Gen Intel(R) Core(TM) i7-11700 @ 2.50GHz", "vmx", 16),
+    )
+    .file("/proc/meminfo", "MemTotal:       32711880 kB\nMemFree:        30000000 kB\n")
+    .file(
+        "/proc/cmdline",
+        &format!("BOOT_IMAGE=/boot/vmlinuz-{DEBIAN_KVER} root=UUID=0b6c1a9e-5f2d-4c2a-9d39-3f0d8f5b7e21 ro quiet\n"),
+    )
+    .file(
+        "/proc/mounts",
+        "/dev/nvme0n1p2 / ext4 rw,relatime,errors=remount-ro 0 0\n\
+         /dev/nvme0n1p1 /boot/efi vfat rw,relatime,fmask=0077,dmask=0077 0 0\n\
+         proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n\
+         sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n",
+    )
+    .file(
+        "/proc/swaps",
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/nvme0n1p3                          partition\t16777212\t0\t\t-2\n",
+    )
+    .file(
+        "/proc/net/route",
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+         wlp0s20f3\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+         wlp0s20f3\t0001A8C0\t00000000\t0001\t0\t0\t600\t00FFFFFF\t0\t0\t0\n",
+    )
+    .file(
+        "/proc/interrupts",
+        "            CPU0       CPU1\n 120:          0          0  IR-PCI-MSI 1048576-edge      nvme0q0\n",
+    );
+    t
+}

@@ -1,0 +1,28 @@
+//! Shared by the integration tests: host-tree builders and helpers to run the real binary.
+#![allow(dead_code)]
+
+pub mod hosts;
+pub mod tree;
+
+use assert_cmd::Command;
+use std::path::Path;
+
+/// The real `gpt` binary, with a stable environment: no colours, the root's own pci.ids only.
+pub fn gpt(root: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("gpt").unwrap();
+    cmd.env("NO_COLOR", "1")
+        .env("GPT_PCI_IDS", root.join("usr/share/misc/pci.ids"))
+        .arg("--root")
+        .arg(root);
+    cmd
+}
+
+/// Run and return (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
