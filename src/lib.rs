@@ -10,5 +10,7 @@ pub mod edit;
 pub mod host;
 pub mod pci;
 pub mod pciids;
+pub mod plan;
+pub mod state;
 pub mod sysfs;
 pub mod ui;
