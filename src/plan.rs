@@ -55,12 +55,24 @@ impl FileChange {
         if self.is_noop() {
             return String::new();
         }
-        let rel = self.path.to_string_lossy().trim_start_matches('/').to_string();
+        let rel = self
+            .path
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
         let old = String::from_utf8_lossy(self.before.as_deref().unwrap_or_default());
         let new = String::from_utf8_lossy(self.after.as_deref().unwrap_or_default());
         let (a, b) = (
-            if self.before.is_some() { format!("a/{rel}") } else { "/dev/null".into() },
-            if self.after.is_some() { format!("b/{rel}") } else { "/dev/null".into() },
+            if self.before.is_some() {
+                format!("a/{rel}")
+            } else {
+                "/dev/null".into()
+            },
+            if self.after.is_some() {
+                format!("b/{rel}")
+            } else {
+                "/dev/null".into()
+            },
         );
         TextDiff::from_lines(old.as_ref(), new.as_ref())
             .unified_diff()
@@ -145,15 +157,22 @@ mod tests {
         );
         let new = FileChange::new("/etc/modprobe.d/gpt-vfio.conf", None, Some(b"x\n".to_vec()));
         assert_eq!(new.action(), FileAction::Created);
-        assert!(new.diff().starts_with("--- /dev/null\n+++ b/etc/modprobe.d/gpt-vfio.conf\n"));
+        assert!(new
+            .diff()
+            .starts_with("--- /dev/null\n+++ b/etc/modprobe.d/gpt-vfio.conf\n"));
     }
 
     #[test]
     fn unchanged_files_are_left_out() {
         let mut p = Plan::default();
-        p.push_file(FileChange::new("/x", Some(b"a".to_vec()), Some(b"a".to_vec())));
+        p.push_file(FileChange::new(
+            "/x",
+            Some(b"a".to_vec()),
+            Some(b"a".to_vec()),
+        ));
         assert!(p.is_empty());
-        p.commands.push(Step::new("Regenerating grub.cfg", &["update-grub"]));
+        p.commands
+            .push(Step::new("Regenerating grub.cfg", &["update-grub"]));
         assert_eq!(p.render(), "\nCommands:\n  update-grub\n");
     }
 }
