@@ -1,0 +1,51 @@
+//! Kernel command-line tokens, as found in `GRUB_CMDLINE_LINUX*` values and `/proc/cmdline`.
+
+/// The ASCII-whitespace separated tokens of a command line.
+pub fn split(value: &str) -> Vec<&str> {
+    value.split_ascii_whitespace().collect()
+}
+
+/// The parameter name of a token: the text before the first `=` (the whole token if there
+/// is none), with `-` normalized to `_`, because the kernel treats them as the same in
+/// parameter names (`vfio-pci.ids` and `vfio_pci.ids` are one key).
+pub fn key(token: &str) -> String {
+    let name = token.split_once('=').map_or(token, |(k, _)| k);
+    name.replace('-', "_")
+}
+
+/// The value of a token after the first `=`, if it has one.
+pub fn value(token: &str) -> Option<&str> {
+    token.split_once('=').map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_on_any_ascii_whitespace() {
+        assert_eq!(
+            split("  quiet\tsplash \n iommu=pt "),
+            ["quiet", "splash", "iommu=pt"]
+        );
+        assert!(split("").is_empty());
+        assert!(split(" \t ").is_empty());
+    }
+
+    #[test]
+    fn key_normalizes_dashes_in_the_name_only() {
+        assert_eq!(key("vfio-pci.ids=10de:1f08"), "vfio_pci.ids");
+        assert_eq!(key("vfio_pci.ids=10de:1f08"), "vfio_pci.ids");
+        assert_eq!(key("quiet"), "quiet");
+        assert_eq!(key("rd.driver.pre=vfio-pci"), "rd.driver.pre");
+        assert_eq!(key("a=b=c"), "a");
+    }
+
+    #[test]
+    fn value_is_after_the_first_equals() {
+        assert_eq!(value("video=efifb:off"), Some("efifb:off"));
+        assert_eq!(value("a=b=c"), Some("b=c"));
+        assert_eq!(value("quiet"), None);
+        assert_eq!(value("x="), Some(""));
+    }
+}
