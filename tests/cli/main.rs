@@ -4,4 +4,5 @@
 mod support;
 
 mod example;
+mod full;
 mod iommu;
