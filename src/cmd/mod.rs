@@ -1,6 +1,7 @@
 //! One module per subcommand; each takes the host, the UI and its arguments and returns the
 //! exit code (0 success, 1 failure or refusal).
 
+pub mod check;
 pub mod iommu;
 
 use crate::cli::{Cli, Command};
@@ -21,7 +22,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
         Command::Full(_) => bail!("`gpt full` is not built yet"),
         Command::Reset(_) => bail!("`gpt reset` is not built yet"),
-        Command::Check(_) => bail!("`gpt check` is not built yet"),
+        Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(_) => bail!("`gpt qemu` is not built yet"),
     }
 }
