@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod iommu;
+pub mod qemu;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
@@ -23,6 +24,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Full(_) => bail!("`gpt full` is not built yet"),
         Command::Reset(_) => bail!("`gpt reset` is not built yet"),
         Command::Check(args) => check::run(&host, &ui, args),
-        Command::Qemu(_) => bail!("`gpt qemu` is not built yet"),
+        Command::Qemu(args) => qemu::run(&host, &ui, args),
     }
 }
