@@ -313,6 +313,12 @@ fn vfio_driver(host: &Host, f: &Facts, configured: bool) -> Check {
     if builtin {
         return Check::pass(name, format!("vfio_pci is built into {kver}"));
     }
+    if !host.exists(&base) {
+        return Check::warn(
+            name,
+            format!("vfio_pci is not loaded, and there is no {base} for the running kernel"),
+        );
+    }
     if configured {
         return Check::fail(
             name,
@@ -464,6 +470,7 @@ fn initramfs_check(host: &Host) -> Check {
     let Some((input, newest)) = INITRAMFS_INPUTS
         .iter()
         .filter_map(|p| mtime(host, p).map(|t| (*p, t)))
+        .rev() // on a tie, name the first input
         .max_by_key(|(_, t)| *t)
     else {
         return Check::pass(name, images.join(" "));
