@@ -325,7 +325,7 @@ fn vfio_driver(host: &Host, f: &Facts, configured: bool) -> Check {
             "vfio_pci is not loaded: reboot if you have not since `gpt full`; otherwise rebuild the initramfs (`sudo update-initramfs -u -k all`) and reboot",
         );
     }
-    let module = walkdir::WalkDir::new(host.path(&base))
+    let module = walkdir::WalkDir::new(host.path(format!("{base}/kernel/drivers/vfio")))
         .into_iter()
         .filter_map(|e| e.ok())
         .any(|e| named_vfio_pci(&e.file_name().to_string_lossy()));

@@ -75,7 +75,7 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     let topo = sysfs::read_topology(host)?;
     let names = sysfs::load_names(host, &topo);
     let cards = if args.devices.is_empty() {
-        configured_cards(host)?
+        configured_cards(ui, host)?
     } else {
         chosen_cards(ui, &topo, &names, &args.devices)?
     };
@@ -128,20 +128,37 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The cards of the GPUs `gpt full` configured: the configured devices grouped by slot.
-fn configured_cards(host: &Host) -> Result<Vec<Card>> {
+/// The cards of the GPUs `gpt full` configured: the configured devices in a GPU's slot,
+/// grouped by slot. Other configured devices (taken with `full --force`) stay out of the VM.
+fn configured_cards(ui: &Ui, host: &Host) -> Result<Vec<Card>> {
     let config = state::load_config(host)?;
     let Some(config) = config.filter(|c| c.phase == Phase::Vfio && !c.devices.is_empty()) else {
         bail!("nothing configured; run `sudo gpt full VENDOR` or pass --device ADDR");
     };
-    let mut addrs = Vec::new();
-    for d in &config.devices {
-        addrs.push(d.parse::<PciAddress>().map_err(|e| {
-            anyhow::anyhow!(
-                "{}: bad device in the configuration: {e}",
-                state::STATE_FILE
-            )
-        })?);
+    let parse = |list: &[String]| -> Result<Vec<PciAddress>> {
+        list.iter()
+            .map(|d| {
+                d.parse::<PciAddress>().map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: bad device in the configuration: {e}",
+                        state::STATE_FILE
+                    )
+                })
+            })
+            .collect()
+    };
+    let gpus = parse(&config.gpus)?;
+    let (mut addrs, others): (Vec<PciAddress>, Vec<PciAddress>) = parse(&config.devices)?
+        .into_iter()
+        .partition(|a| gpus.is_empty() || gpus.iter().any(|g| g.same_slot(a)));
+    addrs.extend(gpus);
+    if !others.is_empty() {
+        let list: Vec<String> = others.iter().map(|a| a.to_string()).collect();
+        ui.warn(format!(
+            "{} {} configured for vfio-pci but not a function of a GPU: left out of the VM",
+            list.join(", "),
+            if others.len() == 1 { "is" } else { "are" }
+        ));
     }
     Ok(cards_by_slot(addrs))
 }

@@ -322,3 +322,22 @@ fn json_carries_the_argv_and_the_setup() {
     let doc: Value = serde_json::from_str(&xml).unwrap();
     assert_eq!(doc["xml"].as_str().unwrap().matches("<hostdev ").count(), 4);
 }
+
+#[test]
+fn a_forced_group_member_of_another_slot_stays_out_of_the_vm() {
+    // `full --force` bound a SATA controller sharing the GPU's group: it must stay off host
+    // drivers, but the VM only gets the card.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = rocketlake_ready(dir.path());
+    let mut c = rocketlake_config();
+    c.devices.push("0000:00:17.0".into());
+    as_full_left_it(&mut t, &c, DEBIAN_KVER, true);
+    let (code, out, err) = run(gpt(dir.path()).arg("qemu"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("00:17.0"), "{out}");
+    assert_eq!(out.matches("-device vfio-pci,").count(), 4);
+    assert_eq!(
+        err,
+        "warning: 0000:00:17.0 is configured for vfio-pci but not a function of a GPU: left out of the VM\n"
+    );
+}
