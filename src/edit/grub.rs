@@ -69,6 +69,27 @@ pub fn read_var(content: &str, var: &str) -> Result<Option<String>> {
 /// another GPU replaces `vfio-pci.ids=`). Without any assignment, `var="tokens"` is
 /// appended at the end of the file. Nothing to change returns the input unchanged.
 pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
+    let out = apply_unchecked(content, var, tokens)?;
+    if out != content {
+        // Never hand back an edit that does not read back or undo cleanly.
+        let reads_back = read_var(&out, var).ok().flatten().is_some_and(|v| {
+            let have = cmdline::split(&v);
+            tokens.iter().all(|t| have.contains(&t.as_str()))
+        });
+        let undoes = matches!(
+            (reverse(&out), reverse(content)),
+            (Ok(a), Ok(b)) if a == b
+        );
+        if !reads_back || !undoes {
+            bail!(
+                "gpt's edit of {var} did not pass its own check (read back: {reads_back}, undo: {undoes}), so it is not made; {NO_GUESS}, and please report this with the file"
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn apply_unchecked(content: &str, var: &str, tokens: &[String]) -> Result<String> {
     check_var(var)?;
     let mut want: Vec<&str> = Vec::new();
     for t in tokens {
@@ -84,6 +105,9 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
     let Some((eff, asg)) = found else {
         if want.is_empty() {
             return Ok(content.to_string());
+        }
+        if let Some(problem) = end_problem(&lines) {
+            bail!("gpt would add {var} at the end of the file, but {problem}; {NO_GUESS}");
         }
         return Ok(create_line(content, var, &want));
     };
@@ -690,7 +714,7 @@ struct Scanned {
 
 /// A light reading of the shell quoting, enough to tell where each line starts and which
 /// text is code (outside quotes and comments).
-fn scan(lines: &[Line<'_>]) -> Vec<Scanned> {
+fn scan(lines: &[Line<'_>]) -> (Vec<Scanned>, State) {
     let mut state = State::Normal;
     let mut out = Vec::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
@@ -739,7 +763,24 @@ fn scan(lines: &[Line<'_>]) -> Vec<Scanned> {
         };
         out.push(Scanned { start, code });
     }
-    out
+    (out, state)
+}
+
+/// Why a line appended at the end of the file would not be a command of its own, if so.
+fn end_problem(lines: &[Line<'_>]) -> Option<String> {
+    let (scanned, end) = scan(lines);
+    let depth: i64 = scanned.iter().map(|s| depth_change(&s.code)).sum();
+    match end {
+        State::Quoted(_, at) => Some(format!(
+            "the file ends inside a quoted string opened on line {}",
+            at + 1
+        )),
+        State::Continued => Some("the file ends with a backslash line continuation".to_string()),
+        State::Normal if depth != 0 => {
+            Some("the file ends inside an if, case, loop or { } block".to_string())
+        }
+        State::Normal => None,
+    }
 }
 
 /// Whether a `#` after `prev` starts a comment (it does at the start of a word).
@@ -790,7 +831,7 @@ fn depth_change(code: &str) -> i64 {
 
 /// Check every line that concerns `var` and find its effective (last) plain assignment.
 fn analyze(lines: &[Line<'_>], var: &str) -> Result<Option<(usize, Assign)>> {
-    let scanned = scan(lines);
+    let (scanned, _) = scan(lines);
     let mut depth: i64 = 0;
     let mut found = None;
     for (i, (l, sc)) in lines.iter().zip(&scanned).enumerate() {
@@ -1048,6 +1089,20 @@ GRUB_CMDLINE_LINUX=\"\"
             assert!(err.contains("fix the file or edit it by hand"), "{err}");
             assert!(apply(x, V, &vfio()).is_err(), "{x:?}");
             assert!(remove_tokens(x, V, |_| true).is_err(), "{x:?}");
+        }
+    }
+
+    #[test]
+    fn no_line_is_appended_where_the_shell_would_not_read_it_as_a_command() {
+        for (x, want) in [
+            ("X=\"abc\n", "ends inside a quoted string opened on line 1"),
+            ("X=abc \\", "backslash line continuation"),
+            ("if true; then\n", "inside an if"),
+            ("X=`date\n", "quoted string"),
+        ] {
+            let err = apply(x, V, &vfio()).unwrap_err().to_string();
+            assert!(err.contains(want), "{x:?}: {err}");
+            assert_eq!(read_var(x, V).unwrap(), None);
         }
     }
 
