@@ -39,6 +39,21 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// `n` characters of `alphabet`, picked by a small PRNG from `seed` (much faster than
+/// regex strategies in unoptimized test builds).
+fn pick(seed: u64, alphabet: &str, n: usize) -> String {
+    let chars: Vec<char> = alphabet.chars().collect();
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chars[(x % chars.len() as u64) as usize]
+        })
+        .collect()
+}
+
 fn join_lines(lines: &[String], crlf: bool, final_newline: bool) -> String {
     let eol = if crlf { "\r\n" } else { "\n" };
     let mut s = lines.join(eol);
@@ -87,7 +102,11 @@ fn value_token() -> impl Strategy<Value = String> {
             "rd.driver.pre=vfio-pci",
         ])
         .prop_map(String::from),
-        2 => "[a-z][a-z0-9_.=:,-]{0,12}",
+        2 => (any::<u64>(), 0usize..13).prop_map(|(seed, n)| {
+            let mut t = pick(seed, "abcdefghijklmnopqrstuvwxyz", 1);
+            t.push_str(&pick(seed >> 5, "abcdefghijklmnopqrstuvwxyz0123456789_.=:,-", n));
+            t
+        }),
         1 => (100usize..400).prop_map(|n| format!("x={}", "a".repeat(n))),
     ]
 }
@@ -151,7 +170,10 @@ fn other_grub_line() -> impl Strategy<Value = String> {
             "GRUB_CMDLINE_XEN=\"$GRUB_CMDLINE_LINUX ${GRUB_CMDLINE_LINUX_DEFAULT}\"",
         ])
         .prop_map(String::from),
-        1 => "# [ -~]{0,300}",
+        1 => (any::<u64>(), 0usize..300).prop_map(|(seed, n)| {
+            let printable: String = (b' '..=b'~').map(char::from).collect();
+            format!("# {}", pick(seed, &printable, n))
+        }),
     ]
 }
 
@@ -283,6 +305,20 @@ fn grub_properties() {
             prop_assert_eq!(grub::added_tokens(&a), vec![(var.to_string(), want)]);
             only_gpt_bytes_changed(&x, &a, var, &added)?;
         }
+        // The user edits the file around gpt's lines: reset keeps their edits.
+        let eol = if x.contains("\r\n") { "\r\n" } else { "\n" };
+        let note = format!("# user note{eol}");
+        prop_assert_eq!(
+            grub::reverse(&format!("{note}{a}")).unwrap(),
+            format!("{note}{x}")
+        );
+        if x.is_empty() || x.ends_with('\n') {
+            let more = format!("GRUB_TIMEOUT=9{eol}");
+            prop_assert_eq!(
+                grub::reverse(&format!("{a}{more}")).unwrap(),
+                format!("{x}{more}")
+            );
+        }
         // gpt's own tokens are not the legacy clean-up's to take.
         let (cleaned, _) = grub::remove_tokens(&a, var, |t| added.contains(&t)).unwrap();
         prop_assert_eq!(&cleaned, &a);
@@ -344,6 +380,7 @@ fn grub_never_guesses_on_noise() {
         prop::collection::vec(select(WANT_POOL.to_vec()).prop_map(String::from), 0..4),
     );
     let var = VARS[0];
+    let accepted = AtomicUsize::new(0);
     run("grub-noise", case, |(x, t)| {
         prop_assert_eq!(&grub::reverse(&x).unwrap(), &x);
         let r = grub::read_var(&x, var);
@@ -361,6 +398,7 @@ fn grub_never_guesses_on_noise() {
             prop_assert!(!e.to_string().contains("its own check"), "{e:#}");
         }
         if let Ok(a) = a {
+            accepted.fetch_add(1, Ordering::Relaxed);
             prop_assert_eq!(&grub::reverse(&a).unwrap(), &x);
             prop_assert_eq!(&grub::apply(&a, var, &t).unwrap(), &a);
             let v = grub::read_var(&a, var).unwrap().unwrap_or_default();
@@ -371,6 +409,67 @@ fn grub_never_guesses_on_noise() {
         let _ = grub::remove_tokens(&x, var, |t| t == "iommu=pt");
         Ok(())
     });
+    println!(
+        "  (grub-noise: apply accepted {} of the cases, refused the rest)",
+        accepted.load(Ordering::Relaxed)
+    );
+}
+
+/// Noise that also holds gpt's markers (stale, misplaced, repeated): apply either refuses
+/// or keeps its laws relative to what reset would give back.
+#[test]
+fn grub_markers_in_noise() {
+    let piece = select(vec![
+        "# gpt: added to GRUB_CMDLINE_LINUX_DEFAULT: iommu=pt (gpt reset removes them)\n",
+        "# gpt: added to GRUB_CMDLINE_LINUX_DEFAULT: vfio-pci.ids=8086:3e92 quiet (gpt reset removes them)\n",
+        "# gpt: added to GRUB_CMDLINE_LINUX_DEFAULT and quoted it: iommu=pt (gpt reset removes them and the quotes)\n",
+        "# gpt: created GRUB_CMDLINE_LINUX_DEFAULT with: iommu=pt (gpt reset removes this line)\n",
+        "# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\n",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet iommu=pt\"\n",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"iommu=pt\"",
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"\"\n",
+        "GRUB_CMDLINE_LINUX_DEFAULT=iommu=pt\n",
+        "GRUB_CMDLINE_LINUX_DEFAULT='vfio-pci.ids=8086:3e92 quiet'\r\n",
+        "GRUB_CMDLINE_LINUX=\"quiet\"\n",
+        "GRUB_CMDLINE_LINUX=\"\"",
+        "\n",
+        "\r\n",
+        "# comment\n",
+        "X=1\n",
+        "\"",
+    ]);
+    let case = (
+        prop::collection::vec(piece, 0..12).prop_map(|v| v.concat()),
+        prop::collection::vec(select(WANT_POOL.to_vec()).prop_map(String::from), 0..4),
+    );
+    let var = VARS[0];
+    let accepted = AtomicUsize::new(0);
+    run("grub-markers", case, |(x, t)| {
+        let base = grub::reverse(&x);
+        let a = grub::apply(&x, var, &t);
+        if let Err(e) = &a {
+            prop_assert!(!e.to_string().contains("its own check"), "{e:#}");
+        }
+        if let Ok(a) = a {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            let base =
+                base.map_err(|e| TestCaseError::fail(format!("apply ok, reset not: {e:#}")))?;
+            prop_assert_eq!(&grub::reverse(&a).unwrap(), &base);
+            prop_assert_eq!(&grub::apply(&a, var, &t).unwrap(), &a);
+            let v = grub::read_var(&a, var).unwrap().unwrap_or_default();
+            for tok in &t {
+                prop_assert!(cmdline::split(&v).contains(&tok.as_str()));
+            }
+        }
+        if let Ok(base) = grub::reverse(&x) {
+            prop_assert!(grub::added_tokens(&base).is_empty());
+        }
+        Ok(())
+    });
+    println!(
+        "  (grub-markers: apply accepted {} of the cases, refused the rest)",
+        accepted.load(Ordering::Relaxed)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
