@@ -35,10 +35,6 @@ fn run<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(
     println!("editor cases: {name} {ran}/{CASES}");
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// `n` characters of `alphabet`, picked by a small PRNG from `seed` (much faster than
 /// regex strategies in unoptimized test builds).
 fn pick(seed: u64, alphabet: &str, n: usize) -> String {
@@ -803,9 +799,4 @@ fn cmdline_properties() {
         }
         Ok(())
     });
-}
-
-#[test]
-fn strings_helper() {
-    assert_eq!(strings(&["a"]), vec!["a".to_string()]);
 }

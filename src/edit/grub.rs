@@ -82,7 +82,7 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
         );
         if !reads_back || !undoes {
             bail!(
-                "gpt's edit of {var} did not pass its own check (read back: {reads_back}, undo: {undoes}), so it is not made; {NO_GUESS}, and please report this with the file"
+                "gpt's edit of {var} failed its own check (reads back: {reads_back}, undoes exactly: {undoes}), so nothing was changed; this is a gpt bug, please report it with the file"
             );
         }
     }
