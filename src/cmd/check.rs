@@ -111,38 +111,31 @@ pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
 
 /// Every check, in the order they are shown.
 pub fn collect(host: &Host) -> Vec<Check> {
-    let facts = Facts::read(host);
+    let seen = Observed::read(host);
     let mut out = vec![
-        virtualization(&facts),
+        virtualization(&seen),
         kvm_device(host),
-        iommu_firmware(&facts),
-        iommu_kernel(&facts),
-        interrupt_remapping(&facts),
+        iommu_firmware(&seen),
+        iommu_kernel(&seen),
+        interrupt_remapping(&seen),
     ];
-    let config = match state::load_config(host) {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(vfio_driver(host, &facts, false));
-            out.push(Check::fail("gpt's configuration", format!("{e:#}")));
-            out.push(leftovers(host));
-            return out;
-        }
-    };
-    let vfio_configured = config.as_ref().is_some_and(|c| c.phase == Phase::Vfio);
-    out.push(vfio_driver(host, &facts, vfio_configured));
+    let config = state::load_config(host);
+    let vfio_configured = matches!(&config, Ok(Some(c)) if c.phase == Phase::Vfio);
+    out.push(vfio_driver(host, &seen, vfio_configured));
     match &config {
-        None => out.push(Check::warn(
+        Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
+        Ok(None) => out.push(Check::warn(
             "gpt's configuration",
             format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
         )),
-        Some(c) => configured(host, &facts, c, &mut out),
+        Ok(Some(c)) => configured(host, &seen, c, &mut out),
     }
     out.push(leftovers(host));
     out
 }
 
 /// What several checks read, read once.
-struct Facts {
+struct Observed {
     cpuinfo: Option<String>,
     cmdline: Option<String>,
     interrupts: Option<String>,
@@ -153,14 +146,14 @@ struct Facts {
     kernel: Option<String>,
 }
 
-impl Facts {
-    fn read(host: &Host) -> Facts {
+impl Observed {
+    fn read(host: &Host) -> Observed {
         let read = |p: &str| host.read_optional(p).ok().flatten();
         let cmdline = read("/proc/cmdline");
         let iommu_table = ["DMAR", "IVRS"]
             .into_iter()
             .find(|t| host.exists(format!("/sys/firmware/acpi/tables/{t}")));
-        Facts {
+        Observed {
             cpuinfo: read("/proc/cpuinfo"),
             interrupts: read("/proc/interrupts"),
             iommu_table,
@@ -206,7 +199,7 @@ fn running_kernel(host: &Host, cmdline: Option<&str>) -> Option<String> {
     }
 }
 
-fn virtualization(f: &Facts) -> Check {
+fn virtualization(f: &Observed) -> Check {
     let name = "hardware virtualization (VT-x/AMD-V)";
     let Some(cpuinfo) = &f.cpuinfo else {
         return Check::fail(name, "cannot read /proc/cpuinfo");
@@ -238,7 +231,7 @@ fn kvm_device(host: &Host) -> Check {
     }
 }
 
-fn iommu_firmware(f: &Facts) -> Check {
+fn iommu_firmware(f: &Observed) -> Check {
     let name = "IOMMU support in the firmware (DMAR/IVRS)";
     match f.iommu_table {
         Some("DMAR") => Check::pass(name, "ACPI DMAR table: Intel VT-d"),
@@ -250,7 +243,7 @@ fn iommu_firmware(f: &Facts) -> Check {
     }
 }
 
-fn iommu_kernel(f: &Facts) -> Check {
+fn iommu_kernel(f: &Observed) -> Check {
     let name = "IOMMU enabled by the kernel";
     let topo = match &f.topology {
         Ok(t) => t,
@@ -273,7 +266,7 @@ fn iommu_kernel(f: &Facts) -> Check {
     Check::fail(name, detail)
 }
 
-fn interrupt_remapping(f: &Facts) -> Check {
+fn interrupt_remapping(f: &Observed) -> Check {
     let name = "interrupt remapping";
     let Some(text) = &f.interrupts else {
         return Check::fail(name, "cannot read /proc/interrupts");
@@ -289,7 +282,7 @@ fn interrupt_remapping(f: &Facts) -> Check {
 }
 
 /// vfio-pci loaded or built in; with a vfio configuration, not loaded is a failure.
-fn vfio_driver(host: &Host, f: &Facts, configured: bool) -> Check {
+fn vfio_driver(host: &Host, f: &Observed, configured: bool) -> Check {
     let name = "the vfio-pci driver";
     if host.exists("/sys/module/vfio_pci") {
         return Check::pass(name, "vfio_pci is loaded");
@@ -340,7 +333,7 @@ fn vfio_driver(host: &Host, f: &Facts, configured: bool) -> Check {
 }
 
 /// The checks of what `gpt full` configured.
-fn configured(host: &Host, f: &Facts, c: &Config, out: &mut Vec<Check>) {
+fn configured(host: &Host, f: &Observed, c: &Config, out: &mut Vec<Check>) {
     let name = "gpt's configuration";
     match c.phase {
         Phase::Iommu => out.push(Check::warn(
@@ -400,7 +393,7 @@ fn missing_in_grub_cfg(cfg: &str, wanted: &[String]) -> Vec<String> {
 }
 
 fn cmdline_check(
-    f: &Facts,
+    f: &Observed,
     c: &Config,
     missing_now: &[String],
     stale_cfg: Option<&Vec<String>>,
