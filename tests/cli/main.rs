@@ -3,6 +3,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod check;
 mod example;
 mod full;
 mod iommu;
+mod legacy;
+mod qemu;
