@@ -13,4 +13,5 @@ pub mod pciids;
 pub mod plan;
 pub mod state;
 pub mod sysfs;
+pub mod txn;
 pub mod ui;
