@@ -277,7 +277,10 @@ pub fn clean_temps(host: &Host, abs_dir: &Path) -> Result<usize> {
             && entry.file_type().is_ok_and(|t| t.is_file())
         {
             fs::remove_file(entry.path()).with_context(|| {
-                format!("cannot remove the stale temp file {}", entry.path().display())
+                format!(
+                    "cannot remove the stale temp file {}",
+                    entry.path().display()
+                )
             })?;
             n += 1;
         }

@@ -123,12 +123,18 @@ impl State {
 
     /// The original bytes of an entry (`None`: the file did not exist).
     pub fn original(&self, host: &Host, e: &Entry) -> Result<Option<Vec<u8>>> {
-        e.original.as_deref().map(|r| Self::blob(host, r)).transpose()
+        e.original
+            .as_deref()
+            .map(|r| Self::blob(host, r))
+            .transpose()
     }
 
     /// What gpt last wrote (`None`: gpt left the file absent).
     pub fn written(&self, host: &Host, e: &Entry) -> Result<Option<Vec<u8>>> {
-        e.written.as_deref().map(|r| Self::blob(host, r)).transpose()
+        e.written
+            .as_deref()
+            .map(|r| Self::blob(host, r))
+            .transpose()
     }
 
     /// Every blob this state points at.
@@ -168,7 +174,13 @@ pub(crate) fn parse(raw: &[u8]) -> Result<State> {
 
 /// Write a blob (mode 0600: it may be a copy of a private file) and return the folders made.
 pub(crate) fn write_blob(host: &Host, rel: &str, bytes: &[u8]) -> Result<Vec<PathBuf>> {
-    tfs::write(host, &blob_abs(rel), bytes, Some(Meta::new_file(0o600)), 0o600)
+    tfs::write(
+        host,
+        &blob_abs(rel),
+        bytes,
+        Some(Meta::new_file(0o600)),
+        0o600,
+    )
 }
 
 pub(crate) fn original_name(index: usize) -> String {

@@ -100,8 +100,7 @@ pub fn apply_with(
     let host = runner.host();
     let ui = runner.ui();
     let hold = signals::hold()?;
-    let files: Vec<&crate::plan::FileChange> =
-        plan.files.iter().filter(|f| !f.is_noop()).collect();
+    let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
 
     // Leftovers of a killed run: temp files, blobs no saved state points at.
     let prev_raw = journal::load_raw(host)?;
@@ -195,6 +194,7 @@ pub fn apply_with(
         befores: &befores,
         commands: &plan.commands,
         written: 0,
+        changed: 0,
         started: 0,
         file_dirs: Vec::new(),
     };
@@ -218,6 +218,7 @@ pub fn apply_with(
                     fs::remove(host, &f.path)?;
                 }
             }
+            tx.changed += 1;
             crate::failpoint!("after-write:{}", i + 1);
         }
         let mut outcome = Outcome {
@@ -242,8 +243,8 @@ pub fn apply_with(
 
     crate::failpoint!("before-commit");
     let mut done = state.clone();
-    done.update_needed =
-        plan.commands.is_empty() && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
+    done.update_needed = plan.commands.is_empty()
+        && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
     match finish {
         Finish::Record(_) => {
             write_state(host, &done)?;
@@ -301,6 +302,8 @@ struct Tx<'a, 'r> {
     commands: &'a [crate::plan::Step],
     /// Files possibly changed (the first `written` of the plan).
     written: usize,
+    /// Files written successfully.
+    changed: usize,
     /// Commands started (the first `started` of the plan).
     started: usize,
     /// Folders created for new files.
@@ -331,7 +334,7 @@ impl Tx<'_, '_> {
                 problems.join("; ")
             ));
         }
-        let restored = self.written;
+        let restored = self.changed;
         let commands = &self.commands[..self.started];
         let mut rerun = Vec::new();
         let mut failed = None;

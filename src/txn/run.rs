@@ -106,9 +106,16 @@ impl<'a> Runner<'a> {
 
     /// Whether `name` exists inside the root's usual command folders.
     fn inside_root(&self, name: &str) -> bool {
-        ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| self.host.exists(Path::new(d).join(name)))
+        [
+            "/usr/local/sbin",
+            "/usr/local/bin",
+            "/usr/sbin",
+            "/usr/bin",
+            "/sbin",
+            "/bin",
+        ]
+        .iter()
+        .any(|d| self.host.exists(Path::new(d).join(name)))
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {
@@ -242,7 +249,10 @@ fn spawn(cmd: &mut Command) -> std::io::Result<std::process::Child> {
 
 /// "`cmd args` failed (exit status 1); its last lines of stderr: …"
 fn failure(line: &str, c: &Captured) -> String {
-    let how = match (c.status.code(), std::os::unix::process::ExitStatusExt::signal(&c.status)) {
+    let how = match (
+        c.status.code(),
+        std::os::unix::process::ExitStatusExt::signal(&c.status),
+    ) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "failed".to_string(),
@@ -292,7 +302,8 @@ impl<'u> Progress<'u> {
     fn start(ui: &'u Ui, label: &str) -> Progress<'u> {
         let bar = if ui.spinners() {
             let bar = indicatif::ProgressBar::new_spinner();
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
             {
                 bar.set_style(style);
             }
@@ -351,7 +362,10 @@ mod tests {
         let ui = Ui::new(false);
         let r = Runner::new(&host, &ui).with_path(d.path().join("nobin"));
         let err = r
-            .run(&Step::new("Regenerating the initramfs", &["update-initramfs", "-u"]))
+            .run(&Step::new(
+                "Regenerating the initramfs",
+                &["update-initramfs", "-u"],
+            ))
             .unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("update-initramfs: command not found"), "{msg}");
@@ -384,7 +398,9 @@ mod tests {
         let msg = format!("{err:#}");
         let root = d.path().display();
         assert!(
-            msg.starts_with(&format!("`chroot {root} boom 'a b'` failed (exit status 3)")),
+            msg.starts_with(&format!(
+                "`chroot {root} boom 'a b'` failed (exit status 3)"
+            )),
             "{msg}"
         );
         assert!(msg.contains("    line 30"), "{msg}");

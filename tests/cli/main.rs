@@ -5,3 +5,4 @@ mod support;
 
 mod example;
 mod iommu;
+mod txn;
