@@ -2,6 +2,7 @@
 //! exit code (0 success, 1 failure or refusal).
 
 pub mod iommu;
+pub mod reset;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
@@ -20,7 +21,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
         Command::Full(_) => bail!("`gpt full` is not built yet"),
-        Command::Reset(_) => bail!("`gpt reset` is not built yet"),
+        Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(_) => bail!("`gpt check` is not built yet"),
         Command::Qemu(_) => bail!("`gpt qemu` is not built yet"),
     }

@@ -5,4 +5,5 @@ mod support;
 
 mod example;
 mod iommu;
+mod reset;
 mod txn;
