@@ -420,3 +420,151 @@ fn sigkill_during_a_slow_command_leaves_the_lock_held_until_it_ends_then_reset_c
     assert_eq!(code, 0, "{err}");
     assert_eq!(snap(root), before);
 }
+
+/// Stop `reset` dead at every fail point (as a power cut would); then each file is whole
+/// (old or new), the grub file still parses, and both a second `reset` and a re-run of
+/// `full` converge.
+#[cfg(feature = "failpoints")]
+mod crash {
+    use super::*;
+    use crate::txn::IDS;
+
+    const FILES: [&str; 3] = [
+        "/etc/default/grub",
+        "/etc/initramfs-tools/modules",
+        "/etc/modprobe.d/gpt-vfio.conf",
+    ];
+
+    fn contents(root: &Path) -> Vec<Option<String>> {
+        FILES
+            .iter()
+            .map(|f| fs::read_to_string(root.join(&f[1..])).ok())
+            .collect()
+    }
+
+    type Snapshot = Vec<(String, String)>;
+
+    /// Run reset stopped at `point` (with `env`), check the tree is sane, and return it with
+    /// its snapshots before `full` and after it.
+    fn crash_at(
+        point: &str,
+        env: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Fakes, Snapshot, Snapshot) {
+        let (dir, fakes) = primed_host();
+        let root = dir.path();
+        let pristine = snap(root);
+        let original = contents(root);
+        full_then(root, &fakes);
+        let configured_files = contents(root);
+        let configured = snap(root);
+        let mut cmd = reset(root, &fakes);
+        cmd.arg("--yes").env("GPT_FAILPOINT", point);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), None, "{point}: not stopped dead: {err}");
+        assert!(
+            err.contains(&format!("fail point {point}")),
+            "{point}: {err}"
+        );
+        for (i, now) in contents(root).into_iter().enumerate() {
+            assert!(
+                now == original[i] || now == configured_files[i],
+                "{point}: {} is neither its old nor its new version: {now:?}",
+                FILES[i]
+            );
+        }
+        let grub = fs::read_to_string(root.join("etc/default/grub")).unwrap();
+        gpt::edit::grub::read_var(&grub, "GRUB_CMDLINE_LINUX_DEFAULT").unwrap();
+        let temps = walkdir::WalkDir::new(root)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".gpt-tmp."))
+            .count();
+        assert_eq!(temps, 0, "{point}: temp files left");
+        fakes.reset_log();
+        (dir, fakes, pristine, configured)
+    }
+
+    const POINTS: [&str; 12] = [
+        "after-journal",
+        "after-write:1",
+        "after-write:2",
+        "after-write:3",
+        "before-command:1",
+        "after-command:1",
+        "before-command:2",
+        "after-command:2",
+        "before-command:3",
+        "after-command:3",
+        "before-commit",
+        "after-commit",
+    ];
+
+    /// Each point on its own tree, in parallel.
+    fn each(points: &[&'static str], check: impl Fn(&'static str) + Sync) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = points.iter().map(|p| s.spawn(|| check(p))).collect();
+            for h in handles {
+                if let Err(e) = h.join() {
+                    std::panic::resume_unwind(e);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_second_reset_converges_from_every_fail_point() {
+        each(&POINTS, |point| {
+            let (dir, fakes, pristine, _) = crash_at(point, &[]);
+            let root = dir.path();
+            let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+            assert_eq!(code, 0, "{point}: {err}");
+            assert_eq!(snap(root), pristine, "{point}: reset did not converge");
+        });
+    }
+
+    #[test]
+    fn a_rerun_of_full_converges_from_every_fail_point_and_reset_still_undoes_it() {
+        each(&POINTS, |point| {
+            let (dir, fakes, pristine, configured) = crash_at(point, &[]);
+            let root = dir.path();
+            simulate_full(root, &fakes, &[]).unwrap();
+            let now: Vec<_> = snap(root)
+                .into_iter()
+                .filter(|(p, _)| !p.starts_with("var/lib/gpt"))
+                .collect();
+            let want: Vec<_> = configured
+                .into_iter()
+                .filter(|(p, _)| !p.starts_with("var/lib/gpt"))
+                .collect();
+            assert_eq!(now, want, "{point}: full did not converge");
+            let cfg = read(root, "/boot/grub/grub.cfg");
+            assert!(cfg.contains(&IDS.join(",")), "{point}: {cfg}");
+            let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+            assert_eq!(code, 0, "{point}: {err}");
+            assert_eq!(
+                snap(root),
+                pristine,
+                "{point}: reset after full did not converge"
+            );
+        });
+    }
+
+    #[test]
+    fn a_crash_in_the_middle_of_a_rollback_still_converges() {
+        each(
+            &["rollback-after-restore:1", "rollback-after-restore:3"],
+            |point| {
+                let (dir, fakes, pristine, _) =
+                    crash_at(point, &[("FAKE_FAIL", "update-initramfs:1")]);
+                let root = dir.path();
+                let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+                assert_eq!(code, 0, "{point}: {err}");
+                assert_eq!(snap(root), pristine, "{point}: reset did not converge");
+            },
+        );
+    }
+}

@@ -131,7 +131,11 @@ pub fn simulate_full(
     }
     let lock = Lock::acquire(&host)?;
     let config = rocketlake_config();
-    let plan = full_plan(root, &grub_tokens());
+    let mut plan = full_plan(root, &grub_tokens());
+    // As `full` must: an update owed by a stopped run is run even with nothing to write.
+    if plan.commands.is_empty() && txn::update_needed(&host)? {
+        plan.commands = update_commands(&[DEBIAN_KVER]);
+    }
     txn::apply_with(&runner, &lock, &plan, Finish::Record(Some(&config)), &[])
 }
 
