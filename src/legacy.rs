@@ -112,13 +112,13 @@ fn grub_args(host: &Host, keep: &[String]) -> Result<Option<Leftover>> {
 
 fn grub_bak(host: &Host) -> Result<Option<Leftover>> {
     let path = host.path(GRUB_BAK);
-    let bytes = match std::fs::read(host.resolve(GRUB_BAK)?) {
+    let bytes = match host.read(GRUB_BAK) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mode = std::fs::metadata(host.resolve(GRUB_BAK)?)
-        .with_context(|| format!("cannot stat {}", path.display()))?
+        .with_context(|| format!("cannot read the mode of {}", path.display()))?
         .permissions()
         .mode()
         & 0o7777;

@@ -82,7 +82,7 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
         );
         if !reads_back || !undoes {
             bail!(
-                "gpt's edit of {var} did not pass its own check (read back: {reads_back}, undo: {undoes}), so it is not made; {NO_GUESS}, and please report this with the file"
+                "gpt's edit of {var} failed its own check (reads back: {reads_back}, undoes exactly: {undoes}), so nothing was changed; this is a gpt bug, please report it with the file"
             );
         }
     }
@@ -933,6 +933,41 @@ GRUB_CMDLINE_LINUX=\"\"
 #GRUB_TERMINAL=console
 ";
 
+    const UBUNTU2404: &str = "\
+# If you change this file or any /etc/default/grub.d/*.cfg file,
+# run 'update-grub' afterwards to update /boot/grub/grub.cfg.
+# For full documentation of the options in these files, see:
+#   info -f grub -n 'Simple configuration'
+
+GRUB_DEFAULT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=`( . /etc/os-release; echo ${NAME:-Ubuntu} ) 2>/dev/null || echo Ubuntu`
+GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"
+GRUB_CMDLINE_LINUX=\"\"
+
+# If your computer has multiple video cards, check them
+#GRUB_BADRAM=\"0x01234567,0xfefefefe,0x89abcdef,0xefefefef\"
+
+# The resolution used on graphical terminal
+# you can see them in real GRUB with the command `videoinfo'
+#GRUB_GFXMODE=640x480
+
+# Uncomment if you don't want GRUB to pass \"root=UUID=xxx\" parameter to Linux
+#GRUB_DISABLE_LINUX_UUID=true
+";
+
+    const CLOUD_CFG: &str = "\
+# Cloud Image specific Grub settings for Generic Cloud Images
+# CLOUD_IMG: This file was created/modified by the Cloud Image build process
+
+# Set the recordfail timeout
+GRUB_RECORDFAIL_TIMEOUT=0
+
+# Set the default commandline
+GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
+";
+
     fn toks(t: &[&str]) -> Vec<String> {
         t.iter().map(|s| s.to_string()).collect()
     }
@@ -994,6 +1029,20 @@ GRUB_CMDLINE_LINUX=\"\"
         // The empty GRUB_CMDLINE_LINUX gets no leading space.
         let b = roundtrip(DEBIAN12, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"]));
         assert!(b.contains("\nGRUB_CMDLINE_LINUX=\"iommu=pt\"\n"), "{b}");
+    }
+
+    #[test]
+    fn ubuntu_and_cloud_image_files() {
+        assert_eq!(
+            read_var(UBUNTU2404, V).unwrap().as_deref(),
+            Some("quiet splash")
+        );
+        let a = roundtrip(UBUNTU2404, V, &vfio());
+        assert!(a.contains("\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash iommu=pt intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9\"\n"));
+        roundtrip(CLOUD_CFG, V, &vfio());
+        // A grub.d file without the variable gets gpt's own line.
+        let a = roundtrip("# nothing here\n", V, &vfio());
+        assert!(a.ends_with("\nGRUB_CMDLINE_LINUX_DEFAULT=\"iommu=pt intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9\"\n"));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod check;
 mod example;
 mod iommu;
+mod legacy;
+mod qemu;
 mod reset;
 mod txn;
