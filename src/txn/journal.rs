@@ -191,36 +191,50 @@ pub(crate) fn written_name(index: usize, generation: u64) -> String {
     format!("{WRITTEN}/{index}.{generation}")
 }
 
-/// Remove blobs no longer pointed at by `keep` (or all, with `None`), and stale temp files.
-pub(crate) fn collect_garbage(host: &Host, keep: Option<&State>) -> Result<()> {
-    let keep = keep.map(State::blobs).unwrap_or_default();
-    for sub in [ORIGINALS, WRITTEN] {
-        let dir = Path::new(STATE_DIR).join(sub);
-        tfs::clean_temps(host, &dir)?;
-        for name in host.list_dir(&dir)? {
-            let rel = format!("{sub}/{name}");
-            if !keep.contains(&rel) {
-                tfs::remove(host, &blob_abs(&rel))?;
-            }
+/// Remove the blobs `old` points at and `new` does not (a blob no saved state points at is
+/// never read; blobs of unknown origin, such as those of a journal moved aside, are left).
+pub(crate) fn drop_blobs(host: &Host, old: Option<&State>, new: Option<&State>) -> Result<()> {
+    let keep = new.map(State::blobs).unwrap_or_default();
+    for rel in old.map(State::blobs).unwrap_or_default() {
+        if !keep.contains(&rel) {
+            tfs::remove(host, &blob_abs(&rel))?;
         }
     }
-    tfs::clean_temps(host, Path::new(STATE_DIR))?;
     Ok(())
 }
 
-/// Remove the whole journal: the state file first (from then on there is no journal), then
-/// the blobs, then the state folder and the folders gpt created, when empty.
-pub(crate) fn remove_all(host: &Host, state: Option<&State>) -> Result<()> {
+/// Stale temp files in the state folders.
+pub(crate) fn clean_temps(host: &Host) -> Result<()> {
+    for dir in [
+        PathBuf::from(STATE_DIR),
+        Path::new(STATE_DIR).join(ORIGINALS),
+        Path::new(STATE_DIR).join(WRITTEN),
+    ] {
+        tfs::clean_temps(host, &dir)?;
+    }
+    Ok(())
+}
+
+/// Remove the journal `state` (the state file first: from then on there is no journal),
+/// then its blobs — every blob, with `all_blobs`, when `state` was a valid journal and so
+/// owns the folder — then the state folders and the folders gpt created, when empty.
+pub(crate) fn remove_all(host: &Host, state: &State, all_blobs: bool) -> Result<()> {
     tfs::remove(host, Path::new(STATE_FILE))?;
-    collect_garbage(host, None)?;
+    drop_blobs(host, Some(state), None)?;
+    if all_blobs {
+        for sub in [ORIGINALS, WRITTEN] {
+            let dir = Path::new(STATE_DIR).join(sub);
+            for name in host.list_dir(&dir)? {
+                tfs::remove(host, &dir.join(name))?;
+            }
+        }
+    }
     let mut dirs: Vec<PathBuf> = vec![
         Path::new(STATE_DIR).join(ORIGINALS),
         Path::new(STATE_DIR).join(WRITTEN),
         PathBuf::from(STATE_DIR),
     ];
-    if let Some(s) = state {
-        dirs.extend(s.created_dirs.iter().map(PathBuf::from));
-    }
+    dirs.extend(state.created_dirs.iter().map(PathBuf::from));
     tfs::remove_dirs_if_empty(host, &dirs)
 }
 

@@ -105,8 +105,7 @@ pub fn apply_with(
     // Leftovers of a killed run: temp files, blobs no saved state points at.
     let prev_raw = journal::load_raw(host)?;
     let prev = prev_raw.as_deref().map(journal::parse).transpose()?;
-    fs::clean_temps(host, Path::new(STATE_DIR))?;
-    journal::collect_garbage(host, prev.as_ref())?;
+    journal::clean_temps(host)?;
     let mut befores = Vec::new();
     for f in &files {
         if let Some(dir) = f.path.parent() {
@@ -248,7 +247,7 @@ pub fn apply_with(
     match finish {
         Finish::Record(_) => {
             write_state(host, &done)?;
-            journal::collect_garbage(host, Some(&done))?;
+            journal::drop_blobs(host, prev.as_ref(), Some(&done))?;
         }
         Finish::Forget if done.update_needed => {
             let marker = State {
@@ -258,9 +257,9 @@ pub fn apply_with(
                 ..State::default()
             };
             write_state(host, &marker)?;
-            journal::collect_garbage(host, Some(&marker))?;
+            journal::drop_blobs(host, Some(&done), Some(&marker))?;
         }
-        Finish::Forget => journal::remove_all(host, Some(&done))?,
+        Finish::Forget => journal::remove_all(host, &done, prev.is_some())?,
     }
     crate::failpoint!("after-commit");
     outcome.interrupted = hold.interrupted();
@@ -270,6 +269,20 @@ pub fn apply_with(
         ));
     }
     Ok(outcome)
+}
+
+/// Whether a command rebuilds boot files from /etc (update-grub, update-initramfs, depmod):
+/// those run again after a rollback so /boot matches the restored files.
+pub fn regenerates(step: &crate::plan::Step) -> bool {
+    let name = step
+        .argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or_default();
+    matches!(
+        name,
+        "update-grub" | "grub-mkconfig" | "update-initramfs" | "depmod"
+    )
 }
 
 fn meta_for(metas: &[(PathBuf, Meta)], path: &Path, new_mode: u32) -> Meta {
@@ -335,10 +348,15 @@ impl Tx<'_, '_> {
             ));
         }
         let restored = self.changed;
-        let commands = &self.commands[..self.started];
+        // Only the commands that derive boot files from /etc run again; packages a failed
+        // run installed stay installed (removing them could take away more than gpt added).
+        let commands: Vec<&crate::plan::Step> = self.commands[..self.started]
+            .iter()
+            .filter(|s| regenerates(s))
+            .collect();
         let mut rerun = Vec::new();
         let mut failed = None;
-        for step in commands {
+        for step in &commands {
             match self.runner.run(step) {
                 Ok(_) => rerun.push(step.shell_line()),
                 Err(e) => {
@@ -353,6 +371,7 @@ impl Tx<'_, '_> {
             s.update_needed = true;
             s.created_dirs = self.state.created_dirs.clone();
             write_state(host, &s)
+                .and_then(|()| journal::drop_blobs(host, Some(self.state), Some(&s)))
         } else {
             self.restore_state()
         };
@@ -395,9 +414,9 @@ impl Tx<'_, '_> {
                 if journal::load_raw(host)?.as_deref() != Some(raw) {
                     fs::write(host, Path::new(STATE_FILE), raw, None, 0o644)?;
                 }
-                journal::collect_garbage(host, self.prev)
+                journal::drop_blobs(host, Some(self.state), self.prev)
             }
-            None => journal::remove_all(host, Some(self.state)),
+            None => journal::remove_all(host, self.state, false),
         }
     }
 }

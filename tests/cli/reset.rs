@@ -568,3 +568,36 @@ mod crash {
         );
     }
 }
+
+#[test]
+fn a_corrupt_journal_is_refused_with_what_to_do_and_nothing_changes() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    full_then(root, &fakes);
+    fs::write(
+        root.join("var/lib/gpt/state.json"),
+        "{\"version\":1,\"config\":",
+    )
+    .unwrap();
+    let before = snap(root);
+    let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/var/lib/gpt/state.json is corrupt; move it aside and run `gpt reset`"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(snap(root), before);
+    // Moved aside, reset works from gpt's marks in the files.
+    fs::rename(
+        root.join("var/lib/gpt/state.json"),
+        root.join("var/lib/gpt/state.json.bad"),
+    )
+    .unwrap();
+    let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!root.join("etc/modprobe.d/gpt-vfio.conf").exists());
+    // What the user moved aside, and the copies beside it, are theirs to look at.
+    assert!(root.join("var/lib/gpt/state.json.bad").exists());
+    assert!(root.join("var/lib/gpt/originals/1").exists());
+}

@@ -474,3 +474,35 @@ fn skipping_the_update_commands_leaves_an_update_owed() {
     assert!(txn::update_needed(&host).unwrap());
     assert!(fakes.calls().is_empty());
 }
+
+#[test]
+fn a_rollback_reruns_only_the_commands_that_rebuild_boot_files() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let runner = Runner::new(&host, &ui)
+        .with_path(fakes.path())
+        .with_env("FAKE_FAIL", "update-initramfs:1");
+    let mut plan = full_plan(root, &grub_tokens());
+    plan.commands.insert(
+        0,
+        Step::new("Installing packages", &["apt-get", "install", "-y", "ovmf"]),
+    );
+    let lock = Lock::acquire(&host).unwrap();
+    let err = txn::apply_with(&runner, &lock, &plan, Finish::Record(None), &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("and `update-grub`, `update-initramfs -u -k all` ran again"),
+        "{err:#}"
+    );
+    assert_eq!(
+        fakes.calls(),
+        [
+            "apt-get install -y ovmf",
+            "update-grub",
+            "update-initramfs -u -k all",
+            "update-grub",
+            "update-initramfs -u -k all"
+        ]
+    );
+}
