@@ -149,6 +149,28 @@ fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet
     out
 }
 
+/// update-grub when the kernel arguments changed; depmod per kernel and update-initramfs when
+/// the initramfs inputs changed (depmod first: the initramfs uses its output).
+pub fn update_commands(f: &Facts, grub: bool, initramfs: bool) -> Vec<Step> {
+    let mut commands = Vec::new();
+    if grub {
+        commands.push(Step::new("Regenerating grub.cfg", &["update-grub"]));
+    }
+    if initramfs {
+        for k in &f.kernels {
+            commands.push(Step::new(
+                &format!("Updating module dependencies for {}", k.version),
+                &["depmod", "-a", &k.version],
+            ));
+        }
+        commands.push(Step::new(
+            "Rebuilding the initramfs images",
+            &["update-initramfs", "-u", "-k", "all"],
+        ));
+    }
+    commands
+}
+
 pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planned> {
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
@@ -338,21 +360,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
             commands.push(Step::new("Installing packages", &install));
         }
     }
-    if grub_changed {
-        commands.push(Step::new("Regenerating grub.cfg", &["update-grub"]));
-    }
-    if initramfs_changed {
-        for k in &f.kernels {
-            commands.push(Step::new(
-                &format!("Updating module dependencies for {}", k.version),
-                &["depmod", "-a", &k.version],
-            ));
-        }
-        commands.push(Step::new(
-            "Rebuilding the initramfs images",
-            &["update-initramfs", "-u", "-k", "all"],
-        ));
-    }
+    commands.extend(update_commands(f, grub_changed, initramfs_changed));
     let mut manual = Vec::new();
     if opts.no_update {
         manual.extend(

@@ -144,7 +144,13 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
     };
-    let planned = configure::plan(&facts, selection.as_ref(), &opts)?;
+    let mut planned = configure::plan(&facts, selection.as_ref(), &opts)?;
+    // A run that was stopped, or --no-update, can leave /etc ahead of grub.cfg and the
+    // initramfs: then the update commands are due even with nothing to write.
+    if planned.plan.files.is_empty() && !args.no_update && crate::txn::update_needed(host)? {
+        planned.plan.commands = configure::update_commands(&facts, true, true);
+        ui.warn("an earlier run did not finish the update commands; running them now");
+    }
     for w in selection
         .iter()
         .flat_map(|s| &s.warnings)
@@ -208,11 +214,78 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         })
         .collect();
     print_manual(ui, &planned);
+    let problems = verify(host, ui, &facts, &planned, &outcome.commands);
     if ui.json {
         print_json(ui, &planned, true, false, files)?;
     }
+    for p in &problems {
+        ui.warn(p);
+    }
     finish_message(ui, &planned);
-    Ok(0)
+    Ok(if problems.is_empty() { 0 } else { 1 })
+}
+
+/// After the commands ran: the regenerated grub.cfg carries the arguments, and each new
+/// initramfs image holds vfio-pci (unless it is built into that kernel).
+fn verify(host: &Host, ui: &Ui, f: &Facts, planned: &Planned, ran: &[Vec<String>]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ran_cmd = |name: &str| ran.iter().any(|c| c.first().is_some_and(|a| a == name));
+    if ran_cmd("update-grub") {
+        match host.read_optional("/boot/grub/grub.cfg") {
+            Ok(Some(cfg)) => {
+                let linux: Vec<Vec<&str>> = cfg
+                    .lines()
+                    .map(str::trim_start)
+                    .filter(|l| l.starts_with("linux"))
+                    .map(|l| l.split_whitespace().collect())
+                    .collect();
+                let missing: Vec<&String> = planned
+                    .config
+                    .args
+                    .iter()
+                    .filter(|a| !linux.iter().any(|l| l.contains(&a.as_str())))
+                    .collect();
+                if linux.is_empty() || !missing.is_empty() {
+                    problems.push(format!(
+                        "the regenerated /boot/grub/grub.cfg does not carry {}; check GRUB_CMDLINE_LINUX_DEFAULT and run update-grub",
+                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+                    ));
+                }
+            }
+            _ => problems.push("update-grub ran but /boot/grub/grub.cfg cannot be read".into()),
+        }
+    }
+    if ran_cmd("update-initramfs")
+        && planned
+            .config
+            .initramfs_modules
+            .iter()
+            .any(|m| m == "vfio_pci")
+    {
+        let runner = crate::txn::Runner::new(host, ui);
+        for k in &f.kernels {
+            if k.builtin.contains("vfio_pci") {
+                continue;
+            }
+            let image = format!("/boot/initrd.img-{}", k.version);
+            match runner.query(&["lsinitramfs", &image]) {
+                Ok(out) => {
+                    let list = out.stdout_str();
+                    if !list
+                        .lines()
+                        .any(|l| l.contains("/vfio-pci.ko") || l.contains("/vfio_pci.ko"))
+                    {
+                        problems.push(format!(
+                            "{image} does not contain vfio-pci: vfio-pci will load late; run `update-initramfs -u -k {}` and check with lsinitramfs",
+                            k.version
+                        ));
+                    }
+                }
+                Err(e) => problems.push(format!("could not list {image}: {e:#}")),
+            }
+        }
+    }
+    problems
 }
 
 fn check_distro(f: &Facts, wanted: Option<Distro>) -> Result<()> {

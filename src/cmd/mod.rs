@@ -5,11 +5,12 @@ pub mod check;
 pub mod full;
 pub mod iommu;
 pub mod qemu;
+pub mod reset;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
 use crate::ui::Ui;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<u8> {
     let host = Host::new(&cli.root);
@@ -23,7 +24,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     match &cli.command {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
         Command::Full(args) => full::run(&host, &ui, args),
-        Command::Reset(_) => bail!("`gpt reset` is not built yet"),
+        Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
     }

@@ -405,3 +405,212 @@ fn the_only_display_is_refused_unless_forced() {
         "{out}"
     );
 }
+
+// ---- Applying, with the fake update-grub/update-initramfs/depmod/lsinitramfs on PATH ----
+
+use crate::support::fakes::Fakes;
+use crate::txn::{primed_host, snap};
+
+/// Compare two snapshots, showing only the entries that differ.
+fn assert_same(now: &[(String, String)], before: &[(String, String)], what: &str) {
+    let diff: Vec<String> = now
+        .iter()
+        .filter(|e| !before.contains(e))
+        .map(|(p, w)| format!("+ {p}: {}", w.chars().take(200).collect::<String>()))
+        .chain(
+            before
+                .iter()
+                .filter(|e| !now.contains(e))
+                .map(|(p, w)| format!("- {p}: {}", w.chars().take(200).collect::<String>())),
+        )
+        .collect();
+    assert!(diff.is_empty(), "{what}:\n{}", diff.join("\n"));
+}
+
+fn full(root: &Path, fakes: &Fakes, args: &[&str]) -> (i32, String, String) {
+    run(gpt(root).env("PATH", fakes.path()).arg("full").args(args))
+}
+
+fn read(root: &Path, p: &str) -> String {
+    std::fs::read_to_string(root.join(p.trim_start_matches('/'))).unwrap()
+}
+
+#[test]
+fn full_applies_runs_each_command_once_verifies_and_a_rerun_changes_nothing() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let (code, out, err) = full(
+        r,
+        &fakes,
+        &["nvidia", "debian", "--yes", "--no-deps", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["changed"], true);
+    assert_eq!(doc["reboot_required"], true);
+    assert_eq!(doc["files"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(
+        fakes.calls(),
+        [
+            "update-grub",
+            "depmod -a 6.1.0-13-amd64",
+            "update-initramfs -u -k all",
+            "lsinitramfs /boot/initrd.img-6.1.0-13-amd64"
+        ]
+    );
+    let cfg = read(r, "/boot/grub/grub.cfg");
+    assert!(
+        cfg.contains("vfio-pci.ids=10de:1f08,10de:10f9,10de:1ada,10de:1adb"),
+        "{cfg}"
+    );
+    assert!(read(r, "/boot/initrd.img-6.1.0-13-amd64").contains("vfio_pci"));
+    let state: Value = serde_json::from_str(&read(r, "/var/lib/gpt/state.json")).unwrap();
+    assert_eq!(state["config"]["ids"].as_array().unwrap().len(), 4);
+    assert!(
+        err.contains("remove vfio-pci.ids=… from the line starting with `linux`"),
+        "the rescue step: {err}"
+    );
+
+    // Second run: nothing to write, nothing to run.
+    fakes.reset_log();
+    let before = snap(r);
+    let (code, out, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["changed"], false);
+    assert!(err.contains("already configured"), "{err}");
+    assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
+    assert_eq!(snap(r), before);
+
+    // And reset gives back the tree gpt found.
+    let (code, _, err) = run(gpt(r).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    let etc = |root: &Path| {
+        snap(root)
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("etc"))
+            .collect::<Vec<_>>()
+    };
+    let (pristine, _f2) = primed_host();
+    assert_eq!(etc(r), etc(pristine.path()));
+}
+
+#[test]
+fn a_failing_command_rolls_every_file_back() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let before = snap(r);
+    let (code, out, err) = run(gpt(r)
+        .env("PATH", fakes.path())
+        // Fails once; the rollback's re-run succeeds.
+        .env("FAKE_FAIL", "update-initramfs:1")
+        .args(["full", "nvidia", "--yes", "--no-deps"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("update-initramfs"), "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert_same(&snap(r), &before, "rollback must leave the tree as it was");
+}
+
+#[test]
+fn a_rerun_with_another_gpu_replaces_the_ids() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let mut t = HostTree::new(r);
+    t.device(
+        Dev::new("0000:05:00.0", (0x10de, 0x2331), 0x030200)
+            .group(20)
+            .driver("nvidia"),
+    );
+    let (code, _, err) = full(r, &fakes, &["--device", "02:00.0", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = full(r, &fakes, &["--device", "05:00.0", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let grub = read(r, "/etc/default/grub");
+    assert!(grub.contains("vfio-pci.ids=10de:2331 "), "{grub}");
+    assert_eq!(
+        grub.matches("vfio-pci.ids=").count(),
+        2,
+        "the value and the marker: {grub}"
+    );
+    // Reset still returns to the very first originals.
+    let (code, _, err) = run(gpt(r).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(r, "/etc/default/grub"), hosts::GRUB_DEBIAN12);
+}
+
+#[test]
+fn the_iommu_phase_then_the_vfio_phase_after_the_reboot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = rocketlake(dir.path());
+    let r = dir.path();
+    std::fs::rename(r.join("sys/kernel/iommu_groups"), r.join("groups.away")).unwrap();
+    let fakes = Fakes::new();
+    fakes.prime(r);
+    let (code, out, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["phase"], "iommu");
+    assert_eq!(fakes.calls(), ["update-grub"]);
+    assert!(read(r, "/boot/grub/grub.cfg").contains("iommu=pt intel_iommu=on"));
+    // "Reboot": the kernel now runs with the arguments and the groups exist.
+    std::fs::rename(r.join("groups.away"), r.join("sys/kernel/iommu_groups")).unwrap();
+    t.file(
+        "/proc/cmdline",
+        "BOOT_IMAGE=/boot/vmlinuz-6.1.0-13-amd64 root=UUID=x ro quiet iommu=pt intel_iommu=on\n",
+    );
+    fakes.reset_log();
+    let (code, out, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["phase"], "vfio");
+    let grub = read(r, "/etc/default/grub");
+    assert!(grub.contains("\"quiet iommu=pt intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9,10de:1ada,10de:1adb kvm.ignore_msrs=1 kvm.report_ignored_msrs=0\""), "{grub}");
+    let (code, _, err) = run(gpt(r).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read(r, "/etc/default/grub"), hosts::GRUB_DEBIAN12);
+}
+
+#[test]
+fn no_update_prints_the_commands_instead_of_running_them() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps", "--no-update"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
+    assert!(err.contains("Run these yourself before rebooting:\n    update-grub\n    depmod -a 6.1.0-13-amd64\n    update-initramfs -u -k all\n"), "{err}");
+    // The next run owes those updates and runs them.
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        fakes.calls().contains(&"update-grub".to_string()),
+        "{:?}",
+        fakes.calls()
+    );
+}
+
+#[test]
+fn packages_are_listed_never_installed_under_a_root() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let mut t = HostTree::new(r);
+    hosts::dpkg_status(&mut t, &["curl"]);
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("packages missing under the root, not installed there: qemu-system-x86 qemu-utils ovmf bridge-utils virtinst cloud-image-utils"), "{err}");
+    assert!(
+        !fakes.calls().iter().any(|c| c.starts_with("apt-get")),
+        "{:?}",
+        fakes.calls()
+    );
+}
+
+#[test]
+fn a_held_lock_refuses_with_a_clear_message() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let host = gpt::host::Host::new(r);
+    let _lock = gpt::txn::Lock::acquire(&host).unwrap();
+    let before = snap(r);
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("another gpt is running"), "{err}");
+    assert_eq!(snap(r), before);
+}

@@ -9,3 +9,5 @@ mod full;
 mod iommu;
 mod legacy;
 mod qemu;
+mod reset;
+mod txn;
