@@ -5,6 +5,7 @@ mod support;
 
 mod check;
 mod example;
+mod full;
 mod iommu;
 mod legacy;
 mod qemu;
