@@ -601,3 +601,102 @@ fn a_corrupt_journal_is_refused_with_what_to_do_and_nothing_changes() {
     assert!(root.join("var/lib/gpt/state.json.bad").exists());
     assert!(root.join("var/lib/gpt/originals/1").exists());
 }
+
+/// The real `gpt full`, then `gpt reset`: the whole tree comes back byte for byte.
+mod with_real_full {
+    use super::*;
+    use crate::support::hosts::{amd_datacenter, rocketlake};
+
+    fn cycle(root: &Path) {
+        let fakes = Fakes::new();
+        fakes.prime(root);
+        let before = snap(root);
+        let full = |fakes: &Fakes| {
+            run(gpt(root)
+                .env("PATH", fakes.path())
+                .args(["full", "--yes", "--no-deps", "nvidia"]))
+        };
+        let (code, _, err) = full(&fakes);
+        assert_eq!(code, 0, "{err}");
+        let calls = fakes.calls();
+        for c in ["update-grub", "update-initramfs -u -k all"] {
+            assert!(calls.iter().any(|x| x == c), "{calls:?}");
+        }
+        let (code, _, err) = full(&fakes);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("already configured"), "{err}");
+        let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(snap(root), before);
+    }
+
+    #[test]
+    fn full_then_reset_is_byte_identical_on_the_rocketlake_host() {
+        let d = tempfile::tempdir().unwrap();
+        rocketlake(d.path());
+        cycle(d.path());
+    }
+
+    #[test]
+    fn full_then_reset_is_byte_identical_on_the_amd_datacenter_host() {
+        let d = tempfile::tempdir().unwrap();
+        amd_datacenter(d.path());
+        cycle(d.path());
+    }
+}
+
+/// The real `gpt full` stopped dead at each fail point: a re-run of `full` leaves grub.cfg
+/// carrying the ids, and `reset` then gives back the byte-identical tree.
+#[cfg(feature = "failpoints")]
+#[test]
+#[ignore = "fails at after-write:1 and :2 until full runs every update command when the journal says update_needed (see the txn report)"]
+fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
+    use crate::support::hosts::rocketlake;
+    let points = [
+        "after-journal",
+        "after-write:1",
+        "after-write:2",
+        "after-write:3",
+        "before-command:1",
+        "after-command:1",
+        "before-command:3",
+        "after-command:3",
+        "before-commit",
+        "after-commit",
+    ];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = points
+            .iter()
+            .map(|point| {
+                s.spawn(move || {
+                    let d = tempfile::tempdir().unwrap();
+                    let root = d.path();
+                    rocketlake(root);
+                    let fakes = Fakes::new();
+                    fakes.prime(root);
+                    let before = snap(root);
+                    let full = || {
+                        let mut c = gpt(root);
+                        c.env("PATH", fakes.path())
+                            .args(["full", "--yes", "--no-deps", "nvidia"]);
+                        c
+                    };
+                    let out = full().env("GPT_FAILPOINT", point).output().unwrap();
+                    assert_eq!(out.status.code(), None, "{point}: not stopped");
+                    let (code, _, err) = run(&mut full());
+                    assert_eq!(code, 0, "{point}: {err}");
+                    let cfg = read(root, "/boot/grub/grub.cfg");
+                    assert!(cfg.contains("vfio-pci.ids=10de:1f08"), "{point}: {cfg}");
+                    let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+                    assert_eq!(code, 0, "{point}: {err}");
+                    assert_eq!(snap(root), before, "{point}: reset did not converge");
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+}

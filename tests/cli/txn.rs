@@ -177,7 +177,8 @@ fn the_fakes_regenerate_boot_files_from_etc_like_the_real_commands() {
             .contains("kernel/drivers/vfio/pci/vfio-pci.ko:\n")
     );
     // Without the fake chroot, the fakes refuse to touch anything.
-    let out = std::process::Command::new(fakes.bin.join("update-grub"))
+    let out = std::process::Command::new("/bin/bash")
+        .arg(fakes.bin.join("update-grub"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(99));

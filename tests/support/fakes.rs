@@ -96,7 +96,9 @@ if [ ! -d "$root" ]; then
 fi
 if [ "$cmd" != chroot ] && [ -x "$FAKE_BIN/$cmd" ]; then
   export FAKE_ROOT="$root"
-  exec "$FAKE_BIN/$cmd" "$@"
+  # Through bash, not execve of the script: a script written a moment ago may still be open
+  # in a process another test thread just forked, and execve would fail with ETXTBSY.
+  exec /bin/bash "$FAKE_BIN/$cmd" "$@"
 fi
 echo "chroot: failed to run command '$cmd': No such file or directory" >&2
 exit 127
@@ -365,7 +367,8 @@ impl Fakes {
 
     /// Run one fake inside `root`, as gpt would (`chroot ROOT argv…`).
     pub fn run(&self, root: &Path, argv: &[&str]) -> std::process::Output {
-        Command::new(self.bin.join("chroot"))
+        Command::new("/bin/bash")
+            .arg(self.bin.join("chroot"))
             .arg(root)
             .args(argv)
             .env("PATH", self.path())
