@@ -147,9 +147,19 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     let mut planned = configure::plan(&facts, selection.as_ref(), &opts)?;
     // A run that was stopped, or --no-update, can leave /etc ahead of grub.cfg and the
     // initramfs: then the update commands are due even with nothing to write.
-    if planned.plan.files.is_empty() && !args.no_update && crate::txn::update_needed(host)? {
-        planned.plan.commands = configure::update_commands(&facts, true, true);
-        ui.warn("an earlier run did not finish the update commands; running them now");
+    // This holds whether or not this run writes anything: a run stopped after writing grub
+    // but before update-grub leaves a re-run with files to write and grub.cfg still stale.
+    if !args.no_update && crate::txn::update_needed(host)? {
+        let mut commands: Vec<_> = planned
+            .plan
+            .commands
+            .iter()
+            .filter(|c| !crate::txn::regenerates(c))
+            .cloned()
+            .collect();
+        commands.extend(configure::update_commands(&facts, true, true));
+        planned.plan.commands = commands;
+        ui.warn("an earlier run did not finish the update commands; running them all now");
     }
     for w in selection
         .iter()

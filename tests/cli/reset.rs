@@ -649,7 +649,6 @@ mod with_real_full {
 /// carrying the ids, and `reset` then gives back the byte-identical tree.
 #[cfg(feature = "failpoints")]
 #[test]
-#[ignore = "fails at after-write:1 and :2 until full runs every update command when the journal says update_needed (see the txn report)"]
 fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
     use crate::support::hosts::rocketlake;
     let points = [
