@@ -128,11 +128,7 @@ fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet
             (class >> 8) & 0xff,
             class & 0xff
         );
-        for (pattern, module) in &f.aliases {
-            if facts::glob_match(pattern, &modalias) {
-                out.insert(module.clone());
-            }
-        }
+        out.extend(facts::pci_alias_modules(&f.aliases, &modalias));
         let known: &[&str] = match (v, class >> 16, class >> 8) {
             (0x10de, 0x03, _) => &["nouveau", "nvidia", "nvidiafb"],
             (0x1002, 0x03, _) => &["amdgpu", "radeon"],

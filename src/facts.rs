@@ -59,8 +59,9 @@ pub struct Facts {
     /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
     /// without a module link are built in.
     pub driver_modules: BTreeMap<String, Option<String>>,
-    /// `modules.alias` patterns of the newest kernel: (pattern, module).
-    pub aliases: Vec<(String, String)>,
+    /// `modules.alias` of the newest kernel, as read (a real one has tens of thousands of
+    /// lines; [`pci_alias_modules`] scans it only for the devices that matter).
+    pub aliases: String,
     /// Devices the host cannot live without, and why.
     pub protected: BTreeMap<PciAddress, String>,
     /// Mount sources gpt could not map to a PCI device (said in a warning).
@@ -104,10 +105,9 @@ impl Facts {
             .to_string();
         f.kernels = read_kernels(host)?;
         if let Some(newest) = f.kernels.last() {
-            let alias = host
+            f.aliases = host
                 .read_optional(format!("/lib/modules/{}/modules.alias", newest.version))?
                 .unwrap_or_default();
-            f.aliases = parse_pci_aliases(&alias);
         }
         f.grub_default = host.read_optional(GRUB_DEFAULT)?;
         for name in host.list_dir(GRUB_D)? {
@@ -238,12 +238,17 @@ fn version_key(v: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// `alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau` lines.
-pub fn parse_pci_aliases(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("alias pci:"))
+/// The modules whose `alias pci:…` patterns match `modalias` (`pci:v000010DEd00001F08sv…`).
+/// Only lines for the device's vendor or any vendor are glob-matched.
+pub fn pci_alias_modules(aliases: &str, modalias: &str) -> Vec<String> {
+    let vendor = modalias.get(..13).unwrap_or(modalias); // "pci:v000010DE"
+    aliases
+        .lines()
+        .filter_map(|l| l.strip_prefix("alias "))
+        .filter(|l| l.starts_with(vendor) || l.starts_with("pci:v*"))
         .filter_map(|rest| rest.split_once(' '))
-        .map(|(pat, module)| (format!("pci:{pat}"), module.trim().replace('-', "_")))
+        .filter(|(pat, _)| glob_match(pat, modalias))
+        .map(|(_, module)| module.trim().replace('-', "_"))
         .collect()
 }
 
@@ -424,18 +429,12 @@ mod tests {
 
     #[test]
     fn aliases_match_like_modprobe() {
-        let a = parse_pci_aliases(
-            "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\nalias usb:v1234* foo\nalias pci:v*d*sv*sd*bc0Csc03i30* xhci-pci\n",
-        );
-        assert_eq!(a.len(), 2);
-        assert_eq!(a[1].1, "xhci_pci");
+        let a = "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\nalias usb:v1234* foo\n\
+                 alias pci:v*d*sv*sd*bc0Csc03i30* xhci-pci\nalias pci:v00001002d*sv*sd*bc03sc*i* amdgpu\n";
         let gpu = "pci:v000010DEd00001F08sv00001043sd000086F0bc03sc00i00";
-        assert!(glob_match(&a[0].0, gpu));
-        assert!(!glob_match(&a[1].0, gpu));
-        assert!(glob_match(
-            &a[1].0,
-            "pci:v000010DEd00001ADAsv00001043sd000086F0bc0Csc03i30"
-        ));
+        assert_eq!(pci_alias_modules(a, gpu), ["nouveau"]);
+        let usb = "pci:v000010DEd00001ADAsv00001043sd000086F0bc0Csc03i30";
+        assert_eq!(pci_alias_modules(a, usb), ["xhci_pci"]);
         assert!(glob_match("a*b*c", "aXXbYYc"));
         assert!(!glob_match("a*b*c", "aXXbYY"));
     }
