@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod synth;
 pub mod tree;
 
 use assert_cmd::Command;
