@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod describe;
 pub mod edit;
 pub mod host;
+pub mod legacy;
 pub mod pci;
 pub mod pciids;
 pub mod plan;

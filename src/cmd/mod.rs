@@ -1,7 +1,9 @@
 //! One module per subcommand; each takes the host, the UI and its arguments and returns the
 //! exit code (0 success, 1 failure or refusal).
 
+pub mod check;
 pub mod iommu;
+pub mod qemu;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
@@ -21,7 +23,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
         Command::Full(_) => bail!("`gpt full` is not built yet"),
         Command::Reset(_) => bail!("`gpt reset` is not built yet"),
-        Command::Check(_) => bail!("`gpt check` is not built yet"),
-        Command::Qemu(_) => bail!("`gpt qemu` is not built yet"),
+        Command::Check(args) => check::run(&host, &ui, args),
+        Command::Qemu(args) => qemu::run(&host, &ui, args),
     }
 }

@@ -69,6 +69,27 @@ pub fn read_var(content: &str, var: &str) -> Result<Option<String>> {
 /// another GPU replaces `vfio-pci.ids=`). Without any assignment, `var="tokens"` is
 /// appended at the end of the file. Nothing to change returns the input unchanged.
 pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
+    let out = apply_unchecked(content, var, tokens)?;
+    if out != content {
+        // Never hand back an edit that does not read back or undo cleanly.
+        let reads_back = read_var(&out, var).ok().flatten().is_some_and(|v| {
+            let have = cmdline::split(&v);
+            tokens.iter().all(|t| have.contains(&t.as_str()))
+        });
+        let undoes = matches!(
+            (reverse(&out), reverse(content)),
+            (Ok(a), Ok(b)) if a == b
+        );
+        if !reads_back || !undoes {
+            bail!(
+                "gpt's edit of {var} failed its own check (reads back: {reads_back}, undoes exactly: {undoes}), so nothing was changed; this is a gpt bug, please report it with the file"
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn apply_unchecked(content: &str, var: &str, tokens: &[String]) -> Result<String> {
     check_var(var)?;
     let mut want: Vec<&str> = Vec::new();
     for t in tokens {
@@ -85,6 +106,9 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
         if want.is_empty() {
             return Ok(content.to_string());
         }
+        if let Some(problem) = end_problem(&lines) {
+            bail!("gpt would add {var} at the end of the file, but {problem}; {NO_GUESS}");
+        }
         return Ok(create_line(content, var, &want));
     };
     let present = cmdline::split(asg.inner(lines[eff].body));
@@ -97,36 +121,35 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
         !want.contains(&g.as_str()) && want.iter().any(|w| cmdline::key(w) == cmdline::key(g))
     };
     // Every marked line of `var`, with the gpt tokens it loses to a wanted token.
-    let mut plans: Vec<(usize, Marker, usize, Vec<String>)> = marks
-        .into_iter()
-        .filter(|(_, m, _)| m.var == var)
-        .map(|(i, m, t)| {
-            let out: Vec<String> = m.tokens.iter().filter(|g| replaced(g)).cloned().collect();
-            (i, m, t, out)
-        })
-        .collect();
-    if add.is_empty() && plans.iter().all(|p| p.3.is_empty()) {
+    let groups: Vec<Group> = group_by_target(marks.into_iter().filter(|(_, m, _)| m.var == var));
+    let loses =
+        |g: &Group| -> Vec<String> { g.tokens().into_iter().filter(|t| replaced(t)).collect() };
+    if add.is_empty() && groups.iter().all(|g| loses(g).is_empty()) {
         return Ok(content.to_string());
     }
     let style = text::eol_style(content);
     let mut out = text::owned(&lines);
-    // The nearest marker above the effective line is the one that records this edit.
-    let own = plans.iter().rposition(|p| p.2 == eff);
-    let own = own.map(|k| plans.remove(k));
-    let (own_marker, own_remove) = match own {
-        Some((i, m, _, rm)) => (Some((i, m)), rm),
-        None => (None, Vec::new()),
+    let mut own = Group {
+        target: eff,
+        marks: Vec::new(),
     };
+    let mut others = Vec::new();
+    for g in groups {
+        if g.target == eff {
+            own = g;
+        } else {
+            others.push(g);
+        }
+    }
     // The effective line is the last `var` line, below every other marked `var` line, so
     // editing it first leaves the indices of the others valid; then bottom-up.
-    rewrite(&mut out, var, eff, own_marker, &own_remove, &add, style)?;
-    plans.sort_by_key(|p| std::cmp::Reverse(p.0));
-    for (i, m, _, rm) in plans {
-        if rm.is_empty() {
-            continue;
+    let rm = loses(&own);
+    rewrite(&mut out, var, own, &rm, &add, style)?;
+    for g in others.into_iter().rev() {
+        let rm = loses(&g);
+        if !rm.is_empty() {
+            rewrite(&mut out, var, g, &rm, &[], style)?;
         }
-        let target = marker_target(&out, i, &m)?;
-        rewrite(&mut out, var, target, Some((i, m)), &rm, &[], style)?;
     }
     Ok(text::join(&out))
 }
@@ -136,22 +159,18 @@ pub fn apply(content: &str, var: &str, tokens: &[String]) -> Result<String> {
 /// A file without markers is returned unchanged.
 pub fn reverse(content: &str) -> Result<String> {
     let lines = text::split_lines(content);
-    let found: Vec<(usize, Marker)> = lines
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| parse_marker(l.body).map(|m| (i, m)))
-        .collect();
-    if found.is_empty() {
+    let bodies: Vec<&str> = lines.iter().map(|l| l.body).collect();
+    let marks = markers(&bodies)?;
+    if marks.is_empty() {
         return Ok(content.to_string());
     }
     let style = text::eol_style(content);
     let mut out = text::owned(&lines);
-    // Bottom-up: each step only touches its marker line and the lines below it.
-    for (i, m) in found.into_iter().rev() {
-        let target = marker_target(&out, i, &m)?;
-        let var = m.var.clone();
-        let remove = m.tokens.clone();
-        rewrite(&mut out, &var, target, Some((i, m)), &remove, &[], style)?;
+    // Bottom-up: each step only touches its lines (markers, then the assignment under them).
+    for g in group_by_target(marks.into_iter()).into_iter().rev() {
+        let var = g.marks[0].1.var.clone();
+        let remove = g.tokens();
+        rewrite(&mut out, &var, g, &remove, &[], style)?;
     }
     Ok(text::join(&out))
 }
@@ -314,35 +333,73 @@ fn check_target(bodies: &[&str], idx: usize, m: &Marker) -> Result<usize> {
     Ok(t)
 }
 
-fn marker_target(out: &[OwnedLine], idx: usize, m: &Marker) -> Result<usize> {
-    let bodies: Vec<&str> = out.iter().map(|l| l.body.as_str()).collect();
-    check_target(&bodies, idx, m)
-}
-
 // ---------------------------------------------------------------------------------------
 // Editing one line
 
+/// gpt's markers above one assignment line (normally one), in file order.
+struct Group {
+    target: usize,
+    marks: Vec<(usize, Marker)>,
+}
+
+impl Group {
+    /// The tokens gpt added to the line, in the order it added them.
+    fn tokens(&self) -> Vec<String> {
+        self.marks
+            .iter()
+            .flat_map(|(_, m)| m.tokens.iter().cloned())
+            .collect()
+    }
+
+    /// What gpt did to the line itself: created it, else quoted it, else neither.
+    fn kind(&self) -> Kind {
+        let has = |k| self.marks.iter().any(|(_, m)| m.kind == k);
+        if has(Kind::Created) {
+            Kind::Created
+        } else if has(Kind::Quoted) {
+            Kind::Quoted
+        } else {
+            Kind::Added
+        }
+    }
+}
+
+/// Markers (in file order, with their targets) grouped by the line they belong to, in
+/// file order.
+fn group_by_target(marks: impl Iterator<Item = (usize, Marker, usize)>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, m, t) in marks {
+        match groups.iter_mut().find(|g| g.target == t) {
+            Some(g) => g.marks.push((i, m)),
+            None => groups.push(Group {
+                target: t,
+                marks: vec![(i, m)],
+            }),
+        }
+    }
+    groups.sort_by_key(|g| g.target);
+    groups
+}
+
 /// Edit one assignment line of `var`: take out `remove` (tokens gpt added), append `add`,
-/// then update gpt's marker, or, when gpt has nothing left on the line, undo what it did to
-/// the line itself (quotes, a created line) and drop the marker.
+/// then write gpt's one marker for the line, or, when gpt has nothing left on the line,
+/// undo what it did to the line itself (quotes, a created line) and drop its markers.
 fn rewrite(
     out: &mut Vec<OwnedLine>,
     var: &str,
-    target: usize,
-    marker: Option<(usize, Marker)>,
+    group: Group,
     remove: &[String],
     add: &[&str],
     style: &str,
 ) -> Result<()> {
+    let target = group.target;
     let body = out[target].body.clone();
     let n = target + 1;
     let head = candidate_head(&body, var)
         .ok_or_else(|| anyhow!("line {n}: expected a {var} assignment here; {NO_GUESS}"))?;
     let asg = parse_value(&body, head, var, n)?;
-    let (mut kind, mut gtoks, midx) = match marker {
-        Some((i, m)) => (m.kind, m.tokens, Some(i)),
-        None => (Kind::Added, Vec::new(), None),
-    };
+    let mut kind = group.kind();
+    let mut gtoks = group.tokens();
     let mut inner = asg.inner(&body).to_string();
     for r in remove.iter().rev() {
         remove_appended(&mut inner, r);
@@ -364,6 +421,9 @@ fn rewrite(
         inner.push_str(a);
         gtoks.push(a.to_string());
     }
+    // Marker lines, bottom-up; all sit above the target.
+    let mut mark_lines: Vec<usize> = group.marks.iter().map(|(i, _)| *i).collect();
+    mark_lines.reverse();
     if !gtoks.is_empty() {
         out[target].body = asg.rebuild(&body, &inner, quote);
         let m = Marker {
@@ -372,8 +432,14 @@ fn rewrite(
             tokens: gtoks,
         }
         .render();
-        match midx {
-            Some(i) => out[i].body = m,
+        match mark_lines.first() {
+            // Keep the nearest marker line, now saying everything; drop the others.
+            Some(&keep) => {
+                out[keep].body = m;
+                for &i in &mark_lines[1..] {
+                    out.remove(i);
+                }
+            }
             None => {
                 let eol = if out[target].eol.is_empty() {
                     style.to_string()
@@ -389,20 +455,23 @@ fn rewrite(
         quote = Quote::None;
     }
     let new_body = asg.rebuild(&body, &inner, quote);
-    if kind == Kind::Created && new_body == format!("{var}=\"\"") {
-        let was_last = out[target].eol.is_empty();
+    // gpt's own line with nothing left in it (the user may have dropped its quotes).
+    let delete_line = kind == Kind::Created
+        && (new_body == format!("{var}=\"\"") || new_body == format!("{var}="));
+    let was_last = out[target].eol.is_empty();
+    // The line ending gpt wrote after the line above its created line, if it took it back.
+    let added_eol = mark_lines.first().map(|&i| out[i].eol.clone());
+    if delete_line {
         out.remove(target);
-        if let Some(i) = midx {
-            let added = out[i].eol.clone();
-            out.remove(i);
-            if was_last {
-                text::strip_added_eol(out, &added);
-            }
-        }
     } else {
         out[target].body = new_body;
-        if let Some(i) = midx {
-            out.remove(i);
+    }
+    for &i in &mark_lines {
+        out.remove(i);
+    }
+    if delete_line && was_last {
+        if let Some(added) = added_eol {
+            text::strip_added_eol(out, &added);
         }
     }
     Ok(())
@@ -690,7 +759,7 @@ struct Scanned {
 
 /// A light reading of the shell quoting, enough to tell where each line starts and which
 /// text is code (outside quotes and comments).
-fn scan(lines: &[Line<'_>]) -> Vec<Scanned> {
+fn scan(lines: &[Line<'_>]) -> (Vec<Scanned>, State) {
     let mut state = State::Normal;
     let mut out = Vec::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
@@ -739,7 +808,24 @@ fn scan(lines: &[Line<'_>]) -> Vec<Scanned> {
         };
         out.push(Scanned { start, code });
     }
-    out
+    (out, state)
+}
+
+/// Why a line appended at the end of the file would not be a command of its own, if so.
+fn end_problem(lines: &[Line<'_>]) -> Option<String> {
+    let (scanned, end) = scan(lines);
+    let depth: i64 = scanned.iter().map(|s| depth_change(&s.code)).sum();
+    match end {
+        State::Quoted(_, at) => Some(format!(
+            "the file ends inside a quoted string opened on line {}",
+            at + 1
+        )),
+        State::Continued => Some("the file ends with a backslash line continuation".to_string()),
+        State::Normal if depth != 0 => {
+            Some("the file ends inside an if, case, loop or { } block".to_string())
+        }
+        State::Normal => None,
+    }
 }
 
 /// Whether a `#` after `prev` starts a comment (it does at the start of a word).
@@ -790,7 +876,7 @@ fn depth_change(code: &str) -> i64 {
 
 /// Check every line that concerns `var` and find its effective (last) plain assignment.
 fn analyze(lines: &[Line<'_>], var: &str) -> Result<Option<(usize, Assign)>> {
-    let scanned = scan(lines);
+    let (scanned, _) = scan(lines);
     let mut depth: i64 = 0;
     let mut found = None;
     for (i, (l, sc)) in lines.iter().zip(&scanned).enumerate() {
@@ -845,6 +931,41 @@ GRUB_CMDLINE_LINUX=\"\"
 
 # Uncomment to disable graphical terminal (grub-pc only)
 #GRUB_TERMINAL=console
+";
+
+    const UBUNTU2404: &str = "\
+# If you change this file or any /etc/default/grub.d/*.cfg file,
+# run 'update-grub' afterwards to update /boot/grub/grub.cfg.
+# For full documentation of the options in these files, see:
+#   info -f grub -n 'Simple configuration'
+
+GRUB_DEFAULT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=`( . /etc/os-release; echo ${NAME:-Ubuntu} ) 2>/dev/null || echo Ubuntu`
+GRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash\"
+GRUB_CMDLINE_LINUX=\"\"
+
+# If your computer has multiple video cards, check them
+#GRUB_BADRAM=\"0x01234567,0xfefefefe,0x89abcdef,0xefefefef\"
+
+# The resolution used on graphical terminal
+# you can see them in real GRUB with the command `videoinfo'
+#GRUB_GFXMODE=640x480
+
+# Uncomment if you don't want GRUB to pass \"root=UUID=xxx\" parameter to Linux
+#GRUB_DISABLE_LINUX_UUID=true
+";
+
+    const CLOUD_CFG: &str = "\
+# Cloud Image specific Grub settings for Generic Cloud Images
+# CLOUD_IMG: This file was created/modified by the Cloud Image build process
+
+# Set the recordfail timeout
+GRUB_RECORDFAIL_TIMEOUT=0
+
+# Set the default commandline
+GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
 ";
 
     fn toks(t: &[&str]) -> Vec<String> {
@@ -908,6 +1029,20 @@ GRUB_CMDLINE_LINUX=\"\"
         // The empty GRUB_CMDLINE_LINUX gets no leading space.
         let b = roundtrip(DEBIAN12, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"]));
         assert!(b.contains("\nGRUB_CMDLINE_LINUX=\"iommu=pt\"\n"), "{b}");
+    }
+
+    #[test]
+    fn ubuntu_and_cloud_image_files() {
+        assert_eq!(
+            read_var(UBUNTU2404, V).unwrap().as_deref(),
+            Some("quiet splash")
+        );
+        let a = roundtrip(UBUNTU2404, V, &vfio());
+        assert!(a.contains("\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet splash iommu=pt intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9\"\n"));
+        roundtrip(CLOUD_CFG, V, &vfio());
+        // A grub.d file without the variable gets gpt's own line.
+        let a = roundtrip("# nothing here\n", V, &vfio());
+        assert!(a.ends_with("\nGRUB_CMDLINE_LINUX_DEFAULT=\"iommu=pt intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9\"\n"));
     }
 
     #[test]
@@ -1048,6 +1183,20 @@ GRUB_CMDLINE_LINUX=\"\"
             assert!(err.contains("fix the file or edit it by hand"), "{err}");
             assert!(apply(x, V, &vfio()).is_err(), "{x:?}");
             assert!(remove_tokens(x, V, |_| true).is_err(), "{x:?}");
+        }
+    }
+
+    #[test]
+    fn no_line_is_appended_where_the_shell_would_not_read_it_as_a_command() {
+        for (x, want) in [
+            ("X=\"abc\n", "ends inside a quoted string opened on line 1"),
+            ("X=abc \\", "backslash line continuation"),
+            ("if true; then\n", "inside an if"),
+            ("X=`date\n", "quoted string"),
+        ] {
+            let err = apply(x, V, &vfio()).unwrap_err().to_string();
+            assert!(err.contains(want), "{x:?}: {err}");
+            assert_eq!(read_var(x, V).unwrap(), None);
         }
     }
 

@@ -75,6 +75,8 @@ pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
     }
     targets.sort();
     targets.dedup();
+    skipped.sort();
+    skipped.dedup();
     for line in &skipped {
         let _ = writeln!(s, "{line}");
     }

@@ -3,5 +3,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod check;
 mod example;
 mod iommu;
+mod legacy;
+mod qemu;

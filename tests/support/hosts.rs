@@ -200,3 +200,174 @@ pub fn rocketlake(root: &Path) -> HostTree {
     );
     t
 }
+
+// ---------------------------------------------------------------------------------------
+// A host as `gpt full` leaves it, and the same host after the reboot (for check and qemu).
+
+/// The kernel arguments `gpt full nvidia` configures on the rocketlake host.
+pub const ROCKETLAKE_ARGS: [&str; 5] = [
+    "iommu=pt",
+    "intel_iommu=on",
+    "vfio-pci.ids=10de:1f08,10de:10f9,10de:1ada,10de:1adb",
+    "kvm.ignore_msrs=1",
+    "kvm.report_ignored_msrs=0",
+];
+
+/// What `gpt full nvidia` records for the rocketlake host.
+pub fn rocketlake_config() -> gpt::state::Config {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    gpt::state::Config {
+        phase: gpt::state::Phase::Vfio,
+        gpus: s(&["0000:02:00.0"]),
+        devices: s(&[
+            "0000:02:00.0",
+            "0000:02:00.1",
+            "0000:02:00.2",
+            "0000:02:00.3",
+        ]),
+        ids: s(&["10de:1f08", "10de:10f9", "10de:1ada", "10de:1adb"]),
+        bind: gpt::state::BindMode::Ids,
+        grub_file: "/etc/default/grub".into(),
+        grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
+        args: s(&ROCKETLAKE_ARGS),
+        initramfs_modules: s(&["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]),
+        softdeps: s(&["i2c_nvidia_gpu", "nouveau", "snd_hda_intel", "xhci_pci"]),
+        kernels: s(&[DEBIAN_KVER]),
+    }
+}
+
+/// A fixed point in time for mtimes, so "older" and "newer" do not depend on the clock.
+fn at(offset: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs((1_700_000_000 + offset) as u64)
+}
+
+pub fn set_mtime(t: &HostTree, abs: &str, offset: i64) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(t.root.join(abs.trim_start_matches('/')))
+        .unwrap();
+    f.set_modified(at(offset)).unwrap();
+}
+
+/// A Debian grub.cfg whose default entry boots `kver` with `args` after `quiet`, plus the
+/// recovery entry (which only gets GRUB_CMDLINE_LINUX).
+pub fn grub_cfg(kver: &str, args: &[&str]) -> String {
+    let root = "root=UUID=0b6c1a9e-5f2d-4c2a-9d39-3f0d8f5b7e21 ro";
+    let extra: String = args.iter().map(|a| format!(" {a}")).collect();
+    format!(
+        "### BEGIN /etc/grub.d/10_linux ###\n\
+         menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class os {{\n\
+         \tload_video\n\tinsmod gzio\n\
+         \techo\t'Loading Linux {kver} ...'\n\
+         \tlinux\t/boot/vmlinuz-{kver} {root}  quiet{extra}\n\
+         \tinitrd\t/boot/initrd.img-{kver}\n}}\n\
+         submenu 'Advanced options for Debian GNU/Linux' {{\n\
+         \tmenuentry 'Debian GNU/Linux, with Linux {kver} (recovery mode)' {{\n\
+         \t\tlinux\t/boot/vmlinuz-{kver} {root} single \n\
+         \t\tinitrd\t/boot/initrd.img-{kver}\n\t}}\n}}\n\
+         ### END /etc/grub.d/10_linux ###\n"
+    )
+}
+
+/// Write what `gpt full` leaves for `c`: the state, the edited /etc/default/grub, the
+/// initramfs block, gpt-vfio.conf; with `updated`, also the grub.cfg and initramfs that
+/// update-grub and update-initramfs regenerate (otherwise the old ones, as `--no-update`
+/// leaves them).
+pub fn as_full_left_it(t: &mut HostTree, c: &gpt::state::Config, kver: &str, updated: bool) {
+    use gpt::edit::{grub, modprobe, modules};
+    let read = |t: &HostTree, p: &str| {
+        std::fs::read_to_string(t.root.join(p.trim_start_matches('/'))).unwrap_or_default()
+    };
+    let doc = serde_json::json!({"version": 1, "config": c, "files": []});
+    t.file(gpt::state::STATE_FILE, &format!("{doc}\n"));
+    let g = grub::apply(&read(t, &c.grub_file), &c.grub_var, &c.args).unwrap();
+    t.file(&c.grub_file, &g);
+    if c.phase == gpt::state::Phase::Vfio {
+        let mods: Vec<&str> = c.initramfs_modules.iter().map(String::as_str).collect();
+        let m = modules::apply(&read(t, "/etc/initramfs-tools/modules"), &mods);
+        t.file("/etc/initramfs-tools/modules", &m);
+        t.file(
+            "/etc/modprobe.d/gpt-vfio.conf",
+            &modprobe::render(&c.softdeps, &[]),
+        );
+        set_mtime(t, "/etc/modprobe.d/gpt-vfio.conf", 0);
+    }
+    set_mtime(t, "/etc/initramfs-tools/modules", 0);
+    let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+    let initrd = format!("/boot/initrd.img-{kver}");
+    t.file(&initrd, "initramfs image");
+    if updated {
+        t.file("/boot/grub/grub.cfg", &grub_cfg(kver, &args));
+        set_mtime(t, &initrd, 100);
+    } else {
+        t.file("/boot/grub/grub.cfg", &grub_cfg(kver, &[]));
+        set_mtime(t, &initrd, -100);
+    }
+}
+
+/// Bind the device at `addr` to `driver` (a relative `driver` link, as the kernel makes it).
+pub fn bind(t: &mut HostTree, addr: &str, driver: &str) {
+    let dev_link = t.root.join("sys/bus/pci/devices").join(addr);
+    let dir = std::fs::canonicalize(&dev_link).unwrap();
+    let rel = dir
+        .strip_prefix(std::fs::canonicalize(&t.root).unwrap())
+        .unwrap()
+        .to_path_buf();
+    let link = dir.join("driver");
+    if let Ok(old) = std::fs::read_link(&link) {
+        let old_drv = old.file_name().unwrap().to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(t.root.join("sys/bus/pci/drivers").join(old_drv).join(addr));
+        std::fs::remove_file(&link).unwrap();
+    }
+    let up = "../".repeat(rel.components().count());
+    std::fs::create_dir_all(t.root.join("sys/bus/pci/drivers").join(driver)).unwrap();
+    std::os::unix::fs::symlink(format!("{up}sys/bus/pci/drivers/{driver}"), &link).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../../{}", rel.display()),
+        t.root.join("sys/bus/pci/drivers").join(driver).join(addr),
+    )
+    .unwrap();
+}
+
+/// The host after the reboot: the running kernel has gpt's arguments, every configured
+/// device is on vfio-pci, vfio_pci is loaded, KVM is up.
+pub fn rebooted(t: &mut HostTree, c: &gpt::state::Config, kver: &str) {
+    let cmdline = std::fs::read_to_string(t.root.join("proc/cmdline")).unwrap();
+    let line = format!("{} {}\n", cmdline.trim_end(), c.args.join(" "));
+    t.file("/proc/cmdline", &line)
+        .file("/proc/sys/kernel/osrelease", &format!("{kver}\n"))
+        .file("/sys/module/vfio_pci/initstate", "live\n")
+        .file("/dev/kvm", "");
+    for d in &c.devices {
+        bind(t, d, "vfio-pci");
+    }
+}
+
+/// The kernel arguments the old setup.sh's README put on GRUB_CMDLINE_LINUX_DEFAULT.
+pub const OLD_SETUP_ARGS: &str = "quiet preempt=voluntary iommu=pt amd_iommu=on intel_iommu=on vfio-pci.ids=10de:1f08,10de:10f9,10de:1ada,10de:1adb rd.driver.pre=vfio-pci video=efifb:off kvm.ignore_msrs=1 kvm.report_ignored_msrs=0";
+
+/// What `bash setup.sh full NVIDIA debian` left on a Debian 12 host: its grub.bak, the
+/// arguments, `options vfio-pci ids=` in the initramfs list and in blacklist.conf, and the
+/// global `blacklist xhci_hcd`.
+pub fn old_setup_sh(t: &mut HostTree) {
+    let ids = "10de:1f08,10de:10f9,10de:1ada,10de:1adb";
+    t.file("/etc/default/grub.bak", GRUB_DEBIAN12)
+        .file(
+            "/etc/default/grub",
+            &GRUB_DEBIAN12.replace(
+                "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"",
+                &format!("GRUB_CMDLINE_LINUX_DEFAULT=\"{OLD_SETUP_ARGS}\""),
+            ),
+        )
+        .file(
+            "/etc/initramfs-tools/modules",
+            &format!(
+                "{MODULES_DEBIAN12}vfio\nvfio_iommu_type1\nvfio_pci\nvfio_virqfd\noptions vfio-pci ids={ids}\n"
+            ),
+        )
+        .file(
+            "/etc/modprobe.d/blacklist.conf",
+            &format!("options vfio-pci ids={ids}\n"),
+        )
+        .file("/etc/modprobe.d/xhci_hcd.conf", "blacklist xhci_hcd\n");
+}
