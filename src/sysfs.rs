@@ -95,8 +95,10 @@ fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     dev.revision = revision;
     dev.subsystem_vendor = subsystem_vendor;
     dev.subsystem_device = subsystem_device;
-    // boot_vga exists only on VGA devices.
-    dev.boot_vga = read_attr(host, &dir, &abs, "boot_vga", buf).is_ok_and(|v| v.trim() == "1");
+    // The kernel gives boot_vga only to VGA devices (class 0300, or 0001 from before class
+    // codes); looking for it elsewhere would be one failed open per device.
+    dev.boot_vga = class.is_none_or(|c| matches!(c >> 8, 0x0300 | 0x0001))
+        && read_attr(host, &dir, &abs, "boot_vga", buf).is_ok_and(|v| v.trim() == "1");
     dev.driver = dir.link_name_at("driver");
     dev
 }
