@@ -152,10 +152,9 @@ pub fn load_names(host: &Host, topo: &Topology) -> Names {
     let Some(path) = pci_ids_path(host) else {
         return Names::default();
     };
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(file) = std::fs::File::open(&path) else {
         return Names::default();
     };
-    let text = String::from_utf8_lossy(&bytes);
     let mut wanted = Wanted::default();
     for d in topo.devices.values() {
         if let Some(v) = d.vendor {
@@ -168,5 +167,7 @@ pub fn load_names(host: &Host, topo: &Topology) -> Names {
             wanted.classes.insert(((c >> 8) as u8, c as u8));
         }
     }
-    Names::parse(&text, &wanted)
+    // Streamed in 64 KiB pieces: the database is never held whole.
+    let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    Names::parse_reader(reader, &wanted).unwrap_or_default()
 }
