@@ -5,13 +5,17 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod configure;
 pub mod describe;
 pub mod edit;
+pub mod facts;
 pub mod host;
 pub mod legacy;
 pub mod pci;
 pub mod pciids;
 pub mod plan;
+pub mod select;
 pub mod state;
 pub mod sysfs;
+pub mod txn;
 pub mod ui;

@@ -2,13 +2,15 @@
 //! exit code (0 success, 1 failure or refusal).
 
 pub mod check;
+pub mod full;
 pub mod iommu;
 pub mod qemu;
+pub mod reset;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
 use crate::ui::Ui;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<u8> {
     let host = Host::new(&cli.root);
@@ -21,8 +23,8 @@ pub fn run(cli: Cli) -> Result<u8> {
     let ui = Ui::new(cli.json);
     match &cli.command {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
-        Command::Full(_) => bail!("`gpt full` is not built yet"),
-        Command::Reset(_) => bail!("`gpt reset` is not built yet"),
+        Command::Full(args) => full::run(&host, &ui, args),
+        Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
     }

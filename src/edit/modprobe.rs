@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// The first line of every file gpt writes here; [`is_gpt_owned`] looks for it.
 pub const HEADER_FIRST_LINE: &str =
-    "# Managed by gpt (GPU passthrough). 'gpt reset' removes this file; edits here are kept by reset only as a warning.";
+    "# Managed by gpt (GPU passthrough). 'gpt reset' removes gpt's lines (and the file, unless you added lines of your own).";
 
 /// The kernel command-line token that switches the bind hook off.
 pub const BIND_OFF: &str = "gpt.bind=off";

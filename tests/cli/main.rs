@@ -5,6 +5,9 @@ mod support;
 
 mod check;
 mod example;
+mod full;
 mod iommu;
 mod legacy;
 mod qemu;
+mod reset;
+mod txn;

@@ -201,6 +201,76 @@ pub fn rocketlake(root: &Path) -> HostTree {
     t
 }
 
+/// dpkg's status database with the given packages installed.
+pub fn dpkg_status(t: &mut HostTree, installed: &[&str]) {
+    let text: String = installed
+        .iter()
+        .map(|p| format!("Package: {p}\nStatus: install ok installed\nVersion: 1.0\n\n"))
+        .collect();
+    t.file("/var/lib/dpkg/status", &text);
+}
+
+/// An AMD EPYC server on Ubuntu 24.04 (kernel 6.8, vfio-pci built in, AMD-Vi: ACPI IVRS) with
+/// an H100 (3D controller, class 0302) alone in its group and an ASPEED BMC display as boot VGA.
+pub fn amd_datacenter(root: &Path) -> HostTree {
+    let mut t = HostTree::new(root);
+    let amd =
+        |addr: &str, dev: u16, class: u32, g: u32| Dev::new(addr, (0x1022, dev), class).group(g);
+    t.device(amd("0000:00:00.0", 0x14a4, 0x060000, 0))
+        .device(amd("0000:40:01.1", 0x14ab, 0x060400, 12).driver("pcieport"))
+        .device(
+            Dev::new("0000:41:00.0", (0x10de, 0x2331), 0x030200)
+                .rev(0xa1)
+                .subsys(0x10de, 0x1626)
+                .group(40)
+                .driver("nvidia")
+                .behind("0000:40:01.1"),
+        )
+        .device(amd("0000:c0:01.1", 0x14ab, 0x060400, 50).driver("pcieport"))
+        .device(
+            Dev::new("0000:c1:00.0", (0x144d, 0xa80a), 0x010802)
+                .group(51)
+                .driver("nvme")
+                .behind("0000:c0:01.1"),
+        )
+        .device(Dev::new("0000:c2:00.0", (0x1a03, 0x2000), 0x030000).rev(0x52).group(52).boot_vga().driver("ast"))
+        .device(Dev::new("0000:c3:00.0", (0x14e4, 0x16d7), 0x020000).group(53).driver("bnxt_en"))
+        .block("0000:c1:00.0", "nvme/nvme0", "nvme0n1", &["nvme0n1p1", "nvme0n1p2"])
+        .net("0000:c3:00.0", "eno1")
+        .file("/sys/firmware/acpi/tables/IVRS", "IVRS")
+        .file("/etc/os-release", OS_UBUNTU2404)
+        .file("/etc/default/grub", &GRUB_DEBIAN12.replace("echo Debian", "echo Ubuntu"))
+        .file("/etc/initramfs-tools/modules", MODULES_DEBIAN12)
+        .file("/usr/share/misc/pci.ids", PCI_IDS)
+        .file(
+            "/proc/cpuinfo",
+            &cpuinfo("AuthenticAMD", "AMD EPYC 9354 32-Core Processor", "svm", 64),
+        )
+        .file("/proc/meminfo", "MemTotal:       792723456 kB\n")
+        .file("/proc/cmdline", "BOOT_IMAGE=/vmlinuz-6.8.0-45-generic root=/dev/mapper/vg0-root ro\n")
+        .file("/proc/mounts", "/dev/mapper/vg0-root / ext4 rw 0 0\n/dev/nvme0n1p1 /boot/efi vfat rw 0 0\n")
+        .file("/proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n")
+        .file(
+            "/proc/net/route",
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\neno1\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n",
+        )
+        .file("/sys/block/dm-0/dm/name", "vg0-root\n")
+        .symlink("/sys/block/dm-0/slaves/nvme0n1p2", "../../nvme0n1/nvme0n1p2")
+        .symlink("/sys/class/block/dm-0", "../../block/dm-0")
+        .kernel(
+            "6.8.0-45-generic",
+            &[
+                "kernel/drivers/vfio/vfio.ko.zst",
+                "kernel/drivers/vfio/vfio_iommu_type1.ko.zst",
+                "kernel/drivers/gpu/drm/nouveau/nouveau.ko.zst",
+            ],
+            &["kernel/drivers/vfio/pci/vfio-pci.ko", "kernel/drivers/vfio/pci/vfio-pci-core.ko"],
+            "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n",
+        );
+    dpkg_status(&mut t, &["qemu-system-x86", "qemu-utils", "ovmf", "curl"]);
+    t
+}
+
 // ---------------------------------------------------------------------------------------
 // A host as `gpt full` leaves it, and the same host after the reboot (for check and qemu).
 

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: host-tree builders and helpers to run the real binary.
 #![allow(dead_code)]
 
+pub mod fakes;
 pub mod hosts;
 pub mod synth;
 pub mod tree;

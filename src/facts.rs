@@ -1,0 +1,466 @@
+//! Read what `gpt full` needs to know about a host, once, into plain data. All the I/O of the
+//! planning step is here; the decisions are made on the result.
+
+use crate::host::Host;
+use crate::pci::{PciAddress, Topology};
+use crate::sysfs;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+pub const GRUB_DEFAULT: &str = "/etc/default/grub";
+pub const GRUB_D: &str = "/etc/default/grub.d";
+pub const INITRAMFS_TOOLS: &str = "/etc/initramfs-tools";
+pub const INITRAMFS_MODULES: &str = "/etc/initramfs-tools/modules";
+pub const MODPROBE_CONF: &str = "/etc/modprobe.d/gpt-vfio.conf";
+pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+
+/// One installed kernel (`/lib/modules/KVER`).
+#[derive(Debug, Clone, Default)]
+pub struct Kernel {
+    pub version: String,
+    /// Loadable modules, names normalised to underscores (`vfio_pci`).
+    pub modules: BTreeSet<String>,
+    /// Built-in modules (`modules.builtin`), normalised likewise.
+    pub builtin: BTreeSet<String>,
+}
+
+impl Kernel {
+    pub fn has(&self, module: &str) -> bool {
+        let m = module.replace('-', "_");
+        self.modules.contains(&m) || self.builtin.contains(&m)
+    }
+
+    /// `(major, minor)` of the version, `6.1.0-13-amd64` → `(6, 1)`.
+    pub fn major_minor(&self) -> Option<(u32, u32)> {
+        let mut it = self.version.split(|c: char| !c.is_ascii_digit());
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub topology: Topology,
+    /// `ID` and `ID_LIKE` words of /etc/os-release, and its `PRETTY_NAME`.
+    pub os_ids: Vec<String>,
+    pub os_pretty: String,
+    pub dmar: bool,
+    pub ivrs: bool,
+    pub cpu_vendor: Option<String>,
+    pub cmdline: String,
+    pub kernels: Vec<Kernel>,
+    pub grub_default: Option<String>,
+    /// `/etc/default/grub.d/*.cfg`, in the order grub sources them.
+    pub grub_d: Vec<(String, String)>,
+    pub initramfs_tools: bool,
+    pub dracut: bool,
+    pub initramfs_modules: Option<String>,
+    pub modprobe_conf: Option<String>,
+    /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
+    /// without a module link are built in.
+    pub driver_modules: BTreeMap<String, Option<String>>,
+    /// `modules.alias` patterns of the newest kernel: (pattern, module).
+    pub aliases: Vec<(String, String)>,
+    /// Devices the host cannot live without, and why.
+    pub protected: BTreeMap<PciAddress, String>,
+    /// Mount sources gpt could not map to a PCI device (said in a warning).
+    pub unmapped: Vec<String>,
+    pub installed_packages: BTreeSet<String>,
+    pub dpkg_status_found: bool,
+    /// Free bytes on the filesystem holding /boot, and the size of the largest initrd there.
+    pub boot_free: Option<u64>,
+    pub largest_initrd: u64,
+}
+
+impl Facts {
+    pub fn read(host: &Host) -> Result<Facts> {
+        let topology = sysfs::read_topology(host)?;
+        let mut f = Facts {
+            topology,
+            ..Facts::default()
+        };
+        if let Some(os) = host.read_optional("/etc/os-release")? {
+            let vars = parse_os_release(&os);
+            for key in ["ID", "ID_LIKE"] {
+                if let Some(v) = vars.get(key) {
+                    f.os_ids.extend(v.split_whitespace().map(str::to_lowercase));
+                }
+            }
+            f.os_pretty = vars
+                .get("PRETTY_NAME")
+                .or_else(|| vars.get("ID"))
+                .cloned()
+                .unwrap_or_default();
+        }
+        f.dmar = host.exists("/sys/firmware/acpi/tables/DMAR");
+        f.ivrs = host.exists("/sys/firmware/acpi/tables/IVRS");
+        f.cpu_vendor = host
+            .read_optional("/proc/cpuinfo")?
+            .and_then(|c| cpu_vendor(&c));
+        f.cmdline = host
+            .read_optional("/proc/cmdline")?
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        f.kernels = read_kernels(host)?;
+        if let Some(newest) = f.kernels.last() {
+            let alias = host
+                .read_optional(format!("/lib/modules/{}/modules.alias", newest.version))?
+                .unwrap_or_default();
+            f.aliases = parse_pci_aliases(&alias);
+        }
+        f.grub_default = host.read_optional(GRUB_DEFAULT)?;
+        for name in host.list_dir(GRUB_D)? {
+            if name.ends_with(".cfg") {
+                let path = format!("{GRUB_D}/{name}");
+                if let Some(text) = host.read_optional(&path)? {
+                    f.grub_d.push((path, text));
+                }
+            }
+        }
+        f.initramfs_tools = host.resolve(INITRAMFS_TOOLS)?.is_dir();
+        f.dracut = host.exists("/etc/dracut.conf") || host.exists("/usr/lib/dracut");
+        f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
+        f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
+        for drv in host.list_dir("/sys/bus/pci/drivers")? {
+            let module = host.link_name(format!("/sys/bus/pci/drivers/{drv}/module"));
+            f.driver_modules.insert(drv, module);
+        }
+        let (protected, unmapped) = boot_critical(host)?;
+        f.protected = protected;
+        f.unmapped = unmapped;
+        if let Some(status) = host.read_optional(DPKG_STATUS)? {
+            f.dpkg_status_found = true;
+            f.installed_packages = installed_packages(&status);
+        }
+        let boot = host.resolve("/boot")?;
+        if boot.is_dir() {
+            f.boot_free = nix::sys::statvfs::statvfs(&boot)
+                .ok()
+                .map(|s| s.blocks_available() * s.fragment_size());
+            for name in host.list_dir("/boot")? {
+                if name.starts_with("initrd.img-") {
+                    let size = std::fs::metadata(boot.join(&name))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    f.largest_initrd = f.largest_initrd.max(size);
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The distribution family gpt knows, from os-release (`ubuntu` before `debian`: Ubuntu
+    /// derivatives list both).
+    pub fn distro(&self) -> Option<crate::cli::Distro> {
+        use crate::cli::Distro;
+        if self.os_ids.iter().any(|i| i == "ubuntu") {
+            Some(Distro::Ubuntu)
+        } else if self.os_ids.iter().any(|i| i == "debian") {
+            Some(Distro::Debian)
+        } else {
+            None
+        }
+    }
+}
+
+/// `KEY=value` lines of os-release, quotes removed.
+pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+pub fn cpu_vendor(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn module_name(file: &str) -> Option<String> {
+    let base = file.rsplit('/').next()?;
+    let stem = [".ko.zst", ".ko.xz", ".ko.gz", ".ko"]
+        .iter()
+        .find_map(|ext| base.strip_suffix(ext))?;
+    Some(stem.replace('-', "_"))
+}
+
+fn read_kernels(host: &Host) -> Result<Vec<Kernel>> {
+    let mut kernels = Vec::new();
+    for version in host.list_dir("/lib/modules")? {
+        let base = format!("/lib/modules/{version}");
+        if !host.resolve(&base)?.is_dir() {
+            continue;
+        }
+        let mut k = Kernel {
+            version: version.clone(),
+            ..Kernel::default()
+        };
+        // modules.dep lists every module in one file; walk the tree only without it.
+        if let Some(dep) = host.read_optional(format!("{base}/modules.dep"))? {
+            k.modules = dep
+                .lines()
+                .filter_map(|l| l.split(':').next())
+                .filter_map(module_name)
+                .collect();
+        } else {
+            let dir = host.resolve(format!("{base}/kernel"))?;
+            for entry in walkdir::WalkDir::new(&dir).into_iter().flatten() {
+                if let Some(n) = module_name(&entry.file_name().to_string_lossy()) {
+                    k.modules.insert(n);
+                }
+            }
+        }
+        if let Some(builtin) = host.read_optional(format!("{base}/modules.builtin"))? {
+            k.builtin = builtin.lines().filter_map(module_name).collect();
+        }
+        kernels.push(k);
+    }
+    kernels.sort_by_key(|k| version_key(&k.version));
+    Ok(kernels)
+}
+
+/// Sort key for kernel versions: numbers compare as numbers.
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    v.split(['.', '-'])
+        .map(|p| (p.parse().unwrap_or(0), p.to_string()))
+        .collect()
+}
+
+/// `alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau` lines.
+pub fn parse_pci_aliases(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("alias pci:"))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(pat, module)| (format!("pci:{pat}"), module.trim().replace('-', "_")))
+        .collect()
+}
+
+/// Glob match with `*` (and `?`), as modprobe matches aliases.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Package names with `Status: install ok installed` in dpkg's status database.
+pub fn installed_packages(status: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for para in status.split("\n\n") {
+        let mut name = None;
+        let mut installed = false;
+        for line in para.lines() {
+            if let Some(n) = line.strip_prefix("Package: ") {
+                name = Some(n.trim());
+            } else if let Some(s) = line.strip_prefix("Status: ") {
+                installed = s.trim().ends_with(" installed");
+            }
+        }
+        if let (Some(n), true) = (name, installed) {
+            out.insert(n.to_string());
+        }
+    }
+    out
+}
+
+/// PCI addresses in a resolved sysfs path (every controller and bridge on the way).
+fn pci_addresses_in(path: &Path) -> Vec<PciAddress> {
+    path.components()
+        .filter_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok())
+        .collect()
+}
+
+/// The devices that carry `/`, `/boot`, the EFI system partition, swap (and the disks under an
+/// LVM/LUKS volume holding them), and the NIC of the default route.
+fn boot_critical(host: &Host) -> Result<(BTreeMap<PciAddress, String>, Vec<String>)> {
+    let mut protected = BTreeMap::new();
+    let mut unmapped = Vec::new();
+    let mut add = |addrs: Vec<PciAddress>, why: String| {
+        for a in addrs {
+            protected.entry(a).or_insert_with(|| why.clone());
+        }
+    };
+    let mounts = host.read_optional("/proc/mounts")?.unwrap_or_default();
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for line in mounts.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(src), Some(target)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if ["/", "/boot", "/boot/efi", "/efi", "/usr"].contains(&target) && src.starts_with("/dev/")
+        {
+            sources.push((src.to_string(), format!("holds {target} ({src})")));
+        }
+    }
+    let swaps = host.read_optional("/proc/swaps")?.unwrap_or_default();
+    for line in swaps.lines().skip(1) {
+        if let Some(src) = line.split_whitespace().next() {
+            if src.starts_with("/dev/") {
+                sources.push((src.to_string(), format!("holds swap ({src})")));
+            }
+        }
+    }
+    for (src, why) in sources {
+        let addrs = block_device_pci(host, &src, 0)?;
+        if addrs.is_empty() {
+            unmapped.push(src);
+        } else {
+            add(addrs, why);
+        }
+    }
+    let route = host.read_optional("/proc/net/route")?.unwrap_or_default();
+    for line in route.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() > 2 && cols[1] == "00000000" {
+            let dir = host.resolve(format!("/sys/class/net/{}", cols[0]))?;
+            add(
+                pci_addresses_in(&dir),
+                format!("carries the default route ({})", cols[0]),
+            );
+        }
+    }
+    Ok((protected, unmapped))
+}
+
+/// The PCI devices under a block device, following device-mapper (LVM, LUKS) to its disks.
+fn block_device_pci(host: &Host, dev: &str, depth: usize) -> Result<Vec<PciAddress>> {
+    if depth > 8 {
+        return Ok(Vec::new());
+    }
+    let mut name = dev.trim_start_matches("/dev/").to_string();
+    if let Some(mapper) = name.strip_prefix("mapper/") {
+        // /dev/mapper/NAME is dm-N whose dm/name is NAME.
+        let wanted = mapper.to_string();
+        name = host
+            .list_dir("/sys/block")?
+            .into_iter()
+            .find(|b| {
+                b.starts_with("dm-")
+                    && host
+                        .read_optional(format!("/sys/block/{b}/dm/name"))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|n| n.trim() == wanted)
+            })
+            .unwrap_or(name);
+    }
+    let sys = host
+        .resolve(format!("/sys/class/block/{name}"))
+        .with_context(|| format!("cannot resolve /sys/class/block/{name}"))?;
+    if !sys.exists() {
+        return Ok(Vec::new());
+    }
+    let mut addrs = pci_addresses_in(&sys);
+    if addrs.is_empty() {
+        // A virtual device (dm, md): follow its slaves.
+        let slaves_dir = format!("/sys/class/block/{name}/slaves");
+        for slave in host.list_dir(&slaves_dir)? {
+            addrs.extend(block_device_pci(host, &format!("/dev/{slave}"), depth + 1)?);
+        }
+    }
+    Ok(addrs)
+}
+
+/// Refuse hosts gpt cannot configure yet, before deciding anything.
+pub fn check_supported(f: &Facts) -> Result<()> {
+    if f.grub_default.is_none() {
+        bail!(
+            "this host does not boot with GRUB (there is no /etc/default/grub); gpt supports GRUB \
+             only for now, so nothing was changed"
+        );
+    }
+    if !f.initramfs_tools {
+        if f.dracut {
+            bail!("this host builds its initramfs with dracut, which gpt does not support yet; nothing was changed");
+        }
+        bail!(
+            "there is no /etc/initramfs-tools on this host; gpt supports initramfs-tools (Debian, \
+             Ubuntu) only for now, so nothing was changed"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_values_lose_their_quotes() {
+        let v = parse_os_release(
+            "ID=ubuntu\nID_LIKE=debian\nPRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\nX='y'\n",
+        );
+        assert_eq!(v["ID"], "ubuntu");
+        assert_eq!(v["PRETTY_NAME"], "Ubuntu 24.04.1 LTS");
+        assert_eq!(v["X"], "y");
+    }
+
+    #[test]
+    fn aliases_match_like_modprobe() {
+        let a = parse_pci_aliases(
+            "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\nalias usb:v1234* foo\nalias pci:v*d*sv*sd*bc0Csc03i30* xhci-pci\n",
+        );
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].1, "xhci_pci");
+        let gpu = "pci:v000010DEd00001F08sv00001043sd000086F0bc03sc00i00";
+        assert!(glob_match(&a[0].0, gpu));
+        assert!(!glob_match(&a[1].0, gpu));
+        assert!(glob_match(
+            &a[1].0,
+            "pci:v000010DEd00001ADAsv00001043sd000086F0bc0Csc03i30"
+        ));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn dpkg_status_installed_only() {
+        let s = "Package: ovmf\nStatus: install ok installed\n\nPackage: curl\nStatus: deinstall ok config-files\n\nPackage: qemu-utils\nStatus: install ok installed\n";
+        let p = installed_packages(s);
+        assert!(p.contains("ovmf") && p.contains("qemu-utils") && !p.contains("curl"));
+    }
+
+    #[test]
+    fn kernel_versions_and_module_names() {
+        let k = Kernel {
+            version: "6.10.3-amd64".into(),
+            ..Kernel::default()
+        };
+        assert_eq!(k.major_minor(), Some((6, 10)));
+        assert_eq!(
+            module_name("kernel/drivers/vfio/pci/vfio-pci.ko.zst").as_deref(),
+            Some("vfio_pci")
+        );
+        assert_eq!(module_name("modules.dep"), None);
+        let mut v = vec!["6.10.0", "6.9.2", "5.15.0-91-generic"];
+        v.sort_by_key(|a| version_key(a));
+        assert_eq!(v, ["5.15.0-91-generic", "6.9.2", "6.10.0"]);
+    }
+}

@@ -1,0 +1,77 @@
+//! One gpt at a time per host: an exclusive `flock` on `<root>/run/gpt.lock`.
+//!
+//! The lock's file descriptor is inherited by the commands gpt starts, so an update-initramfs
+//! that outlives a killed gpt still holds the lock until it ends: no second gpt can start
+//! changing files under it.
+
+use crate::host::Host;
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub const LOCK_FILE: &str = "/run/gpt.lock";
+
+/// Proof that this process holds the lock; released when dropped (or when the process and
+/// every command it started have ended).
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+}
+
+impl Lock {
+    /// Take the lock without waiting; "another gpt is running" when it is held.
+    pub fn acquire(host: &Host) -> Result<Lock> {
+        let abs = Path::new(LOCK_FILE);
+        let dir = abs.parent().expect("the lock file has a folder");
+        // /run is a tmpfs on a real host; a host tree may lack it.
+        super::fs::create_dirs(host, dir)?;
+        let path = super::fs::target(host, abs)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {LOCK_FILE}"))?;
+        let flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => bail!(
+                "another gpt is running (lock {LOCK_FILE} held); wait for it to finish \
+                 (an update-initramfs it started may still be running) and try again"
+            ),
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("cannot lock {LOCK_FILE}"));
+            }
+        };
+        // Inheritable: commands started while the lock is held keep it held.
+        fcntl(flock.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
+            .with_context(|| format!("cannot make {LOCK_FILE} inheritable"))?;
+        Ok(Lock { _flock: flock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_root_is_refused_until_the_first_is_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Host::new(d.path());
+        let first = Lock::acquire(&h).unwrap();
+        let err = Lock::acquire(&h).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("another gpt is running (lock /run/gpt.lock held)"),
+            "{err:#}"
+        );
+        drop(first);
+        Lock::acquire(&h).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let _a = Lock::acquire(&Host::new(other.path())).unwrap();
+    }
+}

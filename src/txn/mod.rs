@@ -1,0 +1,422 @@
+//! The transaction every writing command goes through: lock → journal → atomic writes →
+//! commands → state, and on any failure, a rollback that puts the host back as it was.
+//!
+//! - [`Lock`]: one gpt per host (`/run/gpt.lock`, inherited by the commands gpt starts).
+//! - [`fs`]: atomic writes and removals that keep mode and owner and stay inside the root.
+//! - [`journal`]: `/var/lib/gpt/state.json` with copies of the original and written bytes.
+//! - [`run`]: the command runner (PATH lookup, chroot under `--root`, spinner, stderr tail).
+//! - [`signals`]: SIGINT/SIGTERM/SIGHUP held off while committing.
+//! - [`failpoint`]: named points where a test build stops dead (feature `failpoints`).
+//!
+//! Crash safety: the journal is saved, with `update_needed` set, before the first file
+//! changes, and it records both the original and the bytes about to be written. Whatever
+//! point a run is stopped at, each file is either its old or its new version (atomic
+//! rename), and `reset` or a re-run of `full` can tell which and converge.
+
+pub mod failpoint;
+pub mod fs;
+pub mod journal;
+pub mod lock;
+pub mod run;
+pub mod signals;
+
+pub use fs::Meta;
+pub use journal::State;
+pub use lock::Lock;
+pub use run::{spawned, Captured, Runner};
+
+use crate::host::Host;
+use crate::plan::{FileAction, Plan};
+use crate::state::{Config, STATE_DIR, STATE_FILE};
+use crate::ui::Ui;
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// What the state should say once the transaction succeeded.
+#[derive(Debug, Clone, Copy)]
+pub enum Finish<'c> {
+    /// `full`: journal the files (keeping the very first originals) and record the config.
+    Record(Option<&'c Config>),
+    /// `reset`: forget the journal (it is removed; only an `update_needed` marker stays when
+    /// the update commands did not run).
+    Forget,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Each file of the plan with what happened to it (`created`, `modified`, `removed`).
+    pub files: Vec<(PathBuf, FileAction)>,
+    /// The commands run, in order.
+    pub commands: Vec<Vec<String>>,
+    /// A signal that arrived during the last step: gpt finished the transaction first.
+    pub interrupted: Option<&'static str>,
+}
+
+/// Whether `/etc` may be ahead of grub.cfg and the initramfs (a run was stopped, or the
+/// update commands were skipped): `full` must then run them even with nothing to write.
+pub fn update_needed(host: &Host) -> Result<bool> {
+    Ok(State::load(host)?.is_some_and(|s| s.update_needed))
+}
+
+/// Apply `plan` on `host`, recording `config` (what `gpt full` does).
+pub fn apply(
+    host: &Host,
+    ui: &Ui,
+    lock: &Lock,
+    plan: &Plan,
+    config: Option<&Config>,
+) -> Result<Outcome> {
+    apply_with(
+        &Runner::new(host, ui),
+        lock,
+        plan,
+        Finish::Record(config),
+        &[],
+    )
+}
+
+/// One file of the plan as it was when the transaction started.
+struct Before {
+    path: PathBuf,
+    current: Option<fs::Current>,
+}
+
+/// Apply `plan` with `runner` (whose host and UI are used). `metas` sets the exact mode and
+/// owner of some files (`reset` recreating a file gpt had removed); other files keep theirs,
+/// and new ones get root:root `new_mode`.
+///
+/// On any failure — a write, a command, or SIGINT/SIGTERM/SIGHUP between steps — every file
+/// already changed is put back (bytes, mode, owner), the commands that had started are run
+/// again so grub.cfg and the initramfs match the restored files, the previous state is
+/// restored, and the error says what failed and that the host was rolled back.
+pub fn apply_with(
+    runner: &Runner,
+    _lock: &Lock,
+    plan: &Plan,
+    finish: Finish,
+    metas: &[(PathBuf, Meta)],
+) -> Result<Outcome> {
+    let host = runner.host();
+    let ui = runner.ui();
+    let hold = signals::hold()?;
+    let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
+
+    // Leftovers of a killed run: temp files, blobs no saved state points at.
+    let prev_raw = journal::load_raw(host)?;
+    let prev = prev_raw.as_deref().map(journal::parse).transpose()?;
+    journal::clean_temps(host)?;
+    let mut befores = Vec::new();
+    for f in &files {
+        if let Some(dir) = f.path.parent() {
+            fs::clean_temps(host, dir)?;
+        }
+        let current = fs::read(host, &f.path)?;
+        if current.as_ref().map(|c| &c.bytes) != f.before.as_ref() {
+            bail!(
+                "{} changed since gpt read it (another program is editing it?); nothing was changed, run gpt again",
+                f.path.display()
+            );
+        }
+        befores.push(Before {
+            path: f.path.clone(),
+            current,
+        });
+    }
+
+    // The journal, before the first change.
+    let mut state = prev.clone().unwrap_or_default();
+    state.generation += 1;
+    state.update_needed = true;
+    let mut blobs: Vec<(String, &[u8])> = Vec::new();
+    if let Finish::Record(config) = finish {
+        state.config = config.cloned();
+        for (f, b) in files.iter().zip(&befores) {
+            let path = f.path.display().to_string();
+            let k = match state.files.iter().position(|e| e.path == path) {
+                Some(k) => k,
+                None => {
+                    let n = state.files.len() + 1;
+                    let meta = b
+                        .current
+                        .as_ref()
+                        .map(|c| c.meta)
+                        .unwrap_or_else(|| meta_for(metas, &f.path, f.new_mode));
+                    let original = f.before.as_ref().map(|bytes| {
+                        let name = journal::original_name(n);
+                        blobs.push((name.clone(), bytes));
+                        name
+                    });
+                    state.files.push(journal::Entry {
+                        path,
+                        existed: f.before.is_some(),
+                        mode: meta.mode,
+                        uid: meta.uid,
+                        gid: meta.gid,
+                        original,
+                        written: None,
+                    });
+                    n - 1
+                }
+            };
+            state.files[k].written = f.after.as_ref().map(|bytes| {
+                let name = journal::written_name(k + 1, state.generation);
+                blobs.push((name.clone(), bytes));
+                name
+            });
+        }
+    }
+    let mut new_dirs = fs::missing_dirs(host, Path::new(STATE_DIR))?;
+    for f in &files {
+        if f.after.is_some() {
+            if let Some(dir) = f.path.parent() {
+                for d in fs::missing_dirs(host, dir)? {
+                    if !new_dirs.contains(&d) {
+                        new_dirs.push(d);
+                    }
+                }
+            }
+        }
+    }
+    for d in &new_dirs {
+        let d = d.display().to_string();
+        if !state.created_dirs.contains(&d) {
+            state.created_dirs.push(d);
+        }
+    }
+
+    let mut tx = Tx {
+        runner,
+        prev_raw: prev_raw.as_deref(),
+        prev: prev.as_ref(),
+        state: &state,
+        befores: &befores,
+        commands: &plan.commands,
+        written: 0,
+        changed: 0,
+        started: 0,
+        file_dirs: Vec::new(),
+    };
+    let result = (|| -> Result<Outcome> {
+        for (name, bytes) in &blobs {
+            journal::write_blob(host, name, bytes)?;
+        }
+        write_state(host, &state)?;
+        crate::failpoint!("after-journal");
+
+        for (i, f) in files.iter().enumerate() {
+            interrupted(&hold)?;
+            tx.written = i + 1;
+            match &f.after {
+                Some(bytes) => {
+                    let meta = metas.iter().find(|(p, _)| *p == f.path).map(|(_, m)| *m);
+                    let made = fs::write(host, &f.path, bytes, meta, f.new_mode)?;
+                    tx.file_dirs.extend(made);
+                }
+                None => {
+                    fs::remove(host, &f.path)?;
+                }
+            }
+            tx.changed += 1;
+            crate::failpoint!("after-write:{}", i + 1);
+        }
+        let mut outcome = Outcome {
+            files: files.iter().map(|f| (f.path.clone(), f.action())).collect(),
+            ..Outcome::default()
+        };
+        for (j, step) in plan.commands.iter().enumerate() {
+            interrupted(&hold)?;
+            crate::failpoint!("before-command:{}", j + 1);
+            tx.started = j + 1;
+            runner.run(step)?;
+            outcome.commands.push(step.argv.clone());
+            crate::failpoint!("after-command:{}", j + 1);
+        }
+        Ok(outcome)
+    })();
+
+    let mut outcome = match result {
+        Ok(o) => o,
+        Err(err) => return Err(tx.rollback(err)),
+    };
+
+    crate::failpoint!("before-commit");
+    let mut done = state.clone();
+    done.update_needed = plan.commands.is_empty()
+        && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
+    match finish {
+        Finish::Record(_) => {
+            write_state(host, &done)?;
+            journal::drop_blobs(host, prev.as_ref(), Some(&done))?;
+        }
+        Finish::Forget if done.update_needed => {
+            let marker = State {
+                created_dirs: done.created_dirs.clone(),
+                update_needed: true,
+                generation: done.generation,
+                ..State::default()
+            };
+            write_state(host, &marker)?;
+            journal::drop_blobs(host, Some(&done), Some(&marker))?;
+        }
+        Finish::Forget => journal::remove_all(host, &done, prev.is_some())?,
+    }
+    crate::failpoint!("after-commit");
+    outcome.interrupted = hold.interrupted();
+    if let Some(sig) = outcome.interrupted {
+        ui.warn(format!(
+            "{sig} arrived during the last step; gpt finished it first, so the host is consistent"
+        ));
+    }
+    Ok(outcome)
+}
+
+/// Whether a command rebuilds boot files from /etc (update-grub, update-initramfs, depmod):
+/// those run again after a rollback so /boot matches the restored files.
+pub fn regenerates(step: &crate::plan::Step) -> bool {
+    let name = step
+        .argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or_default();
+    matches!(
+        name,
+        "update-grub" | "grub-mkconfig" | "update-initramfs" | "depmod"
+    )
+}
+
+fn meta_for(metas: &[(PathBuf, Meta)], path: &Path, new_mode: u32) -> Meta {
+    metas
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, m)| *m)
+        .unwrap_or_else(|| Meta::new_file(new_mode))
+}
+
+fn interrupted(hold: &signals::Hold) -> Result<()> {
+    match hold.interrupted() {
+        Some(sig) => bail!("interrupted by {sig}"),
+        None => Ok(()),
+    }
+}
+
+fn write_state(host: &Host, state: &State) -> Result<()> {
+    fs::write(host, Path::new(STATE_FILE), &state.to_json(), None, 0o644)?;
+    Ok(())
+}
+
+/// What a running transaction has done so far, for the rollback.
+struct Tx<'a, 'r> {
+    runner: &'a Runner<'r>,
+    prev_raw: Option<&'a [u8]>,
+    prev: Option<&'a State>,
+    state: &'a State,
+    befores: &'a [Before],
+    commands: &'a [crate::plan::Step],
+    /// Files possibly changed (the first `written` of the plan).
+    written: usize,
+    /// Files written successfully.
+    changed: usize,
+    /// Commands started (the first `started` of the plan).
+    started: usize,
+    /// Folders created for new files.
+    file_dirs: Vec<PathBuf>,
+}
+
+impl Tx<'_, '_> {
+    fn rollback(self, err: anyhow::Error) -> anyhow::Error {
+        let host = self.runner.host();
+        let mut problems = Vec::new();
+        for (_n, b) in self.befores[..self.written].iter().enumerate().rev() {
+            let r = match &b.current {
+                Some(c) => fs::write(host, &b.path, &c.bytes, Some(c.meta), c.meta.mode).map(drop),
+                None => fs::remove(host, &b.path).map(drop),
+            };
+            if let Err(e) = r {
+                problems.push(format!("{}: {e:#}", b.path.display()));
+            }
+            crate::failpoint!("rollback-after-restore:{}", _n + 1);
+        }
+        if let Err(e) = fs::remove_dirs_if_empty(host, &self.file_dirs) {
+            problems.push(format!("{e:#}"));
+        }
+        if !problems.is_empty() {
+            return err.context(format!(
+                "ROLLBACK INCOMPLETE: could not put back {}. The journal in {STATE_DIR} still has \
+                 every original: fix the cause, then run `gpt reset`",
+                problems.join("; ")
+            ));
+        }
+        let restored = self.changed;
+        // Only the commands that derive boot files from /etc run again; packages a failed
+        // run installed stay installed (removing them could take away more than gpt added).
+        let commands: Vec<&crate::plan::Step> = self.commands[..self.started]
+            .iter()
+            .filter(|s| regenerates(s))
+            .collect();
+        let mut rerun = Vec::new();
+        let mut failed = None;
+        for step in &commands {
+            match self.runner.run(step) {
+                Ok(_) => rerun.push(step.shell_line()),
+                Err(e) => {
+                    failed = Some((step.shell_line(), e));
+                    break;
+                }
+            }
+        }
+        let state_result = if failed.is_some() {
+            // /etc is back, but grub.cfg or the initramfs may not match it yet.
+            let mut s = self.prev.cloned().unwrap_or_default();
+            s.update_needed = true;
+            s.created_dirs = self.state.created_dirs.clone();
+            write_state(host, &s)
+                .and_then(|()| journal::drop_blobs(host, Some(self.state), Some(&s)))
+        } else {
+            self.restore_state()
+        };
+        let files = match restored {
+            1 => "the file gpt changed is back".to_string(),
+            n => format!("the {n} files gpt changed are back"),
+        };
+        let mut msg = if restored == 0 {
+            "nothing was changed".to_string()
+        } else {
+            format!("rolled back: {files} as they were")
+        };
+        if !rerun.is_empty() {
+            msg.push_str(&format!(", and `{}` ran again", rerun.join("`, `")));
+        }
+        if let Some((line, e)) = failed {
+            msg.push_str(&format!(
+                ". But re-running `{line}` failed too ({e:#}), so grub.cfg or the initramfs may \
+                 not match /etc yet: once that is fixed, run `gpt reset` (or `{}`)",
+                commands
+                    .iter()
+                    .map(|s| s.shell_line())
+                    .collect::<Vec<_>>()
+                    .join(" && ")
+            ));
+        }
+        if let Err(e) = state_result {
+            msg.push_str(&format!(
+                ". The journal {STATE_FILE} could not be restored ({e:#}); run `gpt reset`"
+            ));
+        }
+        err.context(msg)
+    }
+
+    /// Put the state file back as it was before this run (or remove the journal it created).
+    fn restore_state(&self) -> Result<()> {
+        let host = self.runner.host();
+        match self.prev_raw {
+            Some(raw) => {
+                if journal::load_raw(host)?.as_deref() != Some(raw) {
+                    fs::write(host, Path::new(STATE_FILE), raw, None, 0o644)?;
+                }
+                journal::drop_blobs(host, Some(self.state), self.prev)
+            }
+            None => journal::remove_all(host, self.state, false),
+        }
+    }
+}

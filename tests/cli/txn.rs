@@ -1,0 +1,509 @@
+//! The transaction (`gpt::txn`) against host trees, with the fake commands on PATH: journal,
+//! atomic writes, commands, rollback.
+
+use crate::support::fakes::Fakes;
+use crate::support::hosts::{rocketlake, DEBIAN_KVER};
+use crate::support::tree::snapshot;
+use gpt::edit;
+use gpt::host::Host;
+use gpt::plan::{FileAction, FileChange, Plan, Step};
+use gpt::state::{BindMode, Config, Phase};
+use gpt::txn::{self, Finish, Lock, Runner, State};
+use gpt::ui::Ui;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+pub const IDS: [&str; 4] = ["10de:1f08", "10de:10f9", "10de:1ada", "10de:1adb"];
+
+pub fn grub_tokens() -> Vec<String> {
+    vec![
+        "intel_iommu=on".into(),
+        "iommu=pt".into(),
+        format!("vfio-pci.ids={}", IDS.join(",")),
+        "kvm.ignore_msrs=1".into(),
+        "kvm.report_ignored_msrs=0".into(),
+    ]
+}
+
+/// What `gpt full nvidia` configures on the RocketLake host.
+pub fn rocketlake_config() -> Config {
+    Config {
+        phase: Phase::Vfio,
+        gpus: vec!["0000:02:00.0".into()],
+        devices: [
+            "0000:02:00.0",
+            "0000:02:00.1",
+            "0000:02:00.2",
+            "0000:02:00.3",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ids: IDS.map(String::from).to_vec(),
+        bind: BindMode::Ids,
+        grub_file: "/etc/default/grub".into(),
+        grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
+        args: grub_tokens(),
+        initramfs_modules: ["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]
+            .map(String::from)
+            .to_vec(),
+        softdeps: ["i2c_nvidia_gpu", "nouveau", "snd_hda_intel", "xhci_pci"]
+            .map(String::from)
+            .to_vec(),
+        kernels: vec![DEBIAN_KVER.into()],
+    }
+}
+
+pub fn update_commands(kernels: &[&str]) -> Vec<Step> {
+    let mut v = vec![
+        Step::new("Regenerating grub.cfg", &["update-grub"]),
+        Step::new(
+            "Rebuilding the initramfs",
+            &["update-initramfs", "-u", "-k", "all"],
+        ),
+    ];
+    for k in kernels {
+        v.push(Step::new(&format!("depmod {k}"), &["depmod", "-a", k]));
+    }
+    v
+}
+
+/// The plan `gpt full` would make for a host configured like RocketLake, from its current
+/// files (a stand-in until `full` lands): grub tokens, the modules block, gpt-vfio.conf.
+pub fn full_plan(root: &Path, tokens: &[String]) -> Plan {
+    let read = |p: &str| fs::read(root.join(p.trim_start_matches('/'))).ok();
+    let grub = read("/etc/default/grub").unwrap();
+    let grub_new = edit::grub::apply(
+        std::str::from_utf8(&grub).unwrap(),
+        "GRUB_CMDLINE_LINUX_DEFAULT",
+        tokens,
+    )
+    .unwrap();
+    let modules = read("/etc/initramfs-tools/modules").unwrap();
+    let modules_new = edit::modules::apply(
+        std::str::from_utf8(&modules).unwrap(),
+        &["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"],
+    );
+    let conf = read("/etc/modprobe.d/gpt-vfio.conf");
+    let conf_new = edit::modprobe::render(&rocketlake_config().softdeps, &[]);
+    let mut plan = Plan::default();
+    plan.push_file(FileChange::new(
+        "/etc/default/grub",
+        Some(grub),
+        Some(grub_new.into_bytes()),
+    ));
+    plan.push_file(FileChange::new(
+        "/etc/initramfs-tools/modules",
+        Some(modules),
+        Some(modules_new.into_bytes()),
+    ));
+    plan.push_file(FileChange::new(
+        "/etc/modprobe.d/gpt-vfio.conf",
+        conf,
+        Some(conf_new.into_bytes()),
+    ));
+    if !plan.files.is_empty() {
+        plan.commands = update_commands(&[DEBIAN_KVER]);
+    }
+    plan
+}
+
+/// A RocketLake tree whose /boot matches its /etc, and the fakes.
+pub fn primed_host() -> (tempfile::TempDir, Fakes) {
+    let dir = tempfile::tempdir().unwrap();
+    rocketlake(dir.path());
+    let fakes = Fakes::new();
+    fakes.prime(dir.path());
+    (dir, fakes)
+}
+
+/// Run the transaction as `gpt full` would, with the fakes (and `env`) for the commands.
+pub fn simulate_full(
+    root: &Path,
+    fakes: &Fakes,
+    env: &[(&str, &str)],
+) -> anyhow::Result<txn::Outcome> {
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let mut runner = Runner::new(&host, &ui).with_path(fakes.path());
+    for (k, v) in env {
+        runner = runner.with_env(k, v);
+    }
+    let lock = Lock::acquire(&host)?;
+    let config = rocketlake_config();
+    let mut plan = full_plan(root, &grub_tokens());
+    // As `full` must: an update owed by a stopped run is run even with nothing to write.
+    if plan.commands.is_empty() && txn::update_needed(&host)? {
+        plan.commands = update_commands(&[DEBIAN_KVER]);
+    }
+    txn::apply_with(&runner, &lock, &plan, Finish::Record(Some(&config)), &[])
+}
+
+/// A snapshot without the lock file (which stays, as lock files do).
+pub fn snap(root: &Path) -> Vec<(String, String)> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| p != "run" && p != "run/gpt.lock")
+        .collect()
+}
+
+fn read(root: &Path, p: &str) -> String {
+    fs::read_to_string(root.join(p.trim_start_matches('/'))).unwrap()
+}
+
+fn temp_files(root: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".gpt-tmp."))
+        .map(|e| e.path().display().to_string())
+        .collect()
+}
+
+#[test]
+fn the_fakes_regenerate_boot_files_from_etc_like_the_real_commands() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert!(
+        cfg.contains(&format!("\tlinux\t/boot/vmlinuz-{DEBIAN_KVER} root=UUID=")),
+        "{cfg}"
+    );
+    assert!(cfg.contains(" ro  quiet\n"), "{cfg}");
+    assert!(read(root, &format!("/boot/initrd.img-{DEBIAN_KVER}"))
+        .starts_with("# initramfs written by gpt's fake update-initramfs"));
+    assert!(
+        read(root, &format!("/lib/modules/{DEBIAN_KVER}/modules.dep"))
+            .contains("kernel/drivers/vfio/pci/vfio-pci.ko:\n")
+    );
+    // Without the fake chroot, the fakes refuse to touch anything.
+    let out = std::process::Command::new("/bin/bash")
+        .arg(fakes.bin.join("update-grub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(99));
+    // dpkg-query reads the root's status file.
+    let status = root.join("var/lib/dpkg/status");
+    fs::create_dir_all(status.parent().unwrap()).unwrap();
+    fs::write(
+        &status,
+        "Package: ovmf\nStatus: install ok installed\nVersion: 2023\n\n",
+    )
+    .unwrap();
+    let out = fakes.run(
+        root,
+        &[
+            "dpkg-query",
+            "-W",
+            "--showformat=${db:Status-Abbrev}${Package}\\n",
+            "ovmf",
+            "curl",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ii ovmf\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no packages found matching curl"));
+    assert_eq!(out.status.code(), Some(1));
+    let out = fakes.run(root, &["apt-get", "install", "-y", "curl"]);
+    assert!(out.status.success());
+    let out = fakes.run(
+        root,
+        &[
+            "dpkg-query",
+            "-W",
+            "--showformat=${db:Status-Status}\\n",
+            "curl",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "installed\n");
+}
+
+#[test]
+fn apply_journals_first_writes_the_files_and_runs_the_commands() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let grub_before = read(root, "/etc/default/grub");
+    let outcome = simulate_full(root, &fakes, &[]).unwrap();
+    assert_eq!(
+        outcome.files,
+        vec![
+            ("/etc/default/grub".into(), FileAction::Modified),
+            ("/etc/initramfs-tools/modules".into(), FileAction::Modified),
+            ("/etc/modprobe.d/gpt-vfio.conf".into(), FileAction::Created),
+        ]
+    );
+    assert_eq!(
+        fakes.calls(),
+        [
+            "update-grub".to_string(),
+            "update-initramfs -u -k all".into(),
+            format!("depmod -a {DEBIAN_KVER}"),
+        ]
+    );
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert!(
+        cfg.contains(&format!(" ro  quiet {}\n", grub_tokens().join(" "))),
+        "{cfg}"
+    );
+    let out = fakes.run(
+        root,
+        &["lsinitramfs", &format!("/boot/initrd.img-{DEBIAN_KVER}")],
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains(&format!(
+            "usr/lib/modules/{DEBIAN_KVER}/kernel/drivers/vfio/pci/vfio-pci.ko\n"
+        )),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("etc/modprobe.d/gpt-vfio.conf\n"),
+        "{listing}"
+    );
+
+    let host = Host::new(root);
+    let state = State::load(&host).unwrap().unwrap();
+    assert_eq!(state.config, Some(rocketlake_config()));
+    assert!(!state.update_needed);
+    assert_eq!(state.generation, 1);
+    let grub = state.entry(Path::new("/etc/default/grub")).unwrap();
+    assert!(grub.existed);
+    assert_eq!((grub.mode, grub.uid, grub.gid), (0o644, 0, 0));
+    assert_eq!(grub.original.as_deref(), Some("originals/1"));
+    assert_eq!(grub.written.as_deref(), Some("written/1.1"));
+    assert_eq!(
+        state.original(&host, grub).unwrap().unwrap(),
+        grub_before.as_bytes()
+    );
+    assert_eq!(
+        state.written(&host, grub).unwrap().unwrap(),
+        read(root, "/etc/default/grub").as_bytes()
+    );
+    let conf = state
+        .entry(Path::new("/etc/modprobe.d/gpt-vfio.conf"))
+        .unwrap();
+    assert!(!conf.existed);
+    assert_eq!(conf.original, None);
+    let json = read(root, "/var/lib/gpt/state.json");
+    assert!(
+        json.starts_with("{\n  \"version\": 1,\n  \"config\": {"),
+        "{json}"
+    );
+    assert!(temp_files(root).is_empty());
+}
+
+#[test]
+fn a_second_run_keeps_the_very_first_originals_and_updates_what_was_written() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let grub_before = read(root, "/etc/default/grub");
+    simulate_full(root, &fakes, &[]).unwrap();
+    // A second run with another GPU: the ids change.
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let runner = Runner::new(&host, &ui).with_path(fakes.path());
+    let mut tokens = grub_tokens();
+    tokens[2] = "vfio-pci.ids=10de:2204,10de:1aef".into();
+    let plan = full_plan(root, &tokens);
+    assert_eq!(plan.files.len(), 1, "only grub changes");
+    let lock = Lock::acquire(&host).unwrap();
+    txn::apply_with(
+        &runner,
+        &lock,
+        &plan,
+        Finish::Record(Some(&rocketlake_config())),
+        &[],
+    )
+    .unwrap();
+    let state = State::load(&host).unwrap().unwrap();
+    assert_eq!(state.generation, 2);
+    let grub = state.entry(Path::new("/etc/default/grub")).unwrap();
+    assert_eq!(grub.written.as_deref(), Some("written/1.2"));
+    assert_eq!(
+        state.original(&host, grub).unwrap().unwrap(),
+        grub_before.as_bytes()
+    );
+    assert!(read(root, "/etc/default/grub").contains("vfio-pci.ids=10de:2204,10de:1aef"));
+    // The blob of the first run is gone; the other files' blobs stay.
+    let mut blobs = host.list_dir("/var/lib/gpt/written").unwrap();
+    blobs.sort();
+    assert_eq!(blobs, ["1.2", "2.1", "3.1"]);
+}
+
+#[test]
+fn a_failing_command_rolls_back_to_the_identical_tree() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let before = snap(root);
+    let err = simulate_full(root, &fakes, &[("FAKE_FAIL", "update-initramfs:1")]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.starts_with("rolled back: the 3 files gpt changed are back as they were, and `update-grub`, `update-initramfs -u -k all` ran again: "), "{msg}");
+    assert!(
+        msg.contains("update-initramfs -u -k all` failed (exit status 1)"),
+        "{msg}"
+    );
+    assert!(msg.contains("fake failure requested by FAKE_FAIL"), "{msg}");
+    assert_eq!(
+        fakes.calls(),
+        [
+            "update-grub",
+            "update-initramfs -u -k all",
+            "update-grub",
+            "update-initramfs -u -k all"
+        ]
+    );
+    assert_eq!(snap(root), before);
+}
+
+#[test]
+fn when_the_rollback_cannot_rerun_a_command_the_files_are_back_and_an_update_is_owed() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let etc_before: Vec<_> = snap(root)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("etc"))
+        .collect();
+    let err = simulate_full(root, &fakes, &[("FAKE_FAIL", "update-initramfs")]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("But re-running `update-initramfs -u -k all` failed too"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("run `gpt reset` (or `update-grub && update-initramfs -u -k all`)"),
+        "{msg}"
+    );
+    let etc_after: Vec<_> = snap(root)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("etc"))
+        .collect();
+    assert_eq!(etc_after, etc_before);
+    let host = Host::new(root);
+    assert!(txn::update_needed(&host).unwrap());
+    let state = State::load(&host).unwrap().unwrap();
+    assert!(state.files.is_empty() && state.config.is_none());
+}
+
+#[test]
+fn a_failing_write_puts_back_the_files_already_written() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    // gpt-vfio.conf is a link into a folder that does not exist: its write fails, after grub's.
+    std::os::unix::fs::symlink(
+        "/nowhere/gpt-vfio.conf",
+        root.join("etc/modprobe.d/gpt-vfio.conf"),
+    )
+    .unwrap();
+    let before = snap(root);
+    let err = simulate_full(root, &fakes, &[]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("rolled back: the 2 files gpt changed are back as they were: "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("link into a folder that does not exist"),
+        "{msg}"
+    );
+    assert!(fakes.calls().is_empty());
+    assert_eq!(snap(root), before);
+}
+
+#[test]
+fn files_keep_their_mode_and_owner_and_stale_temp_files_are_cleaned() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let grub = root.join("etc/default/grub");
+    fs::set_permissions(&grub, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root {
+        std::os::unix::fs::chown(&grub, Some(1000), Some(4)).unwrap();
+    }
+    fs::write(
+        root.join("etc/default/.gpt-tmp.grub"),
+        "left by a killed gpt",
+    )
+    .unwrap();
+    simulate_full(root, &fakes, &[]).unwrap();
+    let m = fs::metadata(&grub).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    if as_root {
+        assert_eq!((m.uid(), m.gid()), (1000, 4));
+        let conf = fs::metadata(root.join("etc/modprobe.d/gpt-vfio.conf")).unwrap();
+        assert_eq!(
+            (conf.mode() & 0o7777, conf.uid(), conf.gid()),
+            (0o644, 0, 0)
+        );
+    }
+    assert!(temp_files(root).is_empty());
+}
+
+#[test]
+fn a_file_changed_after_planning_is_refused_and_nothing_changes() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let runner = Runner::new(&host, &ui).with_path(fakes.path());
+    let plan = full_plan(root, &grub_tokens());
+    fs::write(
+        root.join("etc/default/grub"),
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"edited\"\n",
+    )
+    .unwrap();
+    let before = snap(root);
+    let lock = Lock::acquire(&host).unwrap();
+    let err = txn::apply_with(&runner, &lock, &plan, Finish::Record(None), &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/etc/default/grub changed since gpt read it"),
+        "{err:#}"
+    );
+    assert_eq!(snap(root), before);
+    assert!(fakes.calls().is_empty());
+}
+
+#[test]
+fn skipping_the_update_commands_leaves_an_update_owed() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let runner = Runner::new(&host, &ui).with_path(fakes.path());
+    let mut plan = full_plan(root, &grub_tokens());
+    plan.commands.clear();
+    let lock = Lock::acquire(&host).unwrap();
+    txn::apply_with(&runner, &lock, &plan, Finish::Record(None), &[]).unwrap();
+    assert!(txn::update_needed(&host).unwrap());
+    assert!(fakes.calls().is_empty());
+}
+
+#[test]
+fn a_rollback_reruns_only_the_commands_that_rebuild_boot_files() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let host = Host::new(root);
+    let ui = Ui::new(false);
+    let runner = Runner::new(&host, &ui)
+        .with_path(fakes.path())
+        .with_env("FAKE_FAIL", "update-initramfs:1");
+    let mut plan = full_plan(root, &grub_tokens());
+    plan.commands.insert(
+        0,
+        Step::new("Installing packages", &["apt-get", "install", "-y", "ovmf"]),
+    );
+    let lock = Lock::acquire(&host).unwrap();
+    let err = txn::apply_with(&runner, &lock, &plan, Finish::Record(None), &[]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("and `update-grub`, `update-initramfs -u -k all` ran again"),
+        "{err:#}"
+    );
+    assert_eq!(
+        fakes.calls(),
+        [
+            "apt-get install -y ovmf",
+            "update-grub",
+            "update-initramfs -u -k all",
+            "update-grub",
+            "update-initramfs -u -k all"
+        ]
+    );
+}

@@ -1,0 +1,414 @@
+//! Fake external commands for tests: `chroot`, `update-grub`, `update-initramfs`, `depmod`,
+//! `lsinitramfs`, `dpkg-query`, `apt-get`, written as bash scripts into a temp `bin` folder
+//! to put first on PATH.
+//!
+//! - Each call of a fake (other than `chroot`) appends one line, `name args…`, to the log
+//!   ([`Fakes::calls`]).
+//! - `chroot ROOT cmd args…` runs the fake `cmd` with `FAKE_ROOT=ROOT`. The other fakes
+//!   refuse to run without `FAKE_ROOT` (exit 99): a test can never touch the real `/boot`.
+//!   (`dpkg-query --admindir=DIR` needs no root.)
+//! - `update-grub` sources `ROOT/etc/default/grub` and `ROOT/etc/default/grub.d/*.cfg` in a
+//!   subshell, like grub-mkconfig, and writes `ROOT/boot/grub/grub.cfg` with one entry per
+//!   `ROOT/boot/vmlinuz-KVER`: `linux /boot/vmlinuz-KVER root=… ro $GRUB_CMDLINE_LINUX
+//!   $GRUB_CMDLINE_LINUX_DEFAULT`. A file that does not parse makes it fail, as the real one.
+//! - `update-initramfs -u -k all|KVER` writes `ROOT/boot/initrd.img-KVER`: one `module NAME
+//!   PATH` line per module in `ROOT/etc/initramfs-tools/modules` (PATH relative to
+//!   `lib/modules/KVER`, `-` if the kernel has no such module file) and one `conf FILE CKSUM`
+//!   line per `ROOT/etc/modprobe.d/*.conf`.
+//! - `lsinitramfs IMG` lists `usr/lib/modules/KVER/kernel/…/vfio-pci.ko` and
+//!   `etc/modprobe.d/…` lines for such an image.
+//! - `depmod -a KVER` writes `ROOT/lib/modules/KVER/modules.dep` (fails for a missing KVER).
+//! - `dpkg-query -W [-f FMT] PKG…` reads `ROOT/var/lib/dpkg/status`; `apt-get install PKG…`
+//!   adds stanzas to it.
+//! - `FAKE_FAIL=name` makes that fake print to stderr and exit 1; `FAKE_FAIL=name:N` only on
+//!   its N-th call (since [`Fakes::new`] or [`Fakes::reset_log`]); several, comma-separated.
+//!   `FAKE_SLEEP=name:SECS` makes it sleep first; `FAKE_SIGNAL_PARENT=name:INT` makes it send
+//!   SIGINT to the process that started it (gpt) first.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const FAKES: &[&str] = &[
+    "chroot",
+    "update-grub",
+    "update-initramfs",
+    "depmod",
+    "lsinitramfs",
+    "dpkg-query",
+    "apt-get",
+];
+
+const COMMON: &str = r##"
+# Shared by gpt's fake commands. FAKE_BIN and FAKE_STATE are set by each script.
+fake_begin() {
+  local me=$1 need_root=$2
+  shift 2
+  printf '%s\n' "$me${*:+ $*}" >> "$FAKE_STATE/calls.log"
+  local counter="$FAKE_STATE/count-$me" n
+  n=$(( $(cat "$counter" 2>/dev/null || echo 0) + 1 ))
+  echo "$n" > "$counter"
+  if [ "$need_root" = yes ] && [ -z "${FAKE_ROOT:-}" ]; then
+    echo "fake $me: not called through the fake chroot; refusing to touch the real /" >&2
+    exit 99
+  fi
+  local item items
+  IFS=, read -ra items <<< "${FAKE_SLEEP:-}"
+  for item in "${items[@]}"; do
+    [ "${item%%:*}" = "$me" ] && sleep "${item#*:}"
+  done
+  IFS=, read -ra items <<< "${FAKE_SIGNAL_PARENT:-}"
+  for item in "${items[@]}"; do
+    # name:SIG sends SIG to the process that started this one (gpt).
+    [ "${item%%:*}" = "$me" ] && kill -s "${item#*:}" "$PPID"
+  done
+  IFS=, read -ra items <<< "${FAKE_FAIL:-}"
+  for item in "${items[@]}"; do
+    if [ "$item" = "$me" ] || [ "$item" = "$me:$n" ]; then
+      echo "$me: working..." >&2
+      echo "E: $me: fake failure requested by FAKE_FAIL ($item)" >&2
+      exit 1
+    fi
+  done
+}
+
+# The kernels of the root: lib/modules/KVER with a /boot/vmlinuz-KVER, newest first.
+fake_kernels() {
+  local d k
+  for d in "$FAKE_ROOT"/lib/modules/*/; do
+    [ -d "$d" ] || continue
+    k=$(basename "$d")
+    [ -e "$FAKE_ROOT/boot/vmlinuz-$k" ] && echo "$k"
+  done | sort -V -r
+}
+"##;
+
+const CHROOT: &str = r##"
+if [ $# -lt 2 ]; then echo "chroot: missing operand" >&2; exit 125; fi
+root=$1; shift
+cmd=${1##*/}; shift
+if [ ! -d "$root" ]; then
+  echo "chroot: cannot change root directory to '$root': No such file or directory" >&2
+  exit 125
+fi
+if [ "$cmd" != chroot ] && [ -x "$FAKE_BIN/$cmd" ]; then
+  export FAKE_ROOT="$root"
+  # Through bash, not execve of the script: a script written a moment ago may still be open
+  # in a process another test thread just forked, and execve would fail with ETXTBSY.
+  exec /bin/bash "$FAKE_BIN/$cmd" "$@"
+fi
+echo "chroot: failed to run command '$cmd': No such file or directory" >&2
+exit 127
+"##;
+
+const UPDATE_GRUB: &str = r##"
+fake_begin update-grub yes "$@"
+root=$FAKE_ROOT
+echo "Generating grub configuration file ..." >&2
+if [ ! -f "$root/etc/default/grub" ]; then
+  echo "/usr/sbin/grub-mkconfig: /etc/default/grub: No such file or directory" >&2
+  exit 1
+fi
+vals=$(
+  set +u
+  GRUB_CMDLINE_LINUX=""
+  GRUB_CMDLINE_LINUX_DEFAULT=""
+  . "$root/etc/default/grub" || exit 1
+  for f in "$root"/etc/default/grub.d/*.cfg; do
+    [ -e "$f" ] || continue
+    . "$f" || exit 1
+  done
+  printf '%s\n%s\n' "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"
+) || { echo "/usr/sbin/grub-mkconfig: syntax error in /etc/default/grub" >&2; exit 1; }
+mapfile -t v <<< "$vals"
+mkdir -p "$root/boot/grub"
+out="$root/boot/grub/grub.cfg"
+{
+  echo "# grub.cfg written by gpt's fake update-grub"
+  for k in $(fake_kernels); do
+    echo "Found linux image: /boot/vmlinuz-$k" >&2
+    printf "menuentry 'Debian GNU/Linux, with Linux %s' {\n" "$k"
+    printf '\tlinux\t/boot/vmlinuz-%s root=UUID=0b6c1a9e-5f2d-4c2a-9d39-3f0d8f5b7e21 ro %s %s\n' "$k" "${v[0]:-}" "${v[1]:-}"
+    printf '\tinitrd\t/boot/initrd.img-%s\n}\n' "$k"
+  done
+} > "$out.new" && chmod 444 "$out.new" && mv -f "$out.new" "$out" || exit 1
+echo "done" >&2
+"##;
+
+const UPDATE_INITRAMFS: &str = r##"
+fake_begin update-initramfs yes "$@"
+root=$FAKE_ROOT
+mode=
+kver=
+while [ $# -gt 0 ]; do
+  case $1 in
+    -u) mode=u ;;
+    -c) mode=c ;;
+    -d) mode=d ;;
+    -k) kver=${2:-}; shift ;;
+    -v|-t|-b) ;;
+    *) echo "update-initramfs: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$mode" ] || [ -z "$kver" ]; then
+  echo "Usage: update-initramfs {-c|-d|-u} [-k version] [-v] [-b directory]" >&2
+  exit 2
+fi
+if [ "$kver" = all ]; then
+  kvers=$(fake_kernels)
+else
+  [ -d "$root/lib/modules/$kver" ] || { echo "update-initramfs: /lib/modules/$kver does not exist" >&2; exit 1; }
+  kvers=$kver
+fi
+norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
+for k in $kvers; do
+  img="$root/boot/initrd.img-$k"
+  if [ "$mode" = d ]; then rm -f "$img"; continue; fi
+  echo "update-initramfs: Generating /boot/initrd.img-$k" >&2
+  {
+    echo "# initramfs written by gpt's fake update-initramfs for $k"
+    if [ -f "$root/etc/initramfs-tools/modules" ]; then
+      while read -r name _; do
+        case $name in ''|'#'*) continue ;; esac
+        want=$(norm "$name")
+        found=-
+        while read -r f; do
+          [ -n "$f" ] || continue
+          if [ "$(norm "$(basename "$f")")" = "$want" ]; then found=${f#./}; break; fi
+        done < <(cd "$root/lib/modules/$k" 2>/dev/null && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
+        echo "module $want $found"
+      done < "$root/etc/initramfs-tools/modules"
+    fi
+    for c in "$root"/etc/modprobe.d/*.conf; do
+      [ -e "$c" ] || continue
+      echo "conf etc/modprobe.d/$(basename "$c") $(cksum < "$c" | cut -d' ' -f1)"
+    done
+  } > "$img.new" && mv -f "$img.new" "$img" || exit 1
+done
+"##;
+
+const LSINITRAMFS: &str = r##"
+fake_begin lsinitramfs no "$@"
+img=${1:-}
+if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
+if [ ! -f "$img" ]; then echo "lsinitramfs: $1: No such file or directory" >&2; exit 1; fi
+k=$(sed -n '1s/.* for //p' "$img")
+echo "."
+echo "usr"
+while read -r kind a b; do
+  case $kind in
+    module) [ "$b" != - ] && echo "usr/lib/modules/$k/$b" ;;
+    conf) echo "$a" ;;
+  esac
+done < "$img"
+"##;
+
+const DEPMOD: &str = r##"
+fake_begin depmod yes "$@"
+root=$FAKE_ROOT
+kver=
+for a in "$@"; do
+  case $a in -a|-A|-q) ;; -*) ;; *) kver=$a ;; esac
+done
+if [ -z "$kver" ]; then
+  echo "fake depmod: give the kernel version (inside a chroot, uname -r is the host's kernel)" >&2
+  exit 1
+fi
+dir="$root/lib/modules/$kver"
+if [ ! -d "$dir" ]; then
+  echo "depmod: ERROR: could not open directory /lib/modules/$kver: No such file or directory" >&2
+  exit 1
+fi
+(cd "$dir" && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | sed 's|^\./||; s|$|:|' | LC_ALL=C sort) > "$dir/modules.dep.new" \
+  && mv -f "$dir/modules.dep.new" "$dir/modules.dep"
+"##;
+
+const DPKG_QUERY: &str = r##"
+admindir=
+fmt='${binary:Package}\t${Version}\n'
+pkgs=()
+args=("$@")
+while [ $# -gt 0 ]; do
+  case $1 in
+    -W|--show) ;;
+    -f|--showformat) fmt=$2; shift ;;
+    -f*) fmt=${1#-f} ;;
+    --showformat=*) fmt=${1#--showformat=} ;;
+    --admindir=*) admindir=${1#--admindir=} ;;
+    --admindir) admindir=$2; shift ;;
+    -*) echo "dpkg-query: unknown option $1" >&2; exit 2 ;;
+    *) pkgs+=("$1") ;;
+  esac
+  shift
+done
+if [ -n "$admindir" ]; then need=no; else need=yes; fi
+fake_begin dpkg-query "$need" "${args[@]}"
+status=${admindir:-$FAKE_ROOT/var/lib/dpkg}/status
+rc=0
+for p in "${pkgs[@]}"; do
+  stanza=$(awk -v p="$p" 'BEGIN{RS=""} $0 ~ "(^|\n)Package: " p "(\n|$)" {print; exit}' "$status" 2>/dev/null)
+  if [ -z "$stanza" ]; then
+    echo "dpkg-query: no packages found matching $p" >&2
+    rc=1
+    continue
+  fi
+  st=$(sed -n 's/^Status: //p' <<< "$stanza")
+  ver=$(sed -n 's/^Version: //p' <<< "$stanza")
+  case $st in "install ok installed") abbrev="ii " ;; *) abbrev="un " ;; esac
+  out=$fmt
+  out=${out//'${binary:Package}'/$p}
+  out=${out//'${Package}'/$p}
+  out=${out//'${Version}'/$ver}
+  out=${out//'${Status}'/$st}
+  out=${out//'${db:Status-Abbrev}'/$abbrev}
+  out=${out//'${db:Status-Status}'/${st##* }}
+  printf '%b' "$out"
+done
+exit $rc
+"##;
+
+const APT_GET: &str = r##"
+fake_begin apt-get yes "$@"
+status="$FAKE_ROOT/var/lib/dpkg/status"
+sub=
+pkgs=()
+for a in "$@"; do
+  case $a in -*) ;; *) if [ -z "$sub" ]; then sub=$a; else pkgs+=("$a"); fi ;; esac
+done
+case $sub in
+  update) echo "Reading package lists... Done" >&2 ;;
+  install)
+    mkdir -p "$(dirname "$status")"
+    for p in "${pkgs[@]}"; do
+      printf 'Package: %s\nStatus: install ok installed\nVersion: 1.0-fake\n\n' "$p" >> "$status"
+      echo "Setting up $p (1.0-fake) ..."
+    done ;;
+  *) echo "E: Invalid operation $sub" >&2; exit 100 ;;
+esac
+"##;
+
+/// A folder of fake commands and their call log.
+pub struct Fakes {
+    dir: tempfile::TempDir,
+    pub bin: PathBuf,
+}
+
+impl Default for Fakes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fakes {
+    pub fn new() -> Fakes {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let state = dir.path().to_path_buf();
+        fs::write(bin.join(".common.sh"), COMMON).unwrap();
+        for (name, body) in [
+            ("chroot", CHROOT),
+            ("update-grub", UPDATE_GRUB),
+            ("update-initramfs", UPDATE_INITRAMFS),
+            ("depmod", DEPMOD),
+            ("lsinitramfs", LSINITRAMFS),
+            ("dpkg-query", DPKG_QUERY),
+            ("apt-get", APT_GET),
+        ] {
+            let script = format!(
+                "#!/bin/bash\n# {name}: a fake for gpt's tests (tests/support/fakes.rs)\nset -u\n\
+                 FAKE_BIN='{}'\nFAKE_STATE='{}'\n. \"$FAKE_BIN/.common.sh\"\n{body}",
+                bin.display(),
+                state.display()
+            );
+            let p = bin.join(name);
+            fs::write(&p, script).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(dir.path().join("calls.log"), "").unwrap();
+        Fakes { dir, bin }
+    }
+
+    /// PATH with the fakes first.
+    pub fn path(&self) -> OsString {
+        let mut p = self.bin.clone().into_os_string();
+        p.push(":");
+        p.push(std::env::var_os("PATH").unwrap_or_default());
+        p
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("calls.log")
+    }
+
+    /// Each call, `name args…`, in order (`chroot` itself is not logged).
+    pub fn calls(&self) -> Vec<String> {
+        fs::read_to_string(self.log())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Forget the calls so far (and the per-command call counts `FAKE_FAIL=name:N` uses).
+    pub fn reset_log(&self) {
+        fs::write(self.log(), "").unwrap();
+        for e in fs::read_dir(self.dir.path()).unwrap() {
+            let e = e.unwrap();
+            if e.file_name().to_string_lossy().starts_with("count-") {
+                fs::remove_file(e.path()).unwrap();
+            }
+        }
+    }
+
+    /// Run one fake inside `root`, as gpt would (`chroot ROOT argv…`).
+    pub fn run(&self, root: &Path, argv: &[&str]) -> std::process::Output {
+        Command::new("/bin/bash")
+            .arg(self.bin.join("chroot"))
+            .arg(root)
+            .args(argv)
+            .env("PATH", self.path())
+            .env_remove("FAKE_FAIL")
+            .env_remove("FAKE_SLEEP")
+            .output()
+            .unwrap()
+    }
+
+    /// Give a host tree the grub.cfg, initramfs images and modules.dep its /etc implies, as
+    /// on a real host, so that a later regeneration from the same /etc gives the same bytes.
+    pub fn prime(&self, root: &Path) {
+        let mut cmds: Vec<Vec<String>> = vec![
+            vec!["update-grub".into()],
+            vec![
+                "update-initramfs".into(),
+                "-u".into(),
+                "-k".into(),
+                "all".into(),
+            ],
+        ];
+        let mut kernels: Vec<String> = fs::read_dir(root.join("lib/modules"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        kernels.sort();
+        for k in kernels {
+            cmds.push(vec!["depmod".into(), "-a".into(), k]);
+        }
+        for c in cmds {
+            let argv: Vec<&str> = c.iter().map(String::as_str).collect();
+            let out = self.run(root, &argv);
+            assert!(
+                out.status.success(),
+                "priming with {argv:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.reset_log();
+    }
+}

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Build the Debian disk image the VM test boots: bash tests/vm/image.sh SUITE MIRROR OUTDIR
+#
+# Writes OUTDIR/disk.img (GPT: 64 MiB FAT ESP + 3 GiB ext4 root labelled gpt-root) and
+# OUTDIR/root.offset (byte offset of the root partition, for debugfs). No loop devices and no
+# mounts of the image: the root fs is made with `mkfs.ext4 -d`, the ESP with mtools, and the
+# partitions are dd'ed into a sparse file. Needs root (debootstrap).
+#
+# The image holds no gpt and no test logic: run.sh writes the gpt binary and the stage script
+# into a per-run copy with debugfs, so this image is cached on the inputs of this script and
+# tests/vm/guest/ only.
+set -euo pipefail
+
+suite=${1:?suite}
+mirror=${2:?mirror}
+out=${3:?output dir}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+log() { printf '[image] %s\n' "$*" >&2; }
+
+tmp=$out.tmp
+rm -rf "$tmp"
+mkdir -p "$tmp"
+root=$tmp/root
+debs=$(dirname "$out")/debs-$suite
+mkdir -p "$debs"
+
+t0=$SECONDS
+log "debootstrap $suite (minbase)"
+# --cache-dir keeps the downloaded .debs for the next rebuild of the image.
+debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
+    --include=linux-image-amd64,initramfs-tools,kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils \
+    "$suite" "$root" "$mirror" >"$tmp/debootstrap.log" 2>&1 || {
+    tail -n 30 "$tmp/debootstrap.log" >&2
+    exit 1
+}
+log "debootstrap done in $((SECONDS - t0)) s"
+
+# Nothing may stay mounted inside the tree (debootstrap mounts proc/sys while it runs).
+if findmnt -rn -o TARGET | grep -qF "$(cd "$root" && pwd)/"; then
+    log "something is still mounted under $root; refusing to continue"
+    exit 1
+fi
+rm -f "$root"/var/cache/apt/archives/*.deb
+
+kver=$(ls "$root/lib/modules" | sort -V | tail -n 1)
+log "kernel $kver"
+
+# --- configuration of the guest -------------------------------------------------------------
+echo gpt-vm >"$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tgpt-vm\n' >"$root/etc/hosts"
+printf 'LABEL=gpt-root\t/\text4\trw,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
+
+# Stock /etc/default/grub, made quiet and serial.
+cp "$root/usr/share/grub/default/grub" "$root/etc/default/grub"
+sed -i \
+    -e 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=0/' \
+    -e 's/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="console=ttyS0"/' \
+    -e 's/^#\?GRUB_TERMINAL=.*/GRUB_TERMINAL=serial/' \
+    "$root/etc/default/grub"
+grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo 'GRUB_TERMINAL=serial' >>"$root/etc/default/grub"
+
+# A small initramfs is what keeps update-initramfs under TCG at ~2 minutes instead of 8+.
+sed -i -e 's/^MODULES=.*/MODULES=dep/' -e 's/^COMPRESS=.*/COMPRESS=lz4/' \
+    "$root/etc/initramfs-tools/initramfs.conf"
+grep -q '^COMPRESS=lz4' "$root/etc/initramfs-tools/initramfs.conf" || echo 'COMPRESS=lz4' >>"$root/etc/initramfs-tools/initramfs.conf"
+
+# A getty on the console hangs up the serial line and the output disappears; apt timers would
+# only add noise (the guest has no network).
+for unit in serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer; do
+    ln -sfn /dev/null "$root/etc/systemd/system/$unit"
+done
+
+# The test unit and target (see guest/): default.target runs this boot's stage, then powers off.
+install -m 0644 "$here/guest/gpt-test.service" "$here/guest/gpt-test.target" "$root/etc/systemd/system/"
+ln -sfn /etc/systemd/system/gpt-test.target "$root/etc/systemd/system/default.target"
+install -d -m 0755 "$root/usr/local/lib/gpt-test" "$root/var/lib/gpt-test"
+
+# First initramfs: MODULES=dep cannot look at the guest's disk from here, so build this one from a
+# copy of the configuration with an explicit module list; the guest's own rebuilds (gpt's
+# update-initramfs) then use the image's MODULES=dep. /etc stays as the packages left it.
+conf=$root/tmp/initramfs-conf
+cp -a "$root/etc/initramfs-tools" "$conf"
+sed -i 's/^MODULES=.*/MODULES=list/' "$conf/initramfs.conf"
+printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >>"$conf/modules"
+log "initramfs for $kver"
+chroot "$root" mkinitramfs -d /tmp/initramfs-conf -o "/boot/initrd.img-$kver" "$kver" >"$tmp/mkinitramfs.log" 2>&1 || {
+    tail -n 30 "$tmp/mkinitramfs.log" >&2
+    exit 1
+}
+rm -rf "$conf"
+
+# A first grub.cfg by hand (grub-mkconfig cannot probe the guest's disk from here); the guest's
+# update-grub replaces it, and the EFI binary always loads whatever /boot/grub/grub.cfg holds.
+# Its command line is what update-grub will write (bar root=), so boot 1 can be compared with later ones.
+cmdline=$(
+    eval "$(grep -E '^GRUB_CMDLINE_LINUX(_DEFAULT)?=' "$root/etc/default/grub")"
+    echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"
+)
+mkdir -p "$root/boot/grub"
+cat >"$root/boot/grub/grub.cfg" <<EOF
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_input serial
+terminal_output serial
+menuentry 'Debian GNU/Linux (gpt VM test, first boot)' {
+    search --no-floppy --label gpt-root --set=root
+    linux /boot/vmlinuz-$kver root=LABEL=gpt-root ro $cmdline
+    initrd /boot/initrd.img-$kver
+}
+EOF
+
+# --- disk image -------------------------------------------------------------------------------
+root_mib=3072
+esp_mib=64
+log "mkfs.ext4 -d (${root_mib} MiB)"
+mkfs.ext4 -q -F -L gpt-root -d "$root" "$tmp/root.ext4" "${root_mib}M" >/dev/null
+
+log "EFI system partition"
+cat >"$tmp/embedded.cfg" <<'EOF'
+search --no-floppy --file /etc/debian_version --set=root
+configfile /boot/grub/grub.cfg
+EOF
+grub-mkstandalone -O x86_64-efi -d "$root/usr/lib/grub/x86_64-efi" -o "$tmp/BOOTX64.EFI" \
+    --modules="part_gpt ext2 fat search search_fs_file search_label configfile linux normal serial terminal" \
+    "boot/grub/grub.cfg=$tmp/embedded.cfg"
+rm -f "$tmp/esp.img"
+mkfs.vfat -C -n ESP "$tmp/esp.img" $((esp_mib * 1024)) >/dev/null
+mmd -i "$tmp/esp.img" ::/EFI ::/EFI/BOOT
+mcopy -i "$tmp/esp.img" "$tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+
+log "disk.img (GPT)"
+esp_start=2048                              # sectors of 512 bytes
+root_start=$((esp_start + esp_mib * 2048))
+total=$((root_start + root_mib * 2048 + 2048))
+rm -f "$tmp/disk.img"
+truncate -s $((total * 512)) "$tmp/disk.img"
+sfdisk -q "$tmp/disk.img" <<EOF
+label: gpt
+start=$esp_start, size=$((esp_mib * 2048)), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP
+start=$root_start, size=$((root_mib * 2048)), type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root
+EOF
+dd if="$tmp/esp.img" of="$tmp/disk.img" bs=512 seek=$esp_start conv=notrunc,sparse status=none
+dd if="$tmp/root.ext4" of="$tmp/disk.img" bs=1M seek=$((root_start / 2048)) conv=notrunc,sparse status=none
+echo $((root_start * 512)) >"$tmp/root.offset"
+echo "$kver" >"$tmp/kernel"
+
+rm -rf "$root" "$tmp/root.ext4" "$tmp/esp.img"
+rm -rf "$out"
+mv "$tmp" "$out"
+log "image ready in $((SECONDS - t0)) s: $out/disk.img"

@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# The real-boot end-to-end test of gpt: boots a Debian guest under QEMU (TCG, virtual Intel IOMMU,
+# a fake multifunction GPU) several times and checks that `gpt full` hands the GPU to vfio-pci on
+# the next boot and that `gpt reset` gives it back with /etc byte-identical. See README.md here.
+#
+#   bash tests/vm/run.sh [--scenario main|twin]... [--suite bookworm] [--jobs N]
+#
+# Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_VM_MIRROR (default: the
+# first Debian mirror in this machine's apt sources), GPT_VM_BOOT_TIMEOUT (seconds per boot, 600),
+# GPT_VM_SMP (guest CPUs, 2), GPT_VM_KEEP=1 keeps each run's disk under target/vm-run/.
+#
+# Output: one `ok - …` / `not ok - …` line per assertion, then `N passed, M failed`; exit 1 when
+# anything failed. Serial logs: target/vm-logs/SCENARIO/{console,stage}-bootN.log.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$repo/target}
+all_scenarios=(main twin)
+
+usage() {
+    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo "Scenarios: ${all_scenarios[*]} (default: all)"
+}
+
+suite=bookworm
+scenarios=()
+jobs=${GPT_VM_JOBS:-}
+while [ $# -gt 0 ]; do
+    case $1 in
+    --scenario) scenarios+=("${2:?--scenario needs a name}"); shift 2 ;;
+    --scenario=*) scenarios+=("${1#*=}"); shift ;;
+    --suite) suite=${2:?--suite needs a name}; shift 2 ;;
+    --suite=*) suite=${1#*=}; shift ;;
+    --jobs) jobs=${2:?--jobs needs a number}; shift 2 ;;
+    --jobs=*) jobs=${1#*=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[ ${#scenarios[@]} -gt 0 ] || scenarios=("${all_scenarios[@]}")
+for s in "${scenarios[@]}"; do
+    case " ${all_scenarios[*]} " in *" $s "*) ;; *) echo "run.sh: no scenario '$s' (have: ${all_scenarios[*]})" >&2; exit 2 ;; esac
+done
+# Under TCG a guest is mostly one busy thread (update-initramfs is a long chain of forks), so two
+# scenarios side by side on two cores take little longer than one.
+[ -n "$jobs" ] || jobs=$(($(nproc) >= 2 ? 2 : 1))
+
+note() { printf '# %s\n' "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "needs root (debootstrap, debugfs on the image); no sudo here"
+    exec sudo --preserve-env=GPT_BIN,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,CARGO_TARGET_DIR \
+        bash "${BASH_SOURCE[0]}" --suite "$suite" --jobs "$jobs" $(printf -- '--scenario %s ' "${scenarios[@]}")
+fi
+
+# --- tools ----------------------------------------------------------------------------------------
+ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
+ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
+missing=()
+need() { # need PACKAGE TEST...: install PACKAGE when the test fails
+    local pkg=$1
+    shift
+    "$@" >/dev/null 2>&1 || missing+=("$pkg")
+}
+need qemu-system-x86 command -v qemu-system-x86_64
+need ovmf test -r "$ovmf_code" -a -r "$ovmf_vars"
+need debootstrap command -v debootstrap
+need grub-common command -v grub-mkstandalone
+need grub-efi-amd64-bin test -d /usr/lib/grub/x86_64-efi
+need mtools command -v mcopy
+need dosfstools command -v mkfs.vfat
+need fdisk command -v sfdisk
+need e2fsprogs command -v debugfs
+if [ ${#missing[@]} -gt 0 ]; then
+    note "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# --- the gpt under test ---------------------------------------------------------------------------
+if [ -z "${GPT_BIN:-}" ]; then
+    GPT_BIN=$target/release/gpt
+    if [ ! -x "$GPT_BIN" ]; then
+        note "building gpt (cargo build --release)"
+        (cd "$repo" && cargo build --release --quiet) >&2
+    fi
+fi
+[ -x "$GPT_BIN" ] || die "GPT_BIN=$GPT_BIN is not an executable"
+GPT_BIN=$(readlink -f "$GPT_BIN")
+
+# --- the cached image -------------------------------------------------------------------------------
+# The mirror: the first non-security URI in this machine's apt sources, unless GPT_VM_MIRROR says.
+find_mirror() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        awk 'BEGIN { RS = ""; FS = "\n" }
+             { uris = ""; suites = ""; types = ""; off = 0
+               for (i = 1; i <= NF; i++) {
+                 if ($i ~ /^[ \t]*#/) continue
+                 if ($i ~ /^URIs:/)    { uris = $i;   sub(/^URIs:[ \t]*/, "", uris) }
+                 if ($i ~ /^Suites:/)  { suites = $i }
+                 if ($i ~ /^Types:/)   { types = $i }
+                 if ($i ~ /^Enabled:[ \t]*no/) off = 1 }
+               if (!off && types ~ /(^|[ \t:])deb([ \t]|$)/ && suites !~ /-security/ && uris != "") {
+                 split(uris, u, /[ \t]+/); print u[1]; exit } }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        awk '$1 == "deb" && $0 !~ /-security/ { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ ) { print $i; exit } }' "$f"
+    done
+}
+mirror=${GPT_VM_MIRROR:-$(find_mirror | head -n 1)}
+[ -n "$mirror" ] || die "no Debian mirror in /etc/apt sources; set GPT_VM_MIRROR"
+
+# Keyed on what goes into the image: the builder, the guest units, the suite. Not on gpt, not on
+# stage.sh (both are written into each run's copy).
+key=$(cat "$here/image.sh" "$here"/guest/* | sha256sum | cut -c1-16)
+cache=$target/vm-cache
+image=$cache/$suite-$key
+mkdir -p "$cache" "$target/vm-logs" "$target/vm-run"
+t_image=$SECONDS
+(
+    flock 9
+    if [ ! -f "$image/disk.img" ]; then
+        note "building the $suite image (cache key $key) from $mirror"
+        # Older images of this suite are of no further use.
+        find "$cache" -maxdepth 1 -name "$suite-*" ! -name "$suite-$key" -exec rm -rf {} +
+        bash "$here/image.sh" "$suite" "$mirror" "$image"
+    fi
+) 9>"$cache/.lock"
+t_image=$((SECONDS - t_image))
+note "image $image ($t_image s)"
+
+# --- one scenario -------------------------------------------------------------------------------------
+# The PCI layout of a scenario. The host keeps its own display on pcie.0 and that display must carry
+# the firmware framebuffer: virtio-vga will not do, as OVMF's virtio-gpu GOP is BLT-only, so the
+# kernel's EFI stub takes the std VGA's framebuffer, the target becomes the boot VGA, and Debian 12's
+# 6.1 kernel oopses (use-after-free in sysfb_disable) when vfio-pci has evicted that framebuffer and
+# virtio_gpu probes later. cirrus-vga gets a linear-framebuffer GOP and stays the boot VGA.
+qemu_devices() {
+    echo -vga none -device cirrus-vga,bus=pcie.0
+    echo -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=1c.0
+    echo -device VGA,bus=rp1,addr=00.0,multifunction=on -device ich9-intel-hda,bus=rp1,addr=00.1
+    if [ "$1" = twin ]; then
+        echo -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=1d.0
+        echo -device VGA,bus=rp2,addr=00.0
+    fi
+}
+
+# prepare SCENARIO DIR: a copy of the image with gpt, the stage script and the scenario name in it.
+prepare() {
+    local s=$1 dir=$2 off
+    off=$(cat "$image/root.offset")
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp --sparse=always "$image/disk.img" "$dir/disk.img"
+    cp "$ovmf_vars" "$dir/vars.fd"
+    echo "$s" >"$dir/scenario"
+    local fs="$dir/disk.img?offset=$off"
+    debugfs -w -f - "$fs" >"$dir/debugfs.log" 2>&1 <<EOF
+write $GPT_BIN /usr/local/bin/gpt
+set_inode_field /usr/local/bin/gpt mode 0100755
+set_inode_field /usr/local/bin/gpt uid 0
+set_inode_field /usr/local/bin/gpt gid 0
+write $here/stage.sh /usr/local/lib/gpt-test/stage
+set_inode_field /usr/local/lib/gpt-test/stage mode 0100755
+write $dir/scenario /usr/local/lib/gpt-test/scenario
+EOF
+    # debugfs exits 0 whatever happened: read the files back.
+    debugfs -R "dump /usr/local/bin/gpt $dir/gpt.check" "$fs" >/dev/null 2>&1
+    debugfs -R "dump /usr/local/lib/gpt-test/stage $dir/stage.check" "$fs" >/dev/null 2>&1
+    cmp -s "$GPT_BIN" "$dir/gpt.check" && cmp -s "$here/stage.sh" "$dir/stage.check" || {
+        cat "$dir/debugfs.log" >&2
+        return 1
+    }
+    rm -f "$dir/gpt.check" "$dir/stage.check"
+}
+
+# scenario NAME: boots until the guest says the scenario is complete; writes its assertion lines to
+# $logs/results and its timings to $logs/timings.
+scenario() {
+    local s=$1 dir=$target/vm-run/$1 logs=$target/vm-logs/$1
+    local timeout=${GPT_VM_BOOT_TIMEOUT:-600} boot rc t0 secs
+    rm -rf "$logs"
+    mkdir -p "$logs"
+    : >"$logs/results"
+    result() { echo "$1 - $s: $2" >>"$logs/results"; }
+    if ! prepare "$s" "$dir"; then
+        result "not ok" "gpt and the stage script written into the image"
+        return
+    fi
+    local t_scenario=$SECONDS
+    for boot in 1 2 3 4 5 6; do
+        t0=$SECONDS
+        rc=0
+        # shellcheck disable=SC2046
+        timeout -k 10 "$timeout" qemu-system-x86_64 \
+            -machine q35,accel=tcg,kernel-irqchip=split -m 2G -smp "${GPT_VM_SMP:-2}" \
+            -device intel-iommu,intremap=on \
+            -drive if=pflash,format=raw,readonly=on,file="$ovmf_code" \
+            -drive if=pflash,format=raw,file="$dir/vars.fd" \
+            -drive if=virtio,format=raw,file="$dir/disk.img" \
+            -nodefaults -display none -monitor none -no-reboot \
+            -serial file:"$logs/console-boot$boot.log" -serial file:"$logs/stage-boot$boot.log" \
+            $(qemu_devices "$s") \
+            </dev/null >"$logs/qemu-boot$boot.log" 2>&1 || rc=$?
+        secs=$((SECONDS - t0))
+        echo "boot $boot: $secs s (qemu exit $rc)" >>"$logs/timings"
+        tr -d '\r' <"$logs/stage-boot$boot.log" >"$logs/stage-boot$boot.txt"
+        grep -E '^(not )?ok - ' "$logs/stage-boot$boot.txt" | sed "s/^\(\(not \)\?ok\) - /\1 - $s: /" >>"$logs/results" || true
+        grep '^# ' "$logs/stage-boot$boot.txt" | sed "s/^# /boot $boot: /" >>"$logs/timings" || true
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            result "not ok" "boot $boot powers off within $timeout s (killed; see $logs/console-boot$boot.log)"
+            break
+        elif [ "$rc" != 0 ]; then
+            result "not ok" "boot $boot: qemu exits 0 (exit $rc: $(head -c 300 "$logs/qemu-boot$boot.log" | tr '\n' ' '))"
+            break
+        fi
+        if ! grep -q "^=== gpt-vm: end of boot $boot\$" "$logs/stage-boot$boot.txt"; then
+            result "not ok" "boot $boot: the stage ran to its end (see $logs/stage-boot$boot.txt, console-boot$boot.log)"
+            break
+        fi
+        grep '^Bail out!' "$logs/stage-boot$boot.txt" | sed "s/^Bail out! /not ok - $s: stopped: /" >>"$logs/results" || true
+        grep -q '^=== gpt-vm: scenario complete$' "$logs/stage-boot$boot.txt" && break
+        [ "$boot" = 6 ] && result "not ok" "the scenario completes within 6 boots"
+    done
+    echo "total: $((SECONDS - t_scenario)) s" >>"$logs/timings"
+    [ "${GPT_VM_KEEP:-0}" = 1 ] || rm -rf "$dir"
+}
+
+note "gpt under test: $GPT_BIN ($("$GPT_BIN" --version 2>&1 | head -n 1))"
+note "scenarios: ${scenarios[*]} (suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-600} s)"
+t_all=$SECONDS
+pids=()
+running=0
+for s in "${scenarios[@]}"; do
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n || true
+        running=$((running - 1))
+    fi
+    scenario "$s" &
+    pids+=($!)
+    running=$((running + 1))
+done
+wait "${pids[@]}" || true
+
+passed=0
+failed=0
+for s in "${scenarios[@]}"; do
+    logs=$target/vm-logs/$s
+    [ -s "$logs/results" ] || echo "not ok - $s: produced no result (see $logs/)" >"$logs/results"
+    cat "$logs/results"
+    passed=$((passed + $(grep -c '^ok - ' "$logs/results" || true)))
+    failed=$((failed + $(grep -c '^not ok - ' "$logs/results" || true)))
+    sed "s/^/$s /" "$logs/timings" 2>/dev/null | sed 's/^/# /' >&2 || true
+done
+note "image: $t_image s; all scenarios: $((SECONDS - t_all)) s; logs in $target/vm-logs/"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]

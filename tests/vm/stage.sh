@@ -1,0 +1,352 @@
+#!/bin/bash
+# The VM test's guest side. run.sh writes this file into each run's copy of the image as
+# /usr/local/lib/gpt-test/stage (next to /usr/local/bin/gpt and the scenario name), and
+# gpt-test.service runs it at the end of every boot with its output on the second serial port,
+# then powers the guest off. Editing this file does not rebuild the cached image.
+#
+# Protocol with run.sh (one line each, on the serial port):
+#   ok - <text> / not ok - <text>   one assertion
+#   Bail out! <text>                 the scenario cannot go on
+#   === gpt-vm: end of boot N        this boot's stage ran to its end
+#   === gpt-vm: scenario complete    no further boot wanted
+# Everything else (commands and their output, indented) is diagnosis for the log.
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export LC_ALL=C NO_COLOR=1 TERM=dumb
+
+lib=/usr/local/lib/gpt-test
+state=/var/lib/gpt-test          # survives reboots; not /etc, not gpt's /var/lib/gpt
+scenario=$(cat "$lib/scenario" 2>/dev/null || echo main)
+boot=$(($(cat "$state/boot" 2>/dev/null || echo 0) + 1))
+echo "$boot" >"$state/boot"
+sync
+W=$state/boot$boot               # this boot's command outputs, kept in the image
+rm -rf "$W"
+mkdir -p "$W"
+
+# The fake GPU behind root port 1 (QEMU std VGA + HDA at functions 0 and 1) and, in the twin
+# scenario, an identical VGA alone behind root port 2.
+GPU=0000:01:00.0
+AUDIO=0000:01:00.1
+TWIN=0000:02:00.0
+GPU_ID=1234:1111
+AUDIO_ID=8086:293e
+
+# --- assertions ---------------------------------------------------------------------------------
+complete=no
+finish() {
+    echo "=== gpt-vm: end of boot $boot"
+    if [ "$complete" = yes ]; then echo "=== gpt-vm: scenario complete"; fi
+    sync
+    exit 0
+}
+bail() {
+    echo "Bail out! boot $boot: $*"
+    complete=yes
+    finish
+}
+ok() { echo "ok - boot $boot: $*"; }
+notok() { echo "not ok - boot $boot: $*"; }
+# check DESC CMD...: one assertion; CMD's output is hidden, $why (if set by CMD) explains a failure.
+check() {
+    local desc=$1
+    shift
+    why=
+    if "$@" >/dev/null 2>&1; then
+        ok "$desc"
+        return 0
+    fi
+    notok "$desc${why:+ ($why)}"
+    return 1
+}
+
+# run NAME CMD...: run a command, keep stdout in $W/NAME.out and stderr in $W/NAME.err, show both
+# (indented) in the log, and set $rc and $secs.
+run() {
+    local name=$1
+    shift
+    echo "--- \$ $*"
+    local t0=$SECONDS
+    "$@" >"$W/$name.out" 2>"$W/$name.err" </dev/null
+    rc=$?
+    secs=$((SECONDS - t0))
+    sed 's/^/  2| /' "$W/$name.err"
+    sed 's/^/  1| /' "$W/$name.out"
+    echo "--- exit $rc after $secs s"
+}
+# exited NAME WANT: the last run of NAME exited with WANT; on failure $why quotes its stderr.
+exited() {
+    [ "$rc" = "$2" ] && return 0
+    why="exit $rc; stderr: $(grep -v '^\s*$' "$W/$1.err" | head -n 3 | tr '\n' ' ' | cut -c1-300)"
+    return 1
+}
+# jqt NAME FILTER [jq args]: the JSON in $W/NAME.out satisfies FILTER.
+jqt() {
+    local name=$1 filter=$2
+    shift 2
+    if ! jq -e . "$W/$name.out" >/dev/null 2>&1; then
+        why="stdout is not one JSON document"
+        return 1
+    fi
+    jq -e "$@" "$filter" "$W/$name.out" >/dev/null 2>&1 || {
+        why="got $(jq -c . "$W/$name.out" | cut -c1-400)"
+        return 1
+    }
+}
+
+# --- facts of the guest ---------------------------------------------------------------------------
+driver_of() { # the sysfs driver of a PCI function, or "none"
+    local link=/sys/bus/pci/devices/$1/driver
+    if [ -e "$link" ]; then basename "$(readlink -f "$link")"; else echo none; fi
+}
+id_of() { # vendor:device of a PCI function
+    local d=/sys/bus/pci/devices/$1
+    [ -e "$d" ] || { echo absent; return; }
+    printf '%s:%s\n' "$(sed 's/^0x//' "$d/vendor")" "$(sed 's/^0x//' "$d/device")"
+}
+group_of() { basename "$(readlink -f "/sys/bus/pci/devices/$1/iommu_group" 2>/dev/null)" 2>/dev/null; }
+# cmdline_has TOKEN: /proc/cmdline carries TOKEN (a whole argument).
+cmdline_has() { tr ' ' '\n' </proc/cmdline | grep -qxF -- "$1"; }
+# cmdline_ids: the ids of vfio-pci.ids= on /proc/cmdline, one per line, sorted.
+cmdline_ids() { tr ' ' '\n' </proc/cmdline | sed -n 's/^vfio-pci\.ids=//p' | tr ',' '\n' | grep -v '^$' | sort -u; }
+# A manifest of /etc: every entry's type, mode, owner and link target, and every file's sha256.
+# Nothing is excluded: nothing in the image changes /etc at boot once the first boot is over
+# (machine-id is committed by debootstrap's systemd postinst; no network, no timers).
+etc_manifest() {
+    find /etc -xdev -printf '%y %m %U:%G %p -> %l\n' | sort
+    find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum
+}
+etc_same_as() { # etc_same_as FILE: /etc matches the manifest in FILE
+    etc_manifest >"$W/etc.now"
+    diff -u "$1" "$W/etc.now" >"$W/etc.diff" && return 0
+    why="differs: $(grep '^[-+][^-+]' "$W/etc.diff" | awk '{print $1 $NF}' | sort -u | head -n 8 | tr '\n' ' ')"
+    sed 's/^/  etc| /' "$W/etc.diff" | head -n 60
+    return 1
+}
+drivers_match() { # drivers_match FILE: every "ADDR DRIVER" line of FILE holds now
+    local a d bad=
+    while read -r a d; do
+        [ "$(driver_of "$a")" = "$d" ] || bad="$bad $a:$(driver_of "$a")(was $d)"
+    done <"$1"
+    [ -z "$bad" ] && return 0
+    why="now$bad"
+    return 1
+}
+bound_to() { # bound_to DRIVER ADDR...
+    local want=$1 a bad=
+    shift
+    for a in "$@"; do [ "$(driver_of "$a")" = "$want" ] || bad="$bad $a:$(driver_of "$a")"; done
+    [ -z "$bad" ] && return 0
+    why="got$bad"
+    return 1
+}
+gpt_works() { # the binary runs and has subcommand $1
+    gpt --version >/dev/null 2>&1 || { why="gpt --version fails: $(gpt --version 2>&1 | head -n 1)"; return 1; }
+    gpt "$1" --help >/dev/null 2>&1 || { why="gpt has no '$1' subcommand: $(gpt "$1" --help 2>&1 | head -n 1)"; return 1; }
+}
+initrd_has_vfio() { lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -q '/vfio-pci\.ko\|/vfio_pci\.ko'; }
+
+diagnose() {
+    echo "--- kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; cmdline: $(cat /proc/cmdline)"
+    for a in $GPU $AUDIO $TWIN; do
+        [ -e "/sys/bus/pci/devices/$a" ] &&
+            echo "--- $a [$(id_of "$a")] group $(group_of "$a") driver $(driver_of "$a")"
+    done
+    echo "--- IOMMU groups: $(ls /sys/kernel/iommu_groups 2>/dev/null | wc -l); $(dmesg 2>/dev/null | grep -m1 -i 'DMAR-IR: Enabled' || true)"
+    dmesg | grep -i 'vfio' | sed 's/^/  dmesg| /' | head -n 20
+}
+
+# --- common steps -----------------------------------------------------------------------------------
+settle() {
+    udevadm settle --timeout=120 || true
+    diagnose
+}
+
+# record ADDR...: boot 1's facts that later boots compare with.
+record() {
+    local a
+    etc_manifest >"$state/etc.before"
+    for a in "$@"; do echo "$a $(driver_of "$a")"; done >"$state/drivers.before"
+    cp /proc/cmdline "$state/cmdline.before"
+    echo "--- drivers before: $(tr '\n' ' ' <"$state/drivers.before")"
+}
+
+# The guest must look like the scenario's QEMU command line says; else nothing below means anything.
+sanity() {
+    check "the guest has IOMMU groups (QEMU intel-iommu)" test -n "$(ls /sys/kernel/iommu_groups 2>/dev/null)" ||
+        bail "no IOMMU groups in the guest"
+    check "$GPU is the fake GPU [$GPU_ID]" test "$(id_of $GPU)" = $GPU_ID || bail "unexpected PCI layout"
+    check "$AUDIO is its audio function [$AUDIO_ID]" test "$(id_of $AUDIO)" = $AUDIO_ID || bail "unexpected PCI layout"
+    if [ "$scenario" = twin ]; then
+        check "$TWIN is an identical second GPU [$GPU_ID] in another IOMMU group" \
+            eval 'test "$(id_of $TWIN)" = $GPU_ID && test "$(group_of $TWIN)" != "$(group_of $GPU)"' ||
+            bail "unexpected PCI layout"
+    fi
+}
+
+iommu_json() {
+    run iommu gpt iommu --json
+    check "gpt iommu --json exits 0" exited iommu 0
+    check "gpt iommu --json: one group holds exactly $GPU [$GPU_ID] and $AUDIO [$AUDIO_ID]" \
+        jqt iommu '[.groups[] | select(any(.devices[]; .address == $g))] as $m
+            | ($m | length) == 1
+            and ($m[0].devices | map(.address) | sort) == [$g, $a]
+            and ($m[0].devices | map("\(.vendor_id):\(.device_id)") | sort) == ([$gid, $aid] | sort)
+            and any($m[0].devices[]; .address == $g and .gpu == true)' \
+        --arg g $GPU --arg a $AUDIO --arg gid $GPU_ID --arg aid $AUDIO_ID
+    check "gpt iommu --json: the drivers it reports are sysfs's" \
+        jqt iommu '[.groups[].devices[] | select(.address == $g or .address == $a) | .driver // "none"] == [$dg, $da]' \
+        --arg g $GPU --arg a $AUDIO --arg dg "$(driver_of $GPU)" --arg da "$(driver_of $AUDIO)"
+}
+
+# full NAME ARGS...: a first `gpt full` that must configure the two functions of the fake GPU.
+full_configures() {
+    local name=$1
+    shift
+    gpt_works full || { notok "gpt full is available ($why)"; bail "cannot configure without gpt full"; }
+    run "$name" gpt full "$@" --yes --no-deps --json
+    echo "# gpt full took $secs s"
+    check "gpt full $* --yes --no-deps --json exits 0" exited "$name" 0 || bail "gpt full failed"
+    check "gpt full: \"changed\": true, phase vfio, reboot required" \
+        jqt "$name" '.changed == true and .phase == "vfio" and .reboot_required == true'
+    check "gpt full: devices are exactly $GPU and $AUDIO" \
+        jqt "$name" '(.devices | sort) == [$g, $a]' --arg g $GPU --arg a $AUDIO
+    check "the regenerated grub.cfg carries the IOMMU arguments" grep -q 'intel_iommu=on' /boot/grub/grub.cfg
+    check "the new initramfs holds vfio-pci" initrd_has_vfio
+}
+
+# A second run changes nothing: says so, writes nothing in /etc, rebuilds nothing in /boot.
+full_again_is_noop() {
+    local name=$1
+    shift
+    etc_manifest >"$W/etc.after-full"
+    ls -l --time-style=full-iso /boot >"$W/boot.after-full"
+    run "$name" gpt full "$@" --yes --no-deps --json
+    echo "# second gpt full took $secs s"
+    check "second gpt full exits 0" exited "$name" 0
+    check "second gpt full: \"changed\": false" jqt "$name" '.changed == false'
+    check "second gpt full left /etc as it was" etc_same_as "$W/etc.after-full"
+    check "second gpt full rebuilt nothing in /boot" eval 'ls -l --time-style=full-iso /boot | diff -q - "$W/boot.after-full"'
+}
+
+check_json_passes() {
+    gpt_works check || { notok "gpt check is available ($why)"; return; }
+    run check gpt check --json
+    check "gpt check --json exits 0" exited check 0
+    check "gpt check --json: no check fails" \
+        jqt check '(.checks | length) > 0 and all(.checks[]; .status != "fail")'
+    jq -r '.checks[]? | "  check| \(.status) \(.name): \(.detail)"' "$W/check.out" 2>/dev/null
+}
+
+qemu_names_both() {
+    gpt_works qemu || { notok "gpt qemu is available ($why)"; return; }
+    run qemu gpt qemu
+    check "gpt qemu exits 0" exited qemu 0
+    check "gpt qemu passes both functions (01:00.0 and 01:00.1)" \
+        eval 'grep -q "host=\(0000:\)\?01:00\.0" "$W/qemu.out" && grep -q "host=\(0000:\)\?01:00\.1" "$W/qemu.out"'
+}
+
+reset_restores() {
+    gpt_works reset || { notok "gpt reset is available ($why)"; bail "cannot reset"; }
+    run reset gpt reset --yes --json
+    echo "# gpt reset took $secs s"
+    check "gpt reset --yes --json exits 0" exited reset 0 || bail "gpt reset failed"
+    check "gpt reset: \"changed\": true, reboot required" jqt reset '.changed == true and .reboot_required == true'
+    check "the initramfs no longer holds vfio-pci" eval '! initrd_has_vfio'
+    run reset2 gpt reset --yes --json
+    check "second gpt reset exits 0 with \"changed\": false" eval 'exited reset2 0 && jqt reset2 ".changed == false"'
+}
+
+no_new_args() { # /proc/cmdline has no argument that boot 1's did not (the root= spelling aside)
+    local t bad=
+    for t in $(cat /proc/cmdline); do
+        case $t in BOOT_IMAGE=* | root=*) continue ;; esac
+        tr ' ' '\n' <"$state/cmdline.before" | grep -qxF -- "$t" || bad="$bad $t"
+    done
+    [ -z "$bad" ] && return 0
+    why="new:$bad"
+    return 1
+}
+
+# After reset and a reboot: the host as boot 1 found it.
+restored() {
+    check "drivers are back to boot 1's ($(tr '\n' ' ' <"$state/drivers.before" | sed 's/ $//'))" \
+        drivers_match "$state/drivers.before"
+    check "/proc/cmdline has no argument boot 1 did not have" no_new_args
+    check "vfio-pci.ids= and intel_iommu=on are gone from /proc/cmdline" \
+        eval '! grep -q "vfio-pci\.ids=\|intel_iommu=on" /proc/cmdline'
+    check "vfio_pci is not loaded" test ! -e /sys/module/vfio_pci
+    check "/etc is byte-identical to boot 1 (contents, modes, owners, links)" etc_same_as "$state/etc.before"
+    [ -d /var/lib/gpt ] && echo "--- gpt's state folder after reset: $(find /var/lib/gpt | tr '\n' ' ')"
+}
+
+# --- scenarios ------------------------------------------------------------------------------------------
+echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
+settle
+
+case "$scenario:$boot" in
+# main: full → verify (+ one boot without vfio-pci.ids, the rescue step) → reset → verify.
+main:1)
+    sanity
+    record $GPU $AUDIO
+    iommu_json
+    full_configures full 1234
+    full_again_is_noop full2 1234
+    ;;
+main:2)
+    check "/proc/cmdline: vfio-pci.ids= holds exactly $GPU_ID and $AUDIO_ID" \
+        eval 'test "$(cmdline_ids | tr "\n" ,)" = "$(printf "%s\n" $GPU_ID $AUDIO_ID | sort | tr "\n" ,)"'
+    check "/proc/cmdline: intel_iommu=on (the vIOMMU is Intel DMAR though the CPU says AMD)" cmdline_has intel_iommu=on
+    check "/proc/cmdline: iommu=pt" cmdline_has iommu=pt
+    check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check_json_passes
+    qemu_names_both
+    # The rescue step gpt prints: boot once without vfio-pci.ids= (as if edited at the GRUB prompt).
+    cp /boot/grub/grub.cfg "$state/grub.cfg.configured"
+    sed -i -E 's/[[:space:]]vfio-pci\.ids=[^[:space:]]*//g' /boot/grub/grub.cfg
+    check "rescue: the next boot's entry has no vfio-pci.ids=" eval '! grep -q "vfio-pci\.ids=" /boot/grub/grub.cfg'
+    ;;
+main:3)
+    check "rescue: /proc/cmdline has no vfio-pci.ids= but still intel_iommu=on" \
+        eval '! grep -q "vfio-pci\.ids=" /proc/cmdline && cmdline_has intel_iommu=on'
+    check "rescue: without vfio-pci.ids= the devices are back on boot 1's drivers" \
+        drivers_match "$state/drivers.before"
+    cat "$state/grub.cfg.configured" >/boot/grub/grub.cfg # the one-off edit is over
+    reset_restores
+    ;;
+main:4)
+    restored
+    complete=yes
+    ;;
+# twin: two identical GPUs; only the one with --device goes to vfio-pci, by address.
+twin:1)
+    sanity
+    record $GPU $AUDIO $TWIN
+    iommu_json
+    if gpt_works full; then
+        run refuse gpt full 1234 --yes --no-deps
+        check "gpt full 1234 refuses two GPUs of the vendor (exit 1) and names --device" \
+            eval 'exited refuse 1 && grep -q -- "--device" "$W/refuse.err"'
+        check "the refusal left /etc untouched" etc_same_as "$state/etc.before"
+    fi
+    full_configures full --device $GPU
+    full_again_is_noop full2 --device $GPU
+    ;;
+twin:2)
+    check "/proc/cmdline: vfio-pci.ids= does not hold $GPU_ID (it would take the twin too)" \
+        eval '! cmdline_ids | grep -qxF $GPU_ID'
+    check "/proc/cmdline: intel_iommu=on" cmdline_has intel_iommu=on
+    check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check "the twin $TWIN stays on its boot-1 driver" drivers_match <(grep "^$TWIN " "$state/drivers.before")
+    check_json_passes
+    reset_restores
+    ;;
+twin:3)
+    restored
+    complete=yes
+    ;;
+*)
+    bail "no stage for scenario '$scenario' boot $boot"
+    ;;
+esac
+finish
