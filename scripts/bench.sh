@@ -45,8 +45,10 @@ GEN=$target/debug/examples/gen_tree
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpt-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+# As users run it: no colours, the tree's own pci.ids, and no backtrace capture (with
+# RUST_BACKTRACE set, every anyhow error created along the way walks the stack).
 export NO_COLOR=1
-unset GPT_PCI_IDS
+unset GPT_PCI_IDS RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 ids=/usr/share/misc/pci.ids
 [ -f "$ids" ] || ids=/usr/share/hwdata/pci.ids
