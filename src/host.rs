@@ -5,9 +5,16 @@
 //! `..` stops at the root.
 
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Symlink hops allowed while resolving one path (the kernel's limit is 40).
 const MAX_LINK_HOPS: usize = 40;
@@ -16,6 +23,81 @@ const MAX_LINK_HOPS: usize = 40;
 pub struct Host {
     root: PathBuf,
     real: bool,
+    fast: Arc<FastPath>,
+}
+
+/// The kernel's own in-root resolution (`openat2` with `RESOLVE_IN_ROOT`, Linux 5.6+): one
+/// system call per path instead of an `lstat` per component. Resolves exactly like
+/// [`Host::resolve`]; where it is missing (older kernels, seccomp filters) or fails for any
+/// reason, gpt takes the portable path, so errors and messages are the portable path's.
+#[derive(Debug, Default)]
+struct FastPath {
+    /// The root directory, opened on first use (`None` if it cannot be opened).
+    root: OnceLock<Option<File>>,
+    /// Set once `openat2` turned out to be unavailable, or by tests.
+    off: AtomicBool,
+}
+
+/// An open file descriptor, closed when dropped.
+#[derive(Debug)]
+pub struct Fd(RawFd);
+
+impl Fd {
+    /// Read a small file (a sysfs attribute) into `buf`, which is cleared first and can be
+    /// reused. A short read that ends with a newline is the whole content (sysfs returns an
+    /// attribute in one piece), which saves the second `read` that would only see the end.
+    pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        let mut chunk = [0u8; 128];
+        loop {
+            match nix::unistd::read(self.0, &mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() && chunk[n - 1] == b'\n' {
+                        return Ok(());
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Open `name` (one component) in this directory, not following a final symlink when
+    /// `nofollow`.
+    pub fn open_at(&self, name: &str, nofollow: bool) -> io::Result<Fd> {
+        let mut flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        if nofollow {
+            flags |= OFlag::O_NOFOLLOW;
+        }
+        Ok(Fd(nix::fcntl::openat(
+            Some(self.0),
+            name,
+            flags,
+            Mode::empty(),
+        )?))
+    }
+
+    /// The file name a symlink in this directory points at (`driver`, `iommu_group`).
+    pub fn link_name_at(&self, name: &str) -> Option<String> {
+        let target = nix::fcntl::readlinkat(Some(self.0), name).ok()?;
+        Path::new(&target)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        let _ = nix::unistd::close(self.0);
+    }
 }
 
 impl Host {
@@ -23,7 +105,86 @@ impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
         let real = root == Path::new("/");
-        Host { root, real }
+        Host {
+            root,
+            real,
+            fast: Arc::default(),
+        }
+    }
+
+    /// Open `abs` with `flags`, resolving it inside the root in one `openat2` call. `None`
+    /// when that is not possible or fails: the caller then takes the portable path, which
+    /// gives the same result and the same errors.
+    fn open_fast(&self, abs: &Path, flags: OFlag) -> Option<Fd> {
+        let flags = flags | OFlag::O_CLOEXEC;
+        if self.real {
+            let path = Path::new("/").join(abs);
+            return nix::fcntl::open(&path, flags, Mode::empty()).ok().map(Fd);
+        }
+        let how = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        self.openat2_root(abs, flags, how)
+    }
+
+    /// `openat2` of `abs` relative to the root directory.
+    fn openat2_root(&self, abs: &Path, flags: OFlag, resolve: ResolveFlag) -> Option<Fd> {
+        if self.fast.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        let root = self
+            .fast
+            .root
+            .get_or_init(|| File::open(&self.root).ok())
+            .as_ref()?;
+        let rel: PathBuf = abs
+            .components()
+            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+            .collect();
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel.as_path()
+        };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(resolve);
+        match nix::fcntl::openat2(root.as_raw_fd(), rel, how) {
+            Ok(fd) => Some(Fd(fd)),
+            Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG) => {
+                self.fast.off.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// `abs` under the root when no component of it is a symlink (checked by the kernel in
+    /// one `openat2` call): then it resolves to itself and needs no walk.
+    fn plain_path(&self, abs: &Path) -> Option<PathBuf> {
+        if abs.components().any(|c| c == Component::ParentDir) {
+            return None;
+        }
+        let how = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS;
+        self.openat2_root(abs, OFlag::O_PATH, how)?;
+        Some(self.path(abs))
+    }
+
+    /// Open the directory `abs` (following symlinks inside the root) to read entries of it
+    /// with [`Fd::open_at`] and [`Fd::link_name_at`], without resolving its path again.
+    /// `None` when the fast path cannot open it; [`Host::resolve`] then explains why.
+    pub fn open_dir(&self, abs: impl AsRef<Path>) -> Option<Fd> {
+        self.open_fast(abs.as_ref(), OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .or_else(|| {
+                let dir = self.resolve(abs.as_ref()).ok()?;
+                let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+                nix::fcntl::open(&dir, flags, Mode::empty()).ok().map(Fd)
+            })
+    }
+
+    /// Turn the `openat2` fast path off, to compare it with the portable path in tests.
+    #[doc(hidden)]
+    pub fn portable_only(self) -> Self {
+        self.fast.off.store(true, Ordering::Relaxed);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -55,6 +216,9 @@ impl Host {
         let abs = abs.as_ref();
         if self.real {
             return Ok(Path::new("/").join(abs));
+        }
+        if let Some(plain) = self.plain_path(abs) {
+            return Ok(plain);
         }
         // `done` is the resolved path relative to the root; `todo` holds components left to walk.
         let mut done: Vec<std::ffi::OsString> = Vec::new();
@@ -99,11 +263,30 @@ impl Host {
     }
 
     pub fn read_to_string(&self, abs: impl AsRef<Path>) -> io::Result<String> {
+        if let Some(bytes) = self.read_fast(abs.as_ref()) {
+            return String::from_utf8(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            });
+        }
         std::fs::read_to_string(self.open_path(abs.as_ref())?)
     }
 
     pub fn read(&self, abs: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+        if let Some(bytes) = self.read_fast(abs.as_ref()) {
+            return Ok(bytes);
+        }
         std::fs::read(self.open_path(abs.as_ref())?)
+    }
+
+    /// The whole content of `abs` through the fast path, `None` to take the portable one.
+    fn read_fast(&self, abs: &Path) -> Option<Vec<u8>> {
+        let fd = self.open_fast(abs, OFlag::O_RDONLY)?;
+        let mut bytes = Vec::new();
+        read_to_end(&fd, &mut bytes).ok()?;
+        Some(bytes)
     }
 
     /// Read a file that may be absent: `Ok(None)` when it does not exist.
@@ -117,6 +300,9 @@ impl Host {
     }
 
     pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
+        if self.open_fast(abs.as_ref(), OFlag::O_PATH).is_some() {
+            return true;
+        }
         self.open_path(abs.as_ref())
             .map(|p| p.exists())
             .unwrap_or(false)
@@ -124,6 +310,13 @@ impl Host {
 
     /// The file name a symlink points at (`driver`, `iommu_group`, `module` links in sysfs).
     pub fn link_name(&self, abs: impl AsRef<Path>) -> Option<String> {
+        let abs = abs.as_ref();
+        if let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) {
+            let dir = self.open_fast(parent, OFlag::O_PATH | OFlag::O_DIRECTORY);
+            if let (Some(dir), Some(name)) = (dir, name.to_str()) {
+                return dir.link_name_at(name);
+            }
+        }
         let target = std::fs::read_link(self.open_parent(abs.as_ref())?).ok()?;
         target.file_name().map(|n| n.to_string_lossy().into_owned())
     }
@@ -158,6 +351,19 @@ impl Host {
     /// Show a path as it is on the target host (`/etc/default/grub`), for messages and JSON.
     pub fn display(abs: impl AsRef<Path>) -> String {
         abs.as_ref().display().to_string()
+    }
+}
+
+/// Read from `fd` to its end, appending to `buf`.
+fn read_to_end(fd: &Fd, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match nix::unistd::read(fd.0, &mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -219,5 +425,131 @@ mod tests {
             Some("nouveau")
         );
         assert_eq!(host.link_name("/sys/devices/x/missing"), None);
+    }
+
+    /// The kernel's in-root resolution (openat2) and the portable walk agree on every kind of
+    /// path: plain, through relative and absolute links, `..` past the root, dangling links,
+    /// loops, a symlinked file, a file where a directory is expected, and absent paths.
+    #[test]
+    fn the_fast_path_and_the_portable_walk_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mk = |p: &str| std::fs::create_dir_all(root.join(p)).unwrap();
+        let file = |p: &str, c: &[u8]| std::fs::write(root.join(p), c).unwrap();
+        let link = |target: &str, p: &str| symlink(target, root.join(p)).unwrap();
+        mk("sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0");
+        mk("sys/bus/pci/devices");
+        mk("sys/bus/pci/drivers/nouveau");
+        mk("etc");
+        file(
+            "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/vendor",
+            b"0x10de\n",
+        );
+        file(
+            "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/bad",
+            b"\xff\xfe\n",
+        );
+        file("etc/real", b"inside");
+        link(
+            "../../../devices/pci0000:00/0000:00:01.0/0000:01:00.0",
+            "sys/bus/pci/devices/0000:01:00.0",
+        );
+        link("/sys/devices/pci0000:00", "sys/bus/pci/devices/abs");
+        link("../../../../../../../../etc", "sys/bus/pci/devices/up");
+        link("../../../missing", "sys/bus/pci/devices/dangling");
+        link("loop2", "sys/bus/pci/devices/loop1");
+        link("loop1", "sys/bus/pci/devices/loop2");
+        link(
+            "/etc/real",
+            "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/linked",
+        );
+        link(
+            "../../../../bus/pci/drivers/nouveau",
+            "sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/driver",
+        );
+        let paths = [
+            "/",
+            "/etc",
+            "/etc/real",
+            "/etc/real/x",
+            "/etc/../etc/real",
+            "/../../etc/real",
+            "/sys/bus/pci/devices",
+            "/sys/bus/pci/devices/0000:01:00.0",
+            "/sys/bus/pci/devices/0000:01:00.0/vendor",
+            "/sys/bus/pci/devices/0000:01:00.0/bad",
+            "/sys/bus/pci/devices/0000:01:00.0/linked",
+            "/sys/bus/pci/devices/0000:01:00.0/driver",
+            "/sys/bus/pci/devices/0000:01:00.0/../0000:01:00.0/vendor",
+            "/sys/bus/pci/devices/abs/0000:00:01.0",
+            "/sys/bus/pci/devices/up/real",
+            "/sys/bus/pci/devices/dangling",
+            "/sys/bus/pci/devices/dangling/x",
+            "/sys/bus/pci/devices/loop1",
+            "/sys/bus/pci/devices/absent",
+            "/absent/deeper",
+        ];
+        let fast = Host::new(root);
+        let slow = Host::new(root).portable_only();
+        let show = |r: io::Result<String>| r.map_err(|e| format!("{:?} {e}", e.kind()));
+        for p in paths {
+            assert_eq!(
+                fast.resolve(p).map_err(|e| e.to_string()),
+                slow.resolve(p).map_err(|e| e.to_string()),
+                "resolve {p}"
+            );
+            assert_eq!(
+                show(fast.read_to_string(p)),
+                show(slow.read_to_string(p)),
+                "read {p}"
+            );
+            assert_eq!(fast.exists(p), slow.exists(p), "exists {p}");
+            assert_eq!(fast.link_name(p), slow.link_name(p), "link_name {p}");
+            assert_eq!(
+                fast.list_dir(p).map_err(|e| e.to_string()),
+                slow.list_dir(p).map_err(|e| e.to_string()),
+                "list_dir {p}"
+            );
+            assert_eq!(
+                fast.open_dir(p).is_some(),
+                slow.open_dir(p).is_some(),
+                "open_dir {p}"
+            );
+            if let (Some(f), Some(s)) = (fast.open_dir(p), slow.open_dir(p)) {
+                let mut a = Vec::new();
+                let mut b = Vec::new();
+                let ra = f
+                    .open_at("vendor", true)
+                    .and_then(|fd| fd.read_into(&mut a));
+                let rb = s
+                    .open_at("vendor", true)
+                    .and_then(|fd| fd.read_into(&mut b));
+                assert_eq!(ra.is_ok(), rb.is_ok(), "open_at {p}");
+                assert_eq!(a, b, "read_into {p}");
+                assert_eq!(f.link_name_at("driver"), s.link_name_at("driver"), "{p}");
+            }
+        }
+        assert_eq!(
+            fast.read_to_string("/sys/bus/pci/devices/0000:01:00.0/vendor")
+                .unwrap(),
+            "0x10de\n"
+        );
+        if fast.fast.off.load(Ordering::Relaxed) {
+            eprintln!("openat2 is not available here: only the portable path was tested");
+        }
+    }
+
+    #[test]
+    fn read_into_reads_attributes_of_any_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(1000) + "\n";
+        for content in ["", "0x10de\n", "no newline", long.as_str()] {
+            std::fs::write(dir.path().join("a"), content).unwrap();
+            let host = Host::new(dir.path());
+            let d = host.open_dir("/").unwrap();
+            let mut buf = b"stale".to_vec();
+            d.open_at("a", true).unwrap().read_into(&mut buf).unwrap();
+            assert_eq!(buf, content.as_bytes());
+        }
     }
 }

@@ -3,14 +3,12 @@
 //! A broken or partial entry (missing attribute, dangling link) is recorded as a problem of
 //! that device, never a panic and never a failure of the whole listing.
 
-use crate::host::Host;
+use crate::host::{Fd, Host};
 use crate::pci::{PciAddress, PciDevice, Topology};
 use crate::pciids::{Names, Wanted};
 use anyhow::Result;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 pub const PCI_DEVICES: &str = "/sys/bus/pci/devices";
 pub const IOMMU_GROUPS: &str = "/sys/kernel/iommu_groups";
@@ -21,13 +19,11 @@ const PCI_IDS: [&str; 2] = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.id
 /// Read every PCI function and every IOMMU group.
 pub fn read_topology(host: &Host) -> Result<Topology> {
     let mut topo = Topology::default();
-    let mut not_addresses = Vec::new();
+    // One buffer for every attribute of every device.
+    let mut buf = Vec::with_capacity(128);
     for name in host.list_dir(PCI_DEVICES)? {
-        match name.parse::<PciAddress>() {
-            Ok(addr) => {
-                topo.devices.insert(addr, read_device(host, addr));
-            }
-            Err(_) => not_addresses.push(name),
+        if let Ok(addr) = name.parse::<PciAddress>() {
+            topo.devices.insert(addr, read_device(host, addr, &mut buf));
         }
     }
     for name in host.list_dir(IOMMU_GROUPS)? {
@@ -55,25 +51,23 @@ pub fn read_topology(host: &Host) -> Result<Topology> {
     Ok(topo)
 }
 
-fn read_device(host: &Host, addr: PciAddress) -> PciDevice {
+fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     let mut dev = PciDevice::new(addr);
     let abs = format!("{PCI_DEVICES}/{addr}");
-    let dir = match host.resolve(&abs) {
-        Ok(dir) if dir.is_dir() => dir,
-        Ok(dir) => {
-            dev.problems.push(format!(
+    // One descriptor for the device directory; its attributes are opened relative to it.
+    let Some(dir) = host.open_dir(&abs) else {
+        dev.problems.push(match host.resolve(&abs) {
+            Ok(dir) if !dir.is_dir() => format!(
                 "{abs} is a dangling link (points to {}, which does not exist)",
                 dir.strip_prefix(host.root()).unwrap_or(&dir).display()
-            ));
-            return dev;
-        }
-        Err(e) => {
-            dev.problems.push(format!("{abs}: {e:#}"));
-            return dev;
-        }
+            ),
+            Ok(_) => format!("{abs}: cannot open the directory"),
+            Err(e) => format!("{abs}: {e:#}"),
+        });
+        return dev;
     };
     let mut attr = |name: &str| -> Option<u32> {
-        match read_attr(host, &dir, name) {
+        match read_attr(host, &dir, &abs, name, buf) {
             Ok(text) => {
                 let t = text.trim();
                 let parsed = u32::from_str_radix(t.trim_start_matches("0x"), 16).ok();
@@ -101,37 +95,37 @@ fn read_device(host: &Host, addr: PciAddress) -> PciDevice {
     dev.revision = revision;
     dev.subsystem_vendor = subsystem_vendor;
     dev.subsystem_device = subsystem_device;
-    // boot_vga exists only on VGA devices.
-    dev.boot_vga = read_attr(host, &dir, "boot_vga").is_ok_and(|v| v.trim() == "1");
-    dev.driver = link_name(&dir.join("driver"));
+    // The kernel gives boot_vga only to VGA devices (class 0300, or 0001 from before class
+    // codes); looking for it elsewhere would be one failed open per device.
+    dev.boot_vga = class.is_none_or(|c| matches!(c >> 8, 0x0300 | 0x0001))
+        && read_attr(host, &dir, &abs, "boot_vga", buf).is_ok_and(|v| v.trim() == "1");
+    dev.driver = dir.link_name_at("driver");
     dev
 }
 
-/// Read a sysfs attribute of an already-resolved device directory. Attributes are plain files;
-/// under a foreign root, one that is a symlink is resolved inside the root, never outside.
-fn read_attr(host: &Host, dir: &Path, name: &str) -> io::Result<String> {
-    let path = dir.join(name);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    if !host.is_real_root() {
-        opts.custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
-    }
-    let mut file: File = match opts.open(&path) {
-        Ok(f) => f,
+/// Read a sysfs attribute of an open device directory (`abs` is its path on the host) into
+/// `buf`. Attributes are plain files; under a foreign root, one that is a symlink is resolved
+/// inside the root, never outside.
+fn read_attr<'b>(
+    host: &Host,
+    dir: &Fd,
+    abs: &str,
+    name: &str,
+    buf: &'b mut Vec<u8>,
+) -> io::Result<&'b str> {
+    match dir.open_at(name, !host.is_real_root()) {
+        Ok(file) => file.read_into(buf)?,
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            let inside = Path::new("/").join(path.strip_prefix(host.root()).unwrap_or(&path));
-            return host.read_to_string(inside);
+            *buf = host.read(format!("{abs}/{name}"))?;
         }
         Err(e) => return Err(e),
-    };
-    let mut s = String::new();
-    file.read_to_string(&mut s)?;
-    Ok(s)
-}
-
-fn link_name(path: &Path) -> Option<String> {
-    let target = std::fs::read_link(path).ok()?;
-    target.file_name().map(|n| n.to_string_lossy().into_owned())
+    }
+    std::str::from_utf8(buf).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 /// The pci.ids file to use: the root's, else (under a foreign root) this machine's.
@@ -158,10 +152,9 @@ pub fn load_names(host: &Host, topo: &Topology) -> Names {
     let Some(path) = pci_ids_path(host) else {
         return Names::default();
     };
-    let Ok(bytes) = std::fs::read(&path) else {
+    let Ok(file) = std::fs::File::open(&path) else {
         return Names::default();
     };
-    let text = String::from_utf8_lossy(&bytes);
     let mut wanted = Wanted::default();
     for d in topo.devices.values() {
         if let Some(v) = d.vendor {
@@ -174,5 +167,7 @@ pub fn load_names(host: &Host, topo: &Topology) -> Names {
             wanted.classes.insert(((c >> 8) as u8, c as u8));
         }
     }
-    Names::parse(&text, &wanted)
+    // Streamed in 64 KiB pieces: the database is never held whole.
+    let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    Names::parse_reader(reader, &wanted).unwrap_or_default()
 }

@@ -7,9 +7,11 @@ use crate::pci::{PciAddress, PciDevice, Topology};
 use crate::pciids::Names;
 use crate::sysfs;
 use crate::ui::Ui;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use console::Style;
 use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
 
 #[derive(Serialize)]
 struct GroupJson {
@@ -72,12 +74,13 @@ pub fn run(host: &Host, ui: &Ui, args: &IommuArgs) -> Result<u8> {
         };
         ui.print_json(&doc)?;
     } else {
-        let mut out = String::new();
+        // The whole listing is built in memory and written at once.
+        let mut out = String::with_capacity(160 * topo.devices.len() + 20 * groups.len());
         for (id, members) in &groups {
-            out.push_str(&format!("IOMMU group {id}\n"));
+            let _ = writeln!(out, "IOMMU group {id}");
             for addr in *members {
                 if let Some(dev) = topo.device(addr) {
-                    out.push_str(&device_lines(dev, &names));
+                    device_lines(&mut out, dev, &names);
                 }
             }
         }
@@ -88,10 +91,18 @@ pub fn run(host: &Host, ui: &Ui, args: &IommuArgs) -> Result<u8> {
                 "PCI devices (no IOMMU groups)\n"
             });
             for dev in &ungrouped {
-                out.push_str(&device_lines(dev, &names));
+                device_lines(&mut out, dev, &names);
             }
         }
-        print!("{out}");
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // A reader that stopped early (`gpt iommu | head`) is not an error.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            other => other.context("cannot write the listing to stdout")?,
+        }
     }
 
     if !topo.iommu_enabled() {
@@ -112,24 +123,24 @@ fn is_gpu(topo: &Topology, addr: &PciAddress) -> bool {
     topo.device(addr).is_some_and(PciDevice::is_gpu)
 }
 
-fn device_lines(dev: &PciDevice, names: &Names) -> String {
-    let mut line = format!("  {} {}", dev.address.short(), lspci_nn(dev, names));
+/// Append a device's lines: the `lspci -nn`-style line, its driver and any problems.
+fn device_lines(out: &mut String, dev: &PciDevice, names: &Names) {
+    let desc = lspci_nn(dev, names);
     if dev.is_gpu() {
+        let line = format!("  {} {desc}", dev.address.short());
         let tag = if dev.boot_vga {
             "[GPU, boot VGA]"
         } else {
             "[GPU]"
         };
-        line = format!(
-            "{} {}",
-            Style::new().bold().magenta().apply_to(line),
-            Style::new().bold().magenta().apply_to(tag)
-        );
+        let style = Style::new().bold().magenta();
+        let _ = write!(out, "{} {}", style.apply_to(line), style.apply_to(tag));
+    } else {
+        let _ = write!(out, "  {} {desc}", dev.address.short());
     }
     let driver = dev.driver.as_deref().unwrap_or("none");
-    let mut s = format!("{line}\n      driver: {driver}\n");
+    let _ = writeln!(out, "\n      driver: {driver}");
     for p in &dev.problems {
-        s.push_str(&format!("      problem: {p}\n"));
+        let _ = writeln!(out, "      problem: {p}");
     }
-    s
 }

@@ -3,6 +3,7 @@
 
 pub mod fakes;
 pub mod hosts;
+pub mod synth;
 pub mod tree;
 
 use assert_cmd::Command;
