@@ -11,6 +11,10 @@
 #
 # Output: one `ok - …` / `not ok - …` line per assertion, then `N passed, M failed`; exit 1 when
 # anything failed. Serial logs: target/vm-logs/SCENARIO/{console,stage}-bootN.log.
+
+# The whole script is one compound command, read before it runs: editing it during a run (which
+# takes minutes) cannot change what the running copy does.
+{
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -232,7 +236,8 @@ scenario() {
     [ "${GPT_VM_KEEP:-0}" = 1 ] || rm -rf "$dir"
 }
 
-note "gpt under test: $GPT_BIN ($("$GPT_BIN" --version 2>&1 | head -n 1))"
+# gpt never runs on this machine, not even --version: only inside the guests.
+note "gpt under test: $GPT_BIN (sha256 $(sha256sum "$GPT_BIN" | cut -c1-16))"
 note "scenarios: ${scenarios[*]} (suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-600} s)"
 t_all=$SECONDS
 pids=()
@@ -261,3 +266,5 @@ done
 note "image: $t_image s; all scenarios: $((SECONDS - t_all)) s; logs in $target/vm-logs/"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
+exit
+}
