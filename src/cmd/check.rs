@@ -493,7 +493,7 @@ fn device_checks(topo: &Topology, c: &Config, reboot_pending: bool) -> Vec<Check
     let mut configured: Vec<PciAddress> = Vec::new();
     for d in &c.devices {
         let name = format!("{d} bound to vfio-pci");
-        let Ok(addr) = d.parse::<PciAddress>() else {
+        let Some(addr) = PciAddress::parse(d) else {
             out.push(Check::fail(
                 name,
                 format!("not a PCI address in {}", state::STATE_FILE),
