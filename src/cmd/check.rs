@@ -94,7 +94,7 @@ pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
             .max()
             .unwrap_or(0);
         for c in &checks {
-            println!("{}", c.line(width));
+            crate::ui::out(&format!("{}\n", c.line(width)));
         }
     }
     let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
