@@ -298,7 +298,7 @@ pub fn installed_packages(status: &str) -> BTreeSet<String> {
 /// PCI addresses in a resolved sysfs path (every controller and bridge on the way).
 fn pci_addresses_in(path: &Path) -> Vec<PciAddress> {
     path.components()
-        .filter_map(|c| c.as_os_str().to_str()?.parse::<PciAddress>().ok())
+        .filter_map(|c| PciAddress::parse(c.as_os_str().to_str()?))
         .collect()
 }
 

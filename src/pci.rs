@@ -40,41 +40,48 @@ impl fmt::Display for PciAddress {
     }
 }
 
-impl FromStr for PciAddress {
-    type Err = anyhow::Error;
-
-    /// Accepts `DOMAIN:BUS:DEV.FN` or `BUS:DEV.FN` (domain 0), hex, any case.
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            anyhow::anyhow!(
-                "'{s}' is not a PCI address; expected the form 0000:02:00.0 or 02:00.0 (see `gpt iommu`)"
-            )
-        };
-        let parts: Vec<&str> = s.split(':').collect();
-        let (domain, bus, rest) = match parts.as_slice() {
-            [bus, rest] => ("0", *bus, *rest),
-            [domain, bus, rest] => (*domain, *bus, *rest),
-            _ => return Err(bad()),
-        };
-        let (dev, func) = rest.split_once('.').ok_or_else(bad)?;
-        let hex = |t: &str, max_len: usize| -> Result<u32> {
-            if t.is_empty() || t.len() > max_len || !t.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            Ok(u32::from_str_radix(t, 16)?)
-        };
-        let domain = hex(domain, 8)?;
-        let bus = hex(bus, 2)?;
-        let device = hex(dev, 2)?;
-        let function = hex(func, 1)?;
-        if device > 0x1f || function > 7 {
-            return Err(bad());
+impl PciAddress {
+    /// Parse `DOMAIN:BUS:DEV.FN` or `BUS:DEV.FN` (domain 0), hex, any case; `None` if it is
+    /// not one. Cheap: used to filter directory names and path components.
+    pub fn parse(s: &str) -> Option<PciAddress> {
+        let mut parts = s.split(':');
+        let (a, b, c) = (parts.next()?, parts.next()?, parts.next());
+        if parts.next().is_some() {
+            return None;
         }
-        Ok(PciAddress {
+        let (domain, bus, rest) = match c {
+            None => ("0", a, b),
+            Some(c) => (a, b, c),
+        };
+        let (dev, func) = rest.split_once('.')?;
+        let hex = |t: &str, max_len: usize| -> Option<u32> {
+            if t.is_empty() || t.len() > max_len || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u32::from_str_radix(t, 16).ok()
+        };
+        let (domain, bus) = (hex(domain, 8)?, hex(bus, 2)?);
+        let (device, function) = (hex(dev, 2)?, hex(func, 1)?);
+        if device > 0x1f || function > 7 {
+            return None;
+        }
+        Some(PciAddress {
             domain,
             bus: bus as u8,
             device: device as u8,
             function: function as u8,
+        })
+    }
+}
+
+impl FromStr for PciAddress {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        PciAddress::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "'{s}' is not a PCI address; expected the form 0000:02:00.0 or 02:00.0 (see `gpt iommu`)"
+            )
         })
     }
 }

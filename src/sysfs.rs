@@ -22,7 +22,7 @@ pub fn read_topology(host: &Host) -> Result<Topology> {
     // One buffer for every attribute of every device.
     let mut buf = Vec::with_capacity(128);
     for name in host.list_dir(PCI_DEVICES)? {
-        if let Ok(addr) = name.parse::<PciAddress>() {
+        if let Some(addr) = PciAddress::parse(&name) {
             topo.devices.insert(addr, read_device(host, addr, &mut buf));
         }
     }
@@ -32,7 +32,7 @@ pub fn read_topology(host: &Host) -> Result<Topology> {
         };
         let mut members = Vec::new();
         for dev in host.list_dir(format!("{IOMMU_GROUPS}/{name}/devices"))? {
-            let Ok(addr) = dev.parse::<PciAddress>() else {
+            let Some(addr) = PciAddress::parse(&dev) else {
                 continue; // non-PCI members (platform devices) are not ours to list
             };
             let entry = topo.devices.entry(addr).or_insert_with(|| {

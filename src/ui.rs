@@ -66,7 +66,7 @@ impl Ui {
 
     /// Print a JSON document on stdout (one line, then a newline).
     pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string(value)?);
+        out(&format!("{}\n", serde_json::to_string(value)?));
         Ok(())
     }
 }
@@ -89,4 +89,19 @@ macro_rules! usage {
     ($($arg:tt)*) => {
         return Err(anyhow::Error::new($crate::ui::UsageError(format!($($arg)*))))
     };
+}
+
+/// Write to stdout. A reader that stopped early (`gpt … | head`) is not an error, and never a
+/// panic as with `print!`; another write error is said on stderr.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("error: cannot write to stdout: {e}"),
+        Ok(()) => {}
+    }
 }

@@ -94,7 +94,7 @@ pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
             .max()
             .unwrap_or(0);
         for c in &checks {
-            println!("{}", c.line(width));
+            crate::ui::out(&format!("{}\n", c.line(width)));
         }
     }
     let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
@@ -493,7 +493,7 @@ fn device_checks(topo: &Topology, c: &Config, reboot_pending: bool) -> Vec<Check
     let mut configured: Vec<PciAddress> = Vec::new();
     for d in &c.devices {
         let name = format!("{d} bound to vfio-pci");
-        let Ok(addr) = d.parse::<PciAddress>() else {
+        let Some(addr) = PciAddress::parse(d) else {
             out.push(Check::fail(
                 name,
                 format!("not a PCI address in {}", state::STATE_FILE),

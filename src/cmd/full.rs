@@ -193,7 +193,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
                 .collect();
             print_json(ui, &planned, false, true, files)?;
         } else {
-            print!("{}", planned.plan.render());
+            crate::ui::out(&planned.plan.render());
             print_manual(ui, &planned);
         }
         ui.info("dry run: nothing was changed");

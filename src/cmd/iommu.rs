@@ -7,11 +7,10 @@ use crate::pci::{PciAddress, PciDevice, Topology};
 use crate::pciids::Names;
 use crate::sysfs;
 use crate::ui::Ui;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use console::Style;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
 
 #[derive(Serialize)]
 struct GroupJson {
@@ -94,15 +93,7 @@ pub fn run(host: &Host, ui: &Ui, args: &IommuArgs) -> Result<u8> {
                 device_lines(&mut out, dev, &names);
             }
         }
-        let mut stdout = std::io::stdout().lock();
-        match stdout
-            .write_all(out.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // A reader that stopped early (`gpt iommu | head`) is not an error.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-            other => other.context("cannot write the listing to stdout")?,
-        }
+        crate::ui::out(&out);
     }
 
     if !topo.iommu_enabled() {

@@ -91,7 +91,7 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
         if ui.json {
             ui.print_json(&LibvirtJson { devices, xml })?;
         } else {
-            print!("{xml}");
+            crate::ui::out(&xml);
         }
         return Ok(0);
     }
@@ -120,10 +120,9 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
             argv,
         })?;
     } else {
-        print!(
-            "{}",
-            script(&topo, &names, &cards, &firmware, &setup, &argv, mem)
-        );
+        crate::ui::out(&script(
+            &topo, &names, &cards, &firmware, &setup, &argv, mem,
+        ));
     }
     Ok(0)
 }

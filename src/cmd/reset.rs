@@ -167,9 +167,9 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         let shown: Vec<Vec<String>> = run_now.iter().map(|s| s.argv.clone()).collect();
         if !ui.json {
             if !run_now.is_empty() {
-                println!("\nCommands:");
+                crate::ui::out("\nCommands:\n");
                 for c in &run_now {
-                    println!("  {}", c.shell_line());
+                    crate::ui::out(&format!("  {}\n", c.shell_line()));
                 }
             }
         } else {
@@ -248,7 +248,7 @@ fn print_manual(ui: &Ui, manual: &[Step]) {
 /// Diffs are the product of a dry run (stdout); otherwise they go with the question (stderr).
 fn show(ui: &Ui, args: &ResetArgs, text: &str) {
     if args.dry_run && !ui.json {
-        print!("{text}");
+        crate::ui::out(text);
     } else if !args.dry_run {
         eprint!("{text}");
     }

@@ -614,3 +614,30 @@ fn a_held_lock_refuses_with_a_clear_message() {
     assert!(err.contains("another gpt is running"), "{err}");
     assert_eq!(snap(r), before);
 }
+
+#[test]
+fn a_reader_that_stops_early_is_no_panic() {
+    // `gpt … | head`: stdout is a pipe nobody reads any more. gpt must not panic on EPIPE.
+    let dir = tempfile::tempdir().unwrap();
+    rocketlake(dir.path());
+    for cmd in [
+        &["full", "nvidia", "--dry-run"][..],
+        &["qemu", "--device", "02:00.0"],
+        &["check"],
+        &["iommu", "--json"],
+    ] {
+        let (read_end, write_end) = nix::unistd::pipe().unwrap();
+        drop(read_end);
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("gpt"))
+            .env("NO_COLOR", "1")
+            .arg("--root")
+            .arg(dir.path())
+            .args(cmd)
+            .stdout(std::process::Stdio::from(write_end))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+    }
+}
