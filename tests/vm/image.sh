@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the Debian disk image the VM test boots: bash tests/vm/image.sh SUITE MIRROR OUTDIR
+# (MIRROR may be empty: debootstrap then uses its default for the suite)
 #
 # Writes OUTDIR/disk.img (GPT: 64 MiB FAT ESP + 3 GiB ext4 root labelled gpt-root) and
 # OUTDIR/root.offset (byte offset of the root partition, for debugfs). No loop devices and no
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 suite=${1:?suite}
-mirror=${2:?mirror}
+mirror=${2?mirror}
 out=${3:?output dir}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -28,9 +29,11 @@ mkdir -p "$debs"
 t0=$SECONDS
 log "debootstrap $suite (minbase)"
 # --cache-dir keeps the downloaded .debs for the next rebuild of the image.
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
+    $([ -r $keyring ] && echo "--keyring=$keyring") \
     --include=linux-image-amd64,initramfs-tools,kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils \
-    "$suite" "$root" "$mirror" >"$tmp/debootstrap.log" 2>&1 || {
+    "$suite" "$root" ${mirror:+"$mirror"} >"$tmp/debootstrap.log" 2>&1 || {
     tail -n 30 "$tmp/debootstrap.log" >&2
     exit 1
 }

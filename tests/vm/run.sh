@@ -6,7 +6,8 @@
 #   bash tests/vm/run.sh [--scenario main|twin]... [--suite bookworm] [--jobs N]
 #
 # Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_VM_MIRROR (default: the
-# first Debian mirror in this machine's apt sources), GPT_VM_BOOT_TIMEOUT (seconds per boot, 600),
+# first Debian mirror in this machine's apt sources on a Debian machine, debootstrap's own default
+# elsewhere), GPT_VM_BOOT_TIMEOUT (seconds per boot, 600),
 # GPT_VM_SMP (guest CPUs, 2), GPT_VM_KEEP=1 keeps each run's disk under target/vm-run/.
 #
 # Output: one `ok - …` / `not ok - …` line per assertion, then `N passed, M failed`; exit 1 when
@@ -55,8 +56,10 @@ die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
 
 if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || die "needs root (debootstrap, debugfs on the image); no sudo here"
+    args=(--suite "$suite" --jobs "$jobs")
+    for s in "${scenarios[@]}"; do args+=(--scenario "$s"); done
     exec sudo --preserve-env=GPT_BIN,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,CARGO_TARGET_DIR \
-        bash "${BASH_SOURCE[0]}" --suite "$suite" --jobs "$jobs" $(printf -- '--scenario %s ' "${scenarios[@]}")
+        bash "${BASH_SOURCE[0]}" "${args[@]}"
 fi
 
 # --- tools ----------------------------------------------------------------------------------------
@@ -71,8 +74,8 @@ need() { # need PACKAGE TEST...: install PACKAGE when the test fails
 need qemu-system-x86 command -v qemu-system-x86_64
 need ovmf test -r "$ovmf_code" -a -r "$ovmf_vars"
 need debootstrap command -v debootstrap
+need debian-archive-keyring test -r /usr/share/keyrings/debian-archive-keyring.gpg
 need grub-common command -v grub-mkstandalone
-need grub-efi-amd64-bin test -d /usr/lib/grub/x86_64-efi
 need mtools command -v mcopy
 need dosfstools command -v mkfs.vfat
 need fdisk command -v sfdisk
@@ -117,8 +120,17 @@ find_mirror() {
         awk '$1 == "deb" && $0 !~ /-security/ { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ ) { print $i; exit } }' "$f"
     done
 }
-mirror=${GPT_VM_MIRROR:-$(find_mirror | head -n 1)}
-[ -n "$mirror" ] || die "no Debian mirror in /etc/apt sources; set GPT_VM_MIRROR"
+# On another distribution (Ubuntu CI runners) its mirrors carry no Debian suite: leave the choice
+# to debootstrap's script for the suite.
+host_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-}")
+if [ -n "${GPT_VM_MIRROR:-}" ]; then
+    mirror=$GPT_VM_MIRROR
+elif [ "$host_id" = debian ]; then
+    mirror=$(find_mirror | head -n 1)
+    [ -n "$mirror" ] || die "no Debian mirror in /etc/apt sources; set GPT_VM_MIRROR"
+else
+    mirror=
+fi
 
 # Keyed on what goes into the image: the builder, the guest units, the suite. Not on gpt, not on
 # stage.sh (both are written into each run's copy).
@@ -130,7 +142,7 @@ t_image=$SECONDS
 (
     flock 9
     if [ ! -f "$image/disk.img" ]; then
-        note "building the $suite image (cache key $key) from $mirror"
+        note "building the $suite image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
         # Older images of this suite are of no further use.
         find "$cache" -maxdepth 1 -name "$suite-*" ! -name "$suite-$key" -exec rm -rf {} +
         bash "$here/image.sh" "$suite" "$mirror" "$image"
