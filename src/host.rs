@@ -295,7 +295,7 @@ impl Host {
         match self.read_to_string(abs) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path(abs).display())),
+            Err(e) => Err(crate::ioerr::error("read", abs, &e)),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod describe;
 pub mod edit;
 pub mod facts;
 pub mod host;
+pub mod ioerr;
 pub mod legacy;
 pub mod pci;
 pub mod pciids;

@@ -197,6 +197,15 @@ pub fn pick_gpus(
                     );
                 }
             }
+            if !dev.problems.is_empty() {
+                bail!(
+                    "the sysfs entry of {} is broken ({}), so gpt cannot tell what the device is; \
+                     nothing was changed (`gpt iommu` shows the entry; the kernel log may say why, \
+                     and --force does not override this)",
+                    dev.address,
+                    dev.problems.join("; ")
+                );
+            }
             if !dev.is_gpu() {
                 let msg = format!(
                     "{} is not a display controller ({})",

@@ -3,6 +3,7 @@
 //! of the root, never leaving a temp file behind.
 
 use crate::host::Host;
+use crate::ioerr::{self, IoContext};
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -76,7 +77,7 @@ pub fn read(host: &Host, abs: &Path) -> Result<Option<Current>> {
     let meta = match fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
+        Err(e) => return Err(ioerr::error("read", abs, &e)),
     };
     if !meta.is_file() {
         bail!(
@@ -84,7 +85,7 @@ pub fn read(host: &Host, abs: &Path) -> Result<Option<Current>> {
             abs.display()
         );
     }
-    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", abs.display()))?;
+    let bytes = fs::read(&path).io_ctx("read", abs)?;
     Ok(Some(Current {
         bytes,
         meta: Meta::of(&meta),
@@ -124,7 +125,7 @@ pub fn create_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
     let missing = missing_dirs(host, abs_dir)?;
     for d in &missing {
         let p = target(host, d)?;
-        fs::create_dir(&p).with_context(|| format!("cannot create {}", d.display()))?;
+        fs::create_dir(&p).io_ctx("create", d)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
         if running_as_root() {
@@ -200,7 +201,7 @@ pub fn write(
             abs.display()
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", abs.display())),
+        Err(e) => return Err(ioerr::error("read", abs, &e)),
     };
     let meta = meta
         .or(existing)
@@ -221,14 +222,13 @@ pub fn write(
     let tmp = dir.join(format!("{TEMP_PREFIX}{}", name.to_string_lossy()));
     let _ = fs::remove_file(&tmp);
     let mut guard = TempGuard(Some(tmp.clone()));
-    let ctx = || format!("cannot write {}", abs.display());
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(ctx)?;
-    f.write_all(bytes).with_context(ctx)?;
+        .io_ctx("write", abs)?;
+    f.write_all(bytes).io_ctx("write", abs)?;
     if running_as_root() {
         std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))
             .with_context(|| format!("cannot set the owner of {}", abs.display()))?;
@@ -236,9 +236,9 @@ pub fn write(
     // After chown, which clears set-id bits.
     f.set_permissions(fs::Permissions::from_mode(meta.mode))
         .with_context(|| format!("cannot set the mode of {}", abs.display()))?;
-    f.sync_all().with_context(ctx)?;
+    f.sync_all().io_ctx("write", abs)?;
     drop(f);
-    fs::rename(&tmp, &path).with_context(ctx)?;
+    fs::rename(&tmp, &path).io_ctx("write", abs)?;
     guard.0 = None;
     sync_dir(dir)?;
     Ok(created)
@@ -257,7 +257,7 @@ pub fn remove(host: &Host, abs: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("cannot remove {}", abs.display())),
     }
-    fs::remove_file(&path).with_context(|| format!("cannot remove {}", abs.display()))?;
+    fs::remove_file(&path).io_ctx("remove", abs)?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }

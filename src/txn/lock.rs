@@ -5,6 +5,7 @@
 //! changing files under it.
 
 use crate::host::Host;
+use crate::ioerr::IoContext;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
@@ -37,7 +38,7 @@ impl Lock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .with_context(|| format!("cannot open the lock file {LOCK_FILE}"))?;
+            .io_ctx("open the lock file", abs)?;
         let flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((_, Errno::EWOULDBLOCK)) => bail!(
