@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+#[path = "support/tally.rs"]
+mod tally;
+
 use gpt::edit::modprobe::{self, BindTarget};
 use gpt::edit::{cmdline, grub, modules};
 use proptest::prelude::*;
@@ -33,6 +36,7 @@ fn run<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(
     let ran = count.load(Ordering::Relaxed);
     assert!(ran >= CASES as usize, "{name}: only {ran} cases ran");
     println!("editor cases: {name} {ran}/{CASES}");
+    tally::record("editor cases", name, ran, CASES as usize);
 }
 
 /// `n` characters of `alphabet`, picked by a small PRNG from `seed` (much faster than
@@ -260,9 +264,43 @@ fn only_gpt_bytes_changed(
     Ok(())
 }
 
+/// Which of `files` (shell scripts) `dash -n` rejects: dash is the /bin/sh that update-grub's
+/// grub-mkconfig sources /etc/default/grub with. One dash runs the whole batch.
+fn rejected_by_sh(files: &[String]) -> Vec<usize> {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let p = dir.path().join(i.to_string());
+            std::fs::write(&p, f).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let out = std::process::Command::new("dash")
+        .arg("-c")
+        .arg(r#"i=0; for f; do dash -n "$f" 2>/dev/null || echo "$i"; i=$((i + 1)); done"#)
+        .arg("sh")
+        .args(&paths)
+        .output()
+        .expect("dash (Debian's /bin/sh) runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+/// One case in this many has its input and its edited output parsed by the shell.
+const SHELL_SAMPLE: usize = 20;
+
 #[test]
 fn grub_properties() {
+    let seen = AtomicUsize::new(0);
+    let sampled = std::sync::Mutex::new(Vec::new());
     run("grub", grub_case(), |(x, var, t1, t2)| {
+        let sample = seen.fetch_add(1, Ordering::Relaxed) % SHELL_SAMPLE == 0;
         let other = VARS.iter().find(|v| **v != var).unwrap();
         let before = grub::read_var(&x, var).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         let present: Vec<String> = before
@@ -357,8 +395,36 @@ fn grub_properties() {
             &x,
             "reverse with two variables"
         );
+        if sample {
+            sampled.lock().unwrap().push((x, a, c));
+        }
         Ok(())
     });
+    // What grub-mkconfig would source still parses: every sampled output whose input parsed.
+    let cases = sampled.into_inner().unwrap();
+    let files: Vec<String> = cases
+        .iter()
+        .flat_map(|(x, a, c)| [x.clone(), a.clone(), c.clone()])
+        .collect();
+    let bad = rejected_by_sh(&files);
+    let broken: Vec<&String> = bad
+        .iter()
+        .filter(|i| *i % 3 != 0 && !bad.contains(&(*i - *i % 3)))
+        .map(|i| &files[*i])
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "edits that the shell no longer parses: {broken:#?}"
+    );
+    let parsed = cases.len() - bad.iter().filter(|i| *i % 3 == 0).count();
+    assert!(
+        parsed * 2 > cases.len(),
+        "most generated inputs must parse as shell"
+    );
+    println!(
+        "editor cases: grub shell {parsed}/{} sampled inputs that parse still parse after the edits",
+        cases.len()
+    );
 }
 
 /// Shell-ish noise: whatever the input, no panic; when apply accepts a file, its laws hold.

@@ -20,7 +20,8 @@
 //! other parts of the line or file. "and quoted it" means the value was a bare word (or
 //! empty) that gpt had to put in double quotes; "created" means the whole line is gpt's. A
 //! created line that was appended to a file without a final newline has no newline either,
-//! which tells [`reverse`] to take back the newline gpt put before its marker.
+//! which tells [`reverse`] to take back the newline gpt put before its marker (a bare `\n`,
+//! also in a CRLF file, so that the shell still reads the user's last word as it was).
 
 use std::fmt::Write as _;
 
@@ -459,8 +460,8 @@ fn rewrite(
     let delete_line = kind == Kind::Created
         && (new_body == format!("{var}=\"\"") || new_body == format!("{var}="));
     let was_last = out[target].eol.is_empty();
-    // The line ending gpt wrote after the line above its created line, if it took it back.
-    let added_eol = mark_lines.first().map(|&i| out[i].eol.clone());
+    // gpt ended the line above its created line with a bare "\n" (see `create_line`).
+    let added_eol = mark_lines.first().map(|_| "\n".to_string());
     if delete_line {
         out.remove(target);
     } else {
@@ -487,7 +488,9 @@ fn create_line(content: &str, var: &str, want: &[&str]) -> String {
     let no_final_newline = !content.is_empty() && !content.ends_with('\n');
     let mut s = content.to_string();
     if no_final_newline {
-        s.push_str(style);
+        // A bare "\n", whatever the file's style: in a CRLF file the shell reads a "\r" as
+        // part of the word before it, so a last line `fi` would become `fi\r`, no keyword.
+        s.push('\n');
     }
     let _ = write!(s, "{}{style}{var}=\"{}\"", marker.render(), want.join(" "));
     if !no_final_newline {
@@ -1109,7 +1112,13 @@ GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
                 "{a:?}"
             );
             if x.contains("\r\n") {
-                assert_eq!(a.matches('\n').count(), a.matches("\r\n").count(), "{a:?}");
+                // CRLF throughout, but for the bare "\n" that ends a last line that had none.
+                let bare = usize::from(!x.ends_with('\n'));
+                assert_eq!(
+                    a.matches('\n').count(),
+                    a.matches("\r\n").count() + bare,
+                    "{a:?}"
+                );
             }
         }
         assert_eq!(
@@ -1140,6 +1149,20 @@ GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
         let last = "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"";
         let a = roundtrip(last, V, &vfio());
         assert!(!a.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_crlf_file_whose_last_line_has_no_newline_keeps_its_last_word_a_keyword() {
+        // Found by the property test's shell check: ending `fi` with "\r\n" made it `fi\r`
+        // for the shell, and the file no longer parsed.
+        let x = "\t\r\nif [ -e /etc/x ]; then Y=1; fi";
+        let a = roundtrip(x, V, &vfio());
+        assert!(
+            a.starts_with("\t\r\nif [ -e /etc/x ]; then Y=1; fi\n# gpt: created "),
+            "{a:?}"
+        );
+        let b = apply(&a, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap();
+        assert_eq!(reverse(&b).unwrap(), x);
     }
 
     #[test]

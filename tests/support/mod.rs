@@ -4,6 +4,7 @@
 pub mod fakes;
 pub mod hosts;
 pub mod synth;
+pub mod tally;
 pub mod tree;
 
 use assert_cmd::Command;
