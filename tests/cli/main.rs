@@ -3,7 +3,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bad_input;
 mod check;
+mod concurrency;
 mod example;
 mod full;
 mod iommu;

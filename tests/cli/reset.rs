@@ -419,6 +419,7 @@ fn sigkill_during_a_slow_command_leaves_the_lock_held_until_it_ends_then_reset_c
     let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
     assert_eq!(code, 0, "{err}");
     assert_eq!(snap(root), before);
+    crate::support::tally::record("kills", "reset-in-update-initramfs", 1, 1);
 }
 
 /// Stop `reset` dead at every fail point (as a power cut would); then each file is whole
@@ -503,8 +504,9 @@ mod crash {
         "after-commit",
     ];
 
-    /// Each point on its own tree, in parallel.
-    fn each(points: &[&'static str], check: impl Fn(&'static str) + Sync) {
+    /// Each point on its own tree, in parallel; the count goes to the reliability summary
+    /// once every point has recovered.
+    fn each(test: &str, points: &[&'static str], check: impl Fn(&'static str) + Sync) {
         std::thread::scope(|s| {
             let handles: Vec<_> = points.iter().map(|p| s.spawn(|| check(p))).collect();
             for h in handles {
@@ -513,11 +515,12 @@ mod crash {
                 }
             }
         });
+        crate::support::tally::record("fail points", test, points.len(), points.len());
     }
 
     #[test]
     fn a_second_reset_converges_from_every_fail_point() {
-        each(&POINTS, |point| {
+        each("reset-then-reset", &POINTS, |point| {
             let (dir, fakes, pristine, _) = crash_at(point, &[]);
             let root = dir.path();
             let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
@@ -528,7 +531,7 @@ mod crash {
 
     #[test]
     fn a_rerun_of_full_converges_from_every_fail_point_and_reset_still_undoes_it() {
-        each(&POINTS, |point| {
+        each("reset-then-full", &POINTS, |point| {
             let (dir, fakes, pristine, configured) = crash_at(point, &[]);
             let root = dir.path();
             simulate_full(root, &fakes, &[]).unwrap();
@@ -556,6 +559,7 @@ mod crash {
     #[test]
     fn a_crash_in_the_middle_of_a_rollback_still_converges() {
         each(
+            "reset-rollback",
             &["rollback-after-restore:1", "rollback-after-restore:3"],
             |point| {
                 let (dir, fakes, pristine, _) =
@@ -698,4 +702,5 @@ fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
             }
         }
     });
+    crate::support::tally::record("fail points", "full", points.len(), points.len());
 }
