@@ -255,7 +255,7 @@ pub fn remove(host: &Host, abs: &Path) -> Result<bool> {
         ),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", abs.display())),
+        Err(e) => return Err(ioerr::error("remove", abs, &e)),
     }
     fs::remove_file(&path).io_ctx("remove", abs)?;
     if let Some(dir) = path.parent() {
