@@ -7,7 +7,7 @@
 #
 # Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_VM_MIRROR (default: the
 # first Debian mirror in this machine's apt sources on a Debian machine, debootstrap's own default
-# elsewhere), GPT_VM_BOOT_TIMEOUT (seconds per boot, 600),
+# elsewhere), GPT_VM_BOOT_TIMEOUT (seconds per boot, 900),
 # GPT_VM_SMP (guest CPUs, 2), GPT_VM_KEEP=1 keeps each run's disk under target/vm-run/.
 #
 # Output: one `ok - …` / `not ok - …` line per assertion, then `N passed, M failed`; exit 1 when
@@ -200,7 +200,7 @@ EOF
 # $logs/results and its timings to $logs/timings.
 scenario() {
     local s=$1 dir=$target/vm-run/$1 logs=$target/vm-logs/$1
-    local timeout=${GPT_VM_BOOT_TIMEOUT:-600} boot rc t0 secs
+    local timeout=${GPT_VM_BOOT_TIMEOUT:-900} boot rc t0 secs
     rm -rf "$logs"
     mkdir -p "$logs"
     : >"$logs/results"
@@ -250,7 +250,7 @@ scenario() {
 
 # gpt never runs on this machine, not even --version: only inside the guests.
 note "gpt under test: $GPT_BIN (sha256 $(sha256sum "$GPT_BIN" | cut -c1-16))"
-note "scenarios: ${scenarios[*]} (suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-600} s)"
+note "scenarios: ${scenarios[*]} (suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-900} s)"
 t_all=$SECONDS
 pids=()
 running=0
