@@ -48,7 +48,8 @@ impl Fd {
     /// attribute in one piece), which saves the second `read` that would only see the end.
     pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.clear();
-        let mut chunk = [0u8; 128];
+        // Room for a whole `uevent` (a few hundred bytes) in one read.
+        let mut chunk = [0u8; 1024];
         loop {
             match nix::unistd::read(self.0, &mut chunk) {
                 Ok(0) => return Ok(()),
@@ -178,6 +179,14 @@ impl Host {
                 let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
                 nix::fcntl::open(&dir, flags, Mode::empty()).ok().map(Fd)
             })
+    }
+
+    /// Open the file `abs` for reading in one system call: `openat2(RESOLVE_IN_ROOT)` under a
+    /// foreign root (symlinks followed inside the root), a plain `open` on this machine.
+    /// `None` when that fails for any reason; the portable path ([`Host::read`],
+    /// [`Host::open_dir`]) then gives the result and the error.
+    pub fn open_file(&self, abs: impl AsRef<Path>) -> Option<Fd> {
+        self.open_fast(abs.as_ref(), OFlag::O_RDONLY)
     }
 
     /// Turn the `openat2` fast path off, to compare it with the portable path in tests.
