@@ -3,7 +3,9 @@
 //!
 //! Device directories live under `sys/devices/pci<domain>:<bus>/…`, and `bus/pci/devices/ADDR`,
 //! `driver`, `iommu_group`, `kernel/iommu_groups/N/devices/ADDR`, `bus/pci/drivers/D/module`,
-//! `class/block/X` and `class/net/X` are relative symlinks, as on a real host.
+//! `class/block/X` and `class/net/X` are relative symlinks, as on a real host. Each device has
+//! the attributes gpt and lspci read (`vendor`, `device`, `class`, `revision`, `subsystem_*`,
+//! `boot_vga` for VGA, the 64-byte `config`) and a `uevent` as the kernel writes it.
 #![allow(dead_code)]
 
 use std::fs;
