@@ -173,14 +173,6 @@ impl Host {
             })
     }
 
-    /// Open the file `abs` for reading in one system call: `openat2(RESOLVE_IN_ROOT)` under a
-    /// foreign root (symlinks followed inside the root), a plain `open` on this machine.
-    /// `None` when that fails for any reason; the portable path ([`Host::read`],
-    /// [`Host::open_dir`]) then gives the result and the error.
-    pub fn open_file(&self, abs: impl AsRef<Path>) -> Option<Fd> {
-        self.open_fast(abs.as_ref(), OFlag::O_RDONLY)
-    }
-
     /// Turn the `openat2` fast path off, to compare it with the portable path in tests.
     #[doc(hidden)]
     pub fn portable_only(self) -> Self {

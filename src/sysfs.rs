@@ -53,8 +53,16 @@ pub fn read_topology(host: &Host) -> Result<Topology> {
 
 fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     let abs = format!("{PCI_DEVICES}/{addr}");
-    read_device_uevent(host, addr, &abs, buf)
-        .unwrap_or_else(|| read_device_attrs(host, addr, &abs, buf))
+    // One descriptor for the device directory (the `devices/ADDR` link is resolved once); its
+    // files are opened relative to it.
+    let dir = host.open_dir(&abs);
+    if let Some(dev) = dir
+        .as_ref()
+        .and_then(|dir| read_device_uevent(host, dir, addr, buf))
+    {
+        return dev;
+    }
+    read_device_attrs(host, dir, addr, &abs, buf)
 }
 
 /// The ids, class, subsystem and driver of a device from its `uevent` attribute, the way the
@@ -127,21 +135,23 @@ impl Uevent {
     }
 }
 
-/// A device read from `uevent` and `revision` (and `boot_vga` for VGA): two or three files
-/// instead of six attributes and the `driver` link. `None` when a file is missing or does not
-/// parse, or the fast path cannot open it: then [`read_device_attrs`] reads the attributes one
+/// A device read from `uevent` and `revision` (and `boot_vga` for VGA) in its open directory:
+/// two or three files instead of six attributes and the `driver` link. `None` when a file is
+/// missing or does not parse, or is a symlink under a foreign root: then [`read_device_attrs`] reads the attributes one
 /// by one and says what is wrong with which.
 fn read_device_uevent(
     host: &Host,
+    dir: &Fd,
     addr: PciAddress,
-    abs: &str,
     buf: &mut Vec<u8>,
 ) -> Option<PciDevice> {
-    host.open_file(format!("{abs}/uevent"))?
-        .read_into(buf)
-        .ok()?;
+    // Under a foreign root a symlinked file fails here (O_NOFOLLOW) and the attributes path
+    // resolves it inside the root.
+    let nofollow = !host.is_real_root();
+    dir.open_at("uevent", nofollow).ok()?.read_into(buf).ok()?;
     let ev = Uevent::parse(buf, addr)?;
-    host.open_file(format!("{abs}/revision"))?
+    dir.open_at("revision", nofollow)
+        .ok()?
         .read_into(buf)
         .ok()?;
     let rev = std::str::from_utf8(buf).ok()?.trim();
@@ -154,9 +164,8 @@ fn read_device_uevent(
     dev.subsystem_vendor = Some(ev.subsys.0);
     dev.subsystem_device = Some(ev.subsys.1);
     dev.boot_vga = is_vga(Some(ev.class))
-        && host
-            .open_file(format!("{abs}/boot_vga"))
-            .is_some_and(|f| f.read_into(buf).is_ok() && buf.trim_ascii() == b"1");
+        && read_attr(host, dir, &format!("{PCI_DEVICES}/{addr}"), "boot_vga", buf)
+            .is_ok_and(|v| v.trim() == "1");
     dev.driver = ev.driver;
     Some(dev)
 }
@@ -168,10 +177,15 @@ fn is_vga(class: Option<u32>) -> bool {
 }
 
 /// A device read attribute by attribute, each failure recorded as a problem of the device.
-fn read_device_attrs(host: &Host, addr: PciAddress, abs: &str, buf: &mut Vec<u8>) -> PciDevice {
+fn read_device_attrs(
+    host: &Host,
+    dir: Option<Fd>,
+    addr: PciAddress,
+    abs: &str,
+    buf: &mut Vec<u8>,
+) -> PciDevice {
     let mut dev = PciDevice::new(addr);
-    // One descriptor for the device directory; its attributes are opened relative to it.
-    let Some(dir) = host.open_dir(abs) else {
+    let Some(dir) = dir else {
         dev.problems.push(match host.resolve(abs) {
             Ok(dir) if !dir.is_dir() => format!(
                 "{abs} is a dangling link (points to {}, which does not exist)",
