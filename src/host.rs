@@ -48,7 +48,8 @@ impl Fd {
     /// attribute in one piece), which saves the second `read` that would only see the end.
     pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         buf.clear();
-        let mut chunk = [0u8; 128];
+        // Room for a whole `uevent` (a few hundred bytes) in one read.
+        let mut chunk = [0u8; 1024];
         loop {
             match nix::unistd::read(self.0, &mut chunk) {
                 Ok(0) => return Ok(()),
@@ -135,19 +136,11 @@ impl Host {
             .root
             .get_or_init(|| File::open(&self.root).ok())
             .as_ref()?;
-        let rel: PathBuf = abs
-            .components()
-            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-            .collect();
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel.as_path()
-        };
+        let rel = rel_path(abs);
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(resolve);
-        match nix::fcntl::openat2(root.as_raw_fd(), rel, how) {
+        match nix::fcntl::openat2(root.as_raw_fd(), rel.as_path(), how) {
             Ok(fd) => Some(Fd(fd)),
             Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG) => {
                 self.fast.off.store(true, Ordering::Relaxed);
@@ -331,6 +324,9 @@ impl Host {
     /// Entry names of a directory, sorted; an absent directory gives an empty list.
     pub fn list_dir(&self, abs: impl AsRef<Path>) -> Result<Vec<String>> {
         let abs = abs.as_ref();
+        if let Some(names) = self.list_dir_fast(abs) {
+            return Ok(names);
+        }
         let dir = self.open_path(abs)?;
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -346,6 +342,51 @@ impl Host {
         }
         names.sort();
         Ok(names)
+    }
+
+    /// [`Host::list_dir`] through the fast path: the directory opened in one `openat2` (a
+    /// plain `open` on this machine) and read with `getdents64` straight away: four system
+    /// calls for a small directory, where the portable path makes seven (a check of the
+    /// path, then `opendir`'s open and `fstat`, two reads and a close). `None` on any
+    /// failure, to take the portable path, which gives the same result and the errors.
+    fn list_dir_fast(&self, abs: &Path) -> Option<Vec<String>> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = if self.real {
+            rustix::fs::open(Path::new("/").join(abs), flags, Mode::empty()).ok()?
+        } else {
+            if self.fast.off.load(Ordering::Relaxed) {
+                return None;
+            }
+            let root = self
+                .fast
+                .root
+                .get_or_init(|| File::open(&self.root).ok())
+                .as_ref()?;
+            let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+            match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
+                Ok(fd) => fd,
+                Err(
+                    rustix::io::Errno::NOSYS | rustix::io::Errno::PERM | rustix::io::Errno::TOOBIG,
+                ) => {
+                    self.fast.off.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        };
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+        let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
+        let mut names = Vec::new();
+        while let Some(entry) = dir.next() {
+            let entry = entry.ok()?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        names.sort();
+        Some(names)
     }
 
     /// Show a path as it is on the target host (`/etc/default/grub`), for messages and JSON.
@@ -364,6 +405,19 @@ fn read_to_end(fd: &Fd, buf: &mut Vec<u8>) -> io::Result<()> {
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// `abs` relative to the root, for `openat2` at the root directory (`.` for the root itself).
+fn rel_path(abs: &Path) -> PathBuf {
+    let rel: PathBuf = abs
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
+    if rel.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        rel
     }
 }
 

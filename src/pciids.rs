@@ -195,22 +195,46 @@ impl Names {
         parser.names
     }
 
-    /// Like [`Names::parse`], reading the database line by line: the 1.3 MB text is never held
-    /// whole, is not decoded, and only the names asked for are kept.
+    /// Like [`Names::parse`], reading the database piece by piece: the 1.3 MB text is never
+    /// held whole, is not decoded, and only the names asked for are kept. Lines are found with
+    /// `memchr` and handed to the parser where they lie in the reader's buffer; only a line cut
+    /// by the end of a piece is copied.
     pub fn parse_reader(mut reader: impl BufRead, wanted: &Wanted) -> io::Result<Names> {
+        // The same line ends as `str::lines`: `\n`, or `\r\n`.
+        fn strip_cr(line: &[u8]) -> &[u8] {
+            line.strip_suffix(b"\r").unwrap_or(line)
+        }
         let mut parser = Parser::new(wanted);
-        let mut buf = Vec::with_capacity(256);
+        let mut carry: Vec<u8> = Vec::new();
         loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
+            let piece = reader.fill_buf()?;
+            let len = piece.len();
+            if len == 0 {
+                // A last line without a line end is taken as it is.
+                if !carry.is_empty() {
+                    parser.line(&carry);
+                }
                 return Ok(parser.names);
             }
-            // The same line ends as `str::lines`: `\n`, or `\r\n`.
-            let mut line = buf.as_slice();
-            if let Some(l) = line.strip_suffix(b"\n") {
-                line = l.strip_suffix(b"\r").unwrap_or(l);
+            let mut rest = piece;
+            if !carry.is_empty() {
+                let Some(end) = memchr::memchr(b'\n', rest) else {
+                    carry.extend_from_slice(rest);
+                    reader.consume(len);
+                    continue;
+                };
+                carry.extend_from_slice(&rest[..end]);
+                parser.line(strip_cr(&carry));
+                carry.clear();
+                rest = &rest[end + 1..];
             }
-            parser.line(line);
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', rest) {
+                parser.line(strip_cr(&rest[start..end]));
+                start = end + 1;
+            }
+            carry.extend_from_slice(&rest[start..]);
+            reader.consume(len);
         }
     }
 

@@ -52,11 +52,141 @@ pub fn read_topology(host: &Host) -> Result<Topology> {
 }
 
 fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
-    let mut dev = PciDevice::new(addr);
     let abs = format!("{PCI_DEVICES}/{addr}");
-    // One descriptor for the device directory; its attributes are opened relative to it.
-    let Some(dir) = host.open_dir(&abs) else {
-        dev.problems.push(match host.resolve(&abs) {
+    // One descriptor for the device directory (the `devices/ADDR` link is resolved once); its
+    // files are opened relative to it.
+    let dir = host.open_dir(&abs);
+    if let Some(dev) = dir
+        .as_ref()
+        .and_then(|dir| read_device_uevent(host, dir, addr, buf))
+    {
+        return dev;
+    }
+    read_device_attrs(host, dir, addr, &abs, buf)
+}
+
+/// The ids, class, subsystem and driver of a device from its `uevent` attribute, the way the
+/// kernel's `pci_uevent` and the driver core write it:
+///
+/// ```text
+/// DRIVER=nouveau
+/// PCI_CLASS=30000
+/// PCI_ID=10DE:1F08
+/// PCI_SUBSYS_ID=1043:86F0
+/// PCI_SLOT_NAME=0000:02:00.0
+/// MODALIAS=pci:v000010DEd00001F08sv00001043sd000086F0bc03sc00i00
+/// ```
+///
+/// (`DRIVER=` only when a driver is bound; its value is the driver's name, the same name the
+/// `driver` link points at.) The kernel fills it from what it cached at enumeration, without
+/// touching config space, so it never wakes a runtime-suspended device.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Uevent {
+    id: (u16, u16),
+    class: u32,
+    subsys: (u16, u16),
+    driver: Option<String>,
+}
+
+impl Uevent {
+    /// `None` unless PCI_ID, PCI_CLASS and PCI_SUBSYS_ID are all there and well-formed, and a
+    /// PCI_SLOT_NAME, if any, is `addr`.
+    fn parse(bytes: &[u8], addr: PciAddress) -> Option<Uevent> {
+        fn hex(v: &[u8]) -> Option<u32> {
+            if v.is_empty() || v.len() > 8 || !v.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            u32::from_str_radix(std::str::from_utf8(v).ok()?, 16).ok()
+        }
+        fn pair(v: &[u8]) -> Option<(u16, u16)> {
+            let colon = v.iter().position(|b| *b == b':')?;
+            let a = u16::try_from(hex(&v[..colon])?).ok()?;
+            let b = u16::try_from(hex(&v[colon + 1..])?).ok()?;
+            Some((a, b))
+        }
+        let (mut id, mut class, mut subsys, mut driver) = (None, None, None, None);
+        for line in bytes.split(|b| *b == b'\n') {
+            let Some(eq) = line.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let (key, value) = (&line[..eq], &line[eq + 1..]);
+            match key {
+                b"PCI_ID" => id = Some(pair(value)?),
+                b"PCI_SUBSYS_ID" => subsys = Some(pair(value)?),
+                b"PCI_CLASS" => class = Some(hex(value).filter(|c| *c <= 0xff_ffff)?),
+                b"DRIVER" if !value.is_empty() => {
+                    driver = Some(String::from_utf8_lossy(value).into_owned());
+                }
+                b"PCI_SLOT_NAME" => {
+                    let slot = PciAddress::parse(std::str::from_utf8(value).ok()?)?;
+                    if slot != addr {
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(Uevent {
+            id: id?,
+            class: class?,
+            subsys: subsys?,
+            driver,
+        })
+    }
+}
+
+/// A device read from `uevent` and `revision` (and `boot_vga` for VGA) in its open directory:
+/// two or three files instead of six attributes and the `driver` link. `None` when a file is
+/// missing or does not parse, or is a symlink under a foreign root: then [`read_device_attrs`] reads the attributes one
+/// by one and says what is wrong with which.
+fn read_device_uevent(
+    host: &Host,
+    dir: &Fd,
+    addr: PciAddress,
+    buf: &mut Vec<u8>,
+) -> Option<PciDevice> {
+    // Under a foreign root a symlinked file fails here (O_NOFOLLOW) and the attributes path
+    // resolves it inside the root.
+    let nofollow = !host.is_real_root();
+    dir.open_at("uevent", nofollow).ok()?.read_into(buf).ok()?;
+    let ev = Uevent::parse(buf, addr)?;
+    dir.open_at("revision", nofollow)
+        .ok()?
+        .read_into(buf)
+        .ok()?;
+    let rev = std::str::from_utf8(buf).ok()?.trim();
+    let rev = u8::from_str_radix(rev.trim_start_matches("0x"), 16).ok()?;
+    let mut dev = PciDevice::new(addr);
+    dev.vendor = Some(ev.id.0);
+    dev.device = Some(ev.id.1);
+    dev.class = Some(ev.class);
+    dev.revision = Some(rev);
+    dev.subsystem_vendor = Some(ev.subsys.0);
+    dev.subsystem_device = Some(ev.subsys.1);
+    dev.boot_vga = is_vga(Some(ev.class))
+        && read_attr(host, dir, &format!("{PCI_DEVICES}/{addr}"), "boot_vga", buf)
+            .is_ok_and(|v| v.trim() == "1");
+    dev.driver = ev.driver;
+    Some(dev)
+}
+
+/// The kernel gives boot_vga only to VGA devices (class 0300, or 0001 from before class
+/// codes); looking for it elsewhere would be one failed open per device.
+fn is_vga(class: Option<u32>) -> bool {
+    class.is_none_or(|c| matches!(c >> 8, 0x0300 | 0x0001))
+}
+
+/// A device read attribute by attribute, each failure recorded as a problem of the device.
+fn read_device_attrs(
+    host: &Host,
+    dir: Option<Fd>,
+    addr: PciAddress,
+    abs: &str,
+    buf: &mut Vec<u8>,
+) -> PciDevice {
+    let mut dev = PciDevice::new(addr);
+    let Some(dir) = dir else {
+        dev.problems.push(match host.resolve(abs) {
             Ok(dir) if !dir.is_dir() => format!(
                 "{abs} is a dangling link (points to {}, which does not exist)",
                 dir.strip_prefix(host.root()).unwrap_or(&dir).display()
@@ -67,7 +197,7 @@ fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
         return dev;
     };
     let mut attr = |name: &str| -> Option<u32> {
-        match read_attr(host, &dir, &abs, name, buf) {
+        match read_attr(host, &dir, abs, name, buf) {
             Ok(text) => {
                 let t = text.trim();
                 let parsed = u32::from_str_radix(t.trim_start_matches("0x"), 16).ok();
@@ -95,10 +225,8 @@ fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     dev.revision = revision;
     dev.subsystem_vendor = subsystem_vendor;
     dev.subsystem_device = subsystem_device;
-    // The kernel gives boot_vga only to VGA devices (class 0300, or 0001 from before class
-    // codes); looking for it elsewhere would be one failed open per device.
-    dev.boot_vga = class.is_none_or(|c| matches!(c >> 8, 0x0300 | 0x0001))
-        && read_attr(host, &dir, &abs, "boot_vga", buf).is_ok_and(|v| v.trim() == "1");
+    dev.boot_vga =
+        is_vga(class) && read_attr(host, &dir, abs, "boot_vga", buf).is_ok_and(|v| v.trim() == "1");
     dev.driver = dir.link_name_at("driver");
     dev
 }
@@ -170,4 +298,64 @@ pub fn load_names(host: &Host, topo: &Topology) -> Names {
     // Streamed in 64 KiB pieces: the database is never held whole.
     let reader = std::io::BufReader::with_capacity(64 * 1024, file);
     Names::parse_reader(reader, &wanted).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> PciAddress {
+        PciAddress::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_uevent_as_the_kernel_writes_it() {
+        let text = b"DRIVER=nvidia-gpu\nPCI_CLASS=C8000\nPCI_ID=10DE:1ADB\nPCI_SUBSYS_ID=1043:86F0\nPCI_SLOT_NAME=0000:02:00.3\nMODALIAS=pci:v000010DEd00001ADBsv00001043sd000086F0bc0Csc80i00\n";
+        assert_eq!(
+            Uevent::parse(text, addr("0000:02:00.3")),
+            Some(Uevent {
+                id: (0x10de, 0x1adb),
+                class: 0x0c8000,
+                subsys: (0x1043, 0x86f0),
+                driver: Some("nvidia-gpu".into()),
+            })
+        );
+        // Unbound: no DRIVER line. A class with leading zeros dropped (`%04X`).
+        let text = b"PCI_CLASS=10802\nPCI_ID=144D:A808\nPCI_SUBSYS_ID=144D:A801\nPCI_SLOT_NAME=0000:03:00.0\n";
+        let ev = Uevent::parse(text, addr("03:00.0")).unwrap();
+        assert_eq!((ev.class, ev.driver), (0x010802, None));
+        let text = b"PCI_CLASS=0000\nPCI_ID=1234:0001\nPCI_SUBSYS_ID=0000:0000\n";
+        assert_eq!(Uevent::parse(text, addr("00:01.0")).unwrap().class, 0);
+    }
+
+    #[test]
+    fn a_uevent_that_does_not_parse_is_none() {
+        let ok = "PCI_CLASS=30000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\nPCI_SLOT_NAME=0000:02:00.0\n";
+        assert!(Uevent::parse(ok.as_bytes(), addr("02:00.0")).is_some());
+        let broken = [
+            "",
+            "garbage",
+            // each required key missing
+            "PCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_ID=10DE:1F08\n",
+            // malformed values
+            "PCI_CLASS=zz\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=1000000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_ID=10DE1F08\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_ID=10DE:1F080\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_ID=:1F08\nPCI_SUBSYS_ID=1043:86F0\n",
+            "PCI_CLASS=30000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=+043:86F0\n",
+            // another device's uevent
+            "PCI_CLASS=30000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\nPCI_SLOT_NAME=0000:02:00.1\n",
+            "PCI_CLASS=30000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=1043:86F0\nPCI_SLOT_NAME=x\n",
+        ];
+        for text in broken {
+            assert_eq!(
+                Uevent::parse(text.as_bytes(), addr("02:00.0")),
+                None,
+                "{text:?}"
+            );
+        }
+    }
 }

@@ -262,6 +262,16 @@ fn broken_entries_are_reported_per_device_never_a_panic() {
     let gpu = t.dev_dir("0000:02:00.0");
     std::fs::remove_file(dir.path().join(&gpu[1..]).join("vendor")).unwrap();
     std::fs::write(dir.path().join(&gpu[1..]).join("class"), "garbage\n").unwrap();
+    // Its uevent is garbled too (the kernel always writes one; a broken tree may not), so the
+    // attributes are read one by one and each problem is named.
+    std::fs::write(
+        dir.path().join(&gpu[1..]).join("uevent"),
+        "DRIVER=nouveau\nPCI_CLASS=garbage\nPCI_ID=zz\n",
+    )
+    .unwrap();
+    // A device without a uevent at all (older trees) is read from its attributes, no problem.
+    let audio = t.dev_dir("0000:02:00.1");
+    std::fs::remove_file(dir.path().join(&audio[1..]).join("uevent")).unwrap();
     // A dangling device link, and a group entry for a device sysfs does not list.
     t.symlink(
         "/sys/bus/pci/devices/0000:05:00.0",
@@ -274,6 +284,7 @@ fn broken_entries_are_reported_per_device_never_a_panic() {
     let (code, out, err) = run(gpt(dir.path()).arg("iommu"));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("  02:00.0 Class [????]: Device [????:????] (rev a1)\n      driver: nouveau\n      problem: cannot read vendor: No such file or directory (os error 2)\n      problem: class holds 'garbage', not a hex number\n"), "{out}");
+    assert!(out.contains("  02:00.1 Audio device [0403]: NVIDIA Corporation TU106 High Definition Audio Controller [10de:10f9] (rev a1)\n      driver: snd_hda_intel\n  02:00.2 "), "{out}");
     assert!(out.contains("05:00.0 Class [????]: Device [????:????]\n      driver: none\n      problem: /sys/bus/pci/devices/0000:05:00.0 is a dangling link"), "{out}");
     assert!(out.contains("IOMMU group 16\n  06:00.0 Class [????]: Device [????:????]\n      driver: none\n      problem: in IOMMU group 16 but missing from /sys/bus/pci/devices"), "{out}");
     assert!(
@@ -303,6 +314,17 @@ fn symlinks_in_the_tree_never_escape_the_root() {
     t.symlink("/sys/bus/pci/devices/0000:01:00.0", &inside); // absolute target
     std::fs::remove_file(dir.path().join(&inside[1..]).join("vendor")).unwrap();
     t.symlink(&format!("{inside}/vendor"), "/etc/hostname"); // would read this machine's file
+                                                             // The uevent links to a well-formed one outside the root: followed outside, it would give
+                                                             // the vendor; inside the root it does not exist, and the attributes are read instead.
+    let outside = tempfile::tempdir().unwrap();
+    let foreign = outside.path().join("uevent");
+    std::fs::write(
+        &foreign,
+        "PCI_CLASS=30000\nPCI_ID=10DE:1F08\nPCI_SUBSYS_ID=10DE:0000\nPCI_SLOT_NAME=0000:01:00.0\n",
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join(&inside[1..]).join("uevent")).unwrap();
+    t.symlink(&format!("{inside}/uevent"), foreign.to_str().unwrap());
     let (code, out, _) = run(gpt(dir.path())
         .args(["iommu", "--json"])
         .env("GPT_PCI_IDS", ""));
@@ -319,5 +341,29 @@ fn symlinks_in_the_tree_never_escape_the_root() {
             .unwrap()
             .contains("cannot read vendor"),
         "{dev}"
+    );
+}
+
+#[test]
+fn uevent_and_the_attributes_one_by_one_give_the_same_listing() {
+    // gpt reads a device's ids, class, subsystem and driver from its uevent and falls back to
+    // the attributes without one: both ways must list every device the same.
+    let dir = tempfile::tempdir().unwrap();
+    rocketlake(dir.path());
+    let (code, with, err) = run(gpt(dir.path()).args(["iommu", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir.path().join("sys/bus/pci/devices")).unwrap() {
+        let uevent = entry.unwrap().path().join("uevent");
+        std::fs::remove_file(uevent).unwrap();
+        removed += 1;
+    }
+    assert_eq!(removed, 23);
+    let (code, without, err) = run(gpt(dir.path()).args(["iommu", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&with), json(&without));
+    assert_eq!(
+        json(&with)["groups"][14]["devices"][3]["driver"],
+        "nvidia-gpu"
     );
 }

@@ -389,6 +389,7 @@ pub fn bind(t: &mut HostTree, addr: &str, driver: &str) {
         let _ = std::fs::remove_file(t.root.join("sys/bus/pci/drivers").join(old_drv).join(addr));
         std::fs::remove_file(&link).unwrap();
     }
+    super::tree::set_uevent_driver(&dir, Some(driver));
     let up = "../".repeat(rel.components().count());
     std::fs::create_dir_all(t.root.join("sys/bus/pci/drivers").join(driver)).unwrap();
     std::os::unix::fs::symlink(format!("{up}sys/bus/pci/drivers/{driver}"), &link).unwrap();

@@ -3,7 +3,9 @@
 //!
 //! Device directories live under `sys/devices/pci<domain>:<bus>/…`, and `bus/pci/devices/ADDR`,
 //! `driver`, `iommu_group`, `kernel/iommu_groups/N/devices/ADDR`, `bus/pci/drivers/D/module`,
-//! `class/block/X` and `class/net/X` are relative symlinks, as on a real host.
+//! `class/block/X` and `class/net/X` are relative symlinks, as on a real host. Each device has
+//! the attributes gpt and lspci read (`vendor`, `device`, `class`, `revision`, `subsystem_*`,
+//! `boot_vga` for VGA, the 64-byte `config`) and a `uevent` as the kernel writes it.
 #![allow(dead_code)]
 
 use std::fs;
@@ -126,6 +128,45 @@ fn rel_link(root: &Path, link: &str, target: &str) {
     symlink(rel, at).unwrap();
 }
 
+/// The device's `uevent` as the kernel writes it (driver core, then `pci_uevent`): `DRIVER=`
+/// only when a driver is bound, the class in hex without leading zeros (`%04X`).
+pub fn uevent(d: &Dev) -> String {
+    let mut s = String::new();
+    if let Some(drv) = &d.driver {
+        s.push_str(&format!("DRIVER={drv}\n"));
+    }
+    s.push_str(&format!(
+        "PCI_CLASS={:04X}\nPCI_ID={:04X}:{:04X}\nPCI_SUBSYS_ID={:04X}:{:04X}\nPCI_SLOT_NAME={}\n",
+        d.class, d.vendor, d.device, d.subsys.0, d.subsys.1, d.addr
+    ));
+    s.push_str(&format!(
+        "MODALIAS=pci:v{:08X}d{:08X}sv{:08X}sd{:08X}bc{:02X}sc{:02X}i{:02X}\n",
+        d.vendor,
+        d.device,
+        d.subsys.0,
+        d.subsys.1,
+        d.class >> 16,
+        (d.class >> 8) & 0xff,
+        d.class & 0xff
+    ));
+    s
+}
+
+/// Set the `DRIVER=` line of the `uevent` in device directory `dir` (none for `None`), as the
+/// kernel does when a driver binds or unbinds.
+pub fn set_uevent_driver(dir: &Path, driver: Option<&str>) {
+    let path = dir.join("uevent");
+    let Ok(old) = fs::read_to_string(&path) else {
+        return;
+    };
+    let mut s: String = driver.map(|d| format!("DRIVER={d}\n")).unwrap_or_default();
+    for line in old.lines().filter(|l| !l.starts_with("DRIVER=")) {
+        s.push_str(line);
+        s.push('\n');
+    }
+    fs::write(path, s).unwrap();
+}
+
 /// The first 64 bytes of a type-0 (or type-1 for bridges) config space, as lspci reads them.
 fn config_space(d: &Dev) -> Vec<u8> {
     let mut c = vec![0u8; 64];
@@ -183,6 +224,7 @@ impl HostTree {
         write(&p.join("subsystem_vendor"), hex16(d.subsys.0).as_bytes());
         write(&p.join("subsystem_device"), hex16(d.subsys.1).as_bytes());
         write(&p.join("config"), &config_space(&d));
+        write(&p.join("uevent"), uevent(&d).as_bytes());
         if d.class >> 8 == 0x0300 {
             write(
                 &p.join("boot_vga"),
