@@ -116,10 +116,13 @@ const CASES: &[Case] = &[
     case("modprobe.d is a file", |r, _| file_in_place_of(r, "/etc/modprobe.d"), &["full", "nvidia", "--yes", "--no-deps"], 1, &["/etc/modprobe.d/gpt-vfio.conf: a file stands where a folder of that path should be; move it aside"]),
     case("initramfs modules is a directory", |r, _| dir_in_place_of(r, "/etc/initramfs-tools/modules"), &["full", "nvidia", "--yes", "--no-deps"], 1, &["/etc/initramfs-tools/modules: it is a directory, not a file; move it aside"]),
     // --- sysfs ------------------------------------------------------------------------------
-    case("GPU without a class attribute", |r, _| {
+    // gpt reads uevent first and the single attributes only when it is missing or garbled.
+    case("GPU without uevent or class", |r, _| {
+        fs::remove_file(r.join("sys/devices/pci0000:00/0000:00:01.0/0000:02:00.0/uevent")).unwrap();
         fs::remove_file(r.join("sys/devices/pci0000:00/0000:00:01.0/0000:02:00.0/class")).unwrap();
     }, &["full", "--device", "02:00.0", "--yes"], 1, &["the sysfs entry of 0000:02:00.0 is broken (cannot read class", "nothing was changed"]),
-    case("broken GPU entry, forced", |r, _| {
+    case("garbled uevent, no vendor, forced", |r, _| {
+        write(r, "/sys/devices/pci0000:00/0000:00:01.0/0000:02:00.0/uevent", "PCI_ID=zz\n");
         fs::remove_file(r.join("sys/devices/pci0000:00/0000:00:01.0/0000:02:00.0/vendor")).unwrap();
     }, &["full", "--device", "02:00.0", "--yes", "--force"], 1, &["the sysfs entry of 0000:02:00.0 is broken (cannot read vendor", "--force does not override this"]),
     case("dangling link for the GPU", |r, _| {
