@@ -126,16 +126,21 @@ impl Host {
         self.openat2_root(abs, flags, how)
     }
 
-    /// `openat2` of `abs` relative to the root directory.
-    fn openat2_root(&self, abs: &Path, flags: OFlag, resolve: ResolveFlag) -> Option<Fd> {
+    /// The root directory for `openat2`, opened on first use; `None` when the fast path is
+    /// off or the root cannot be opened.
+    fn fast_root(&self) -> Option<&File> {
         if self.fast.off.load(Ordering::Relaxed) {
             return None;
         }
-        let root = self
-            .fast
+        self.fast
             .root
             .get_or_init(|| File::open(&self.root).ok())
-            .as_ref()?;
+            .as_ref()
+    }
+
+    /// `openat2` of `abs` relative to the root directory.
+    fn openat2_root(&self, abs: &Path, flags: OFlag, resolve: ResolveFlag) -> Option<Fd> {
+        let root = self.fast_root()?;
         let rel = rel_path(abs);
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
@@ -355,14 +360,7 @@ impl Host {
         let fd = if self.real {
             rustix::fs::open(Path::new("/").join(abs), flags, Mode::empty()).ok()?
         } else {
-            if self.fast.off.load(Ordering::Relaxed) {
-                return None;
-            }
-            let root = self
-                .fast
-                .root
-                .get_or_init(|| File::open(&self.root).ok())
-                .as_ref()?;
+            let root = self.fast_root()?;
             let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
                 Ok(fd) => fd,

@@ -7,7 +7,7 @@ use crate::support::fakes::Fakes;
 use crate::support::tally;
 use crate::support::tree::snapshot;
 use crate::support::{gpt, run};
-use crate::txn::{primed_host, simulate_full};
+use crate::txn::{primed_host, simulate_full, snap};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -151,7 +151,7 @@ fn check(c: &Case) -> Result<String, String> {
     let root = dir.path();
     (c.setup)(root, &fakes);
     fakes.reset_log();
-    let before = snapshot_without_lock(root);
+    let before = snap(root);
     let mut cmd = gpt(root);
     cmd.env("PATH", fakes.path()).args(c.args);
     if c.unprivileged {
@@ -198,7 +198,7 @@ fn check(c: &Case) -> Result<String, String> {
             return fail(format!("the error does not say {needle:?}"));
         }
     }
-    if snapshot_without_lock(root) != before {
+    if snap(root) != before {
         return fail("the tree changed".into());
     }
     let calls = fakes.calls();
@@ -206,13 +206,6 @@ fn check(c: &Case) -> Result<String, String> {
         return fail(format!("commands ran: {calls:?}"));
     }
     Ok(errors[0].to_string())
-}
-
-fn snapshot_without_lock(root: &Path) -> Vec<(String, String)> {
-    snapshot(root)
-        .into_iter()
-        .filter(|(p, _)| p != "run" && p != "run/gpt.lock")
-        .collect()
 }
 
 #[test]
@@ -316,7 +309,7 @@ fn a_full_disk_is_refused_and_nothing_is_left_behind() {
         fs::create_dir_all(var_lib.join("dpkg")).unwrap();
         fs::write(var_lib.join("dpkg/status"), bytes).unwrap();
     }
-    let before = snapshot_without_lock(root);
+    let before = snap(root);
     let (code, out, err) =
         run(gpt(root)
             .env("PATH", fakes.path())
@@ -330,7 +323,7 @@ fn a_full_disk_is_refused_and_nothing_is_left_behind() {
             && last.contains("no space left on the file system; free some space and run gpt again"),
         "{err}"
     );
-    assert_eq!(snapshot_without_lock(root), before, "{err}");
+    assert_eq!(snap(root), before, "{err}");
     assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
     tally::record("bad inputs", "full-disk", 1, 1);
 }

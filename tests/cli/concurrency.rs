@@ -5,7 +5,7 @@
 use crate::support::fakes::Fakes;
 use crate::support::hosts;
 use crate::support::tally;
-use crate::support::tree::snapshot;
+use crate::txn::snap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
@@ -32,14 +32,6 @@ fn finish(child: Child) -> (i32, String) {
     )
 }
 
-/// The tree as one `gpt full` alone leaves it (the lock file aside).
-fn without_lock(root: &Path) -> Vec<(String, String)> {
-    snapshot(root)
-        .into_iter()
-        .filter(|(p, _)| p != "run" && p != "run/gpt.lock")
-        .collect()
-}
-
 #[test]
 fn two_full_at_once_one_refuses_and_the_end_state_is_one_runs() {
     // The reference: one run alone.
@@ -49,7 +41,7 @@ fn two_full_at_once_one_refuses_and_the_end_state_is_one_runs() {
     fakes.prime(alone.path());
     let (code, err) = finish(start(alone.path(), &fakes));
     assert_eq!(code, 0, "{err}");
-    let want = without_lock(alone.path());
+    let want = snap(alone.path());
 
     const ROUNDS: usize = 4;
     let mut refused = 0;
@@ -88,11 +80,7 @@ fn two_full_at_once_one_refuses_and_the_end_state_is_one_runs() {
                 refused += 1;
             }
         }
-        assert_eq!(
-            without_lock(root),
-            want,
-            "round {round}: not one run's end state"
-        );
+        assert_eq!(snap(root), want, "round {round}: not one run's end state");
         // Each update command ran once: the loser started none.
         let calls = fakes.calls();
         let grubs = calls.iter().filter(|c| *c == "update-grub").count();
