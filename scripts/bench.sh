@@ -126,8 +126,8 @@ done
 
 # --- gpt full ----------------------------------------------------------------------------------
 # Fake update commands on PATH: each sleeps, does the least the real one does for gpt's checks
-# to pass, and logs `name start end` (bash's $EPOCHREALTIME, no fork). Under --root, gpt runs
-# them through `chroot ROOT cmd`: the fake chroot, the process gpt starts, takes the start time.
+# to pass, and logs `name start end` (used to count the commands). Under --root, gpt runs them
+# through `chroot ROOT cmd`, a fake chroot that execs the fake command.
 make_fakes() {
   local bin=$1 log=$2
   mkdir -p "$bin"
@@ -195,13 +195,22 @@ if [[ $probe != *"not built yet"* ]]; then
   make_fakes "$bin" "$WORK/calls.log"
   host=$WORK/full-host
   cp -a "$example" "$host"
-  start=$(date +%s%N)
+  # Timed from gpt's side: strace (with a seccomp filter, so only process calls stop) stamps
+  # gpt's start and exit and each child's fork and exit; external = the children's lifetimes,
+  # from the fork to the exit of each process gpt starts, own = the rest.
   set +e
-  PATH=$bin:$PATH "$GPT" --root "$host" full nvidia --yes >"$WORK/full.out" 2>"$WORK/full.err"
+  PATH=$bin:$PATH strace -f --seccomp-bpf -q -ttt -e trace=execve,fork,vfork,clone,clone3 \
+    -e signal=none -o "$WORK/full.strace" \
+    "$GPT" --root "$host" full nvidia --yes >"$WORK/full.out" 2>"$WORK/full.err"
   code=$?
   set -e
-  total=$(( ($(date +%s%N) - start) / 1000 ))   # microseconds
-  external=$(awk '{ s += $3 - $2 } END { printf "%d", s * 1000000 }' "$WORK/calls.log")
+  read -r total external < <(awk '
+    NR == 1 { gpt = $1; t0 = $2 }
+    $1 == gpt && $3 ~ /^(clone|clone3|fork|vfork)\(/ && $0 !~ /CLONE_THREAD/ {
+      pending = $2; if ($0 ~ /= [0-9]+$/) start[$NF] = pending; next }
+    $1 == gpt && $0 ~ /(clone|clone3|fork|vfork) resumed>/ && $0 ~ /= [0-9]+$/ { start[$NF] = pending; next }
+    /[+][+][+] exited/ { if ($1 in start) ext += $2 - start[$1]; if ($1 == gpt) t1 = $2 }
+    END { printf "%d %d\n", (t1 - t0) * 1000000, ext * 1000000 }' "$WORK/full.strace")   # microseconds
   own=$(( total - external ))
   share=$(awk -v o="$own" -v t="$total" 'BEGIN { printf "%.2f", 100 * o / t }')
   calls=$(awk '{ print $1 }' "$WORK/calls.log" | sort | uniq -c | awk '{ printf "%s%s×%s", sep, $2, $1; sep = ", " }')
