@@ -2,7 +2,7 @@
 # The reliability suite: the fail-point build of the integration tests and the editor property
 # tests, then one summary line added up from the counts each test recorded when it passed
 # (tests/support/tally.rs), e.g.
-#   reliability: fail points 36/36 recovered, kills 1/1, editor cases 60000/60000, bad inputs 41/41 refused clean, races 4/4
+#   reliability: fail points 50/50 recovered, kills 1/1, editor cases 60000/60000, bad inputs 41/41 refused clean, races 4/4
 # Exits non-zero when a test fails or a kind of case recorded nothing (a test that did not run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

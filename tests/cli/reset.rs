@@ -649,58 +649,85 @@ mod with_real_full {
     }
 }
 
-/// The real `gpt full` stopped dead at each fail point: a re-run of `full` leaves grub.cfg
-/// carrying the ids, and `reset` then gives back the byte-identical tree.
+/// The real `gpt full` stopped dead at each fail point of its plan, on two hosts (the old
+/// README's RocketLake: three files, Intel IOMMU; an AMD server with a 3D controller and a
+/// built-in vfio-pci): a re-run of `full` leaves grub.cfg carrying the ids, and `reset` then
+/// gives back the byte-identical tree.
 #[cfg(feature = "failpoints")]
 #[test]
 fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
-    use crate::support::hosts::rocketlake;
-    let points = [
-        "after-journal",
-        "after-write:1",
-        "after-write:2",
-        "after-write:3",
-        "before-command:1",
-        "after-command:1",
-        "before-command:3",
-        "after-command:3",
-        "before-commit",
-        "after-commit",
+    use crate::support::hosts::{amd_datacenter, rocketlake};
+    type Build = fn(&Path) -> crate::support::tree::HostTree;
+    let hosts: [(&str, Build, &str); 2] = [
+        ("rocketlake", rocketlake, "vfio-pci.ids=10de:1f08"),
+        ("amd-datacenter", amd_datacenter, "vfio-pci.ids=10de:2331"),
     ];
-    std::thread::scope(|s| {
-        let handles: Vec<_> = points
+    let mut total = 0;
+    for (name, build, ids) in hosts {
+        // Every point the plan reaches: after the journal, after each file, around each
+        // command, around the commit.
+        let d = tempfile::tempdir().unwrap();
+        build(d.path());
+        let (code, out, err) =
+            run(gpt(d.path()).args(["full", "nvidia", "--no-deps", "--dry-run", "--json"]));
+        assert_eq!(code, 0, "{name}: {err}");
+        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let writes = plan["files"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|point| {
-                s.spawn(move || {
-                    let d = tempfile::tempdir().unwrap();
-                    let root = d.path();
-                    rocketlake(root);
-                    let fakes = Fakes::new();
-                    fakes.prime(root);
-                    let before = snap(root);
-                    let full = || {
-                        let mut c = gpt(root);
-                        c.env("PATH", fakes.path())
-                            .args(["full", "--yes", "--no-deps", "nvidia"]);
-                        c
-                    };
-                    let out = full().env("GPT_FAILPOINT", point).output().unwrap();
-                    assert_eq!(out.status.code(), None, "{point}: not stopped");
-                    let (code, _, err) = run(&mut full());
-                    assert_eq!(code, 0, "{point}: {err}");
-                    let cfg = read(root, "/boot/grub/grub.cfg");
-                    assert!(cfg.contains("vfio-pci.ids=10de:1f08"), "{point}: {cfg}");
-                    let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
-                    assert_eq!(code, 0, "{point}: {err}");
-                    assert_eq!(snap(root), before, "{point}: reset did not converge");
-                })
-            })
-            .collect();
-        for h in handles {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e);
-            }
+            .filter(|f| f["action"] != "unchanged")
+            .count();
+        let commands = plan["commands"].as_array().unwrap().len();
+        assert!(writes >= 2 && commands >= 2, "{name}: {out}");
+        let mut points = vec!["after-journal".to_string()];
+        points.extend((1..=writes).map(|n| format!("after-write:{n}")));
+        for n in 1..=commands {
+            points.push(format!("before-command:{n}"));
+            points.push(format!("after-command:{n}"));
         }
-    });
-    crate::support::tally::record("fail points", "full", points.len(), points.len());
+        points.extend(["before-commit".to_string(), "after-commit".to_string()]);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = points
+                .iter()
+                .map(|point| {
+                    s.spawn(move || {
+                        let d = tempfile::tempdir().unwrap();
+                        let root = d.path();
+                        build(root);
+                        let fakes = Fakes::new();
+                        fakes.prime(root);
+                        let before = snap(root);
+                        let full = || {
+                            let mut c = gpt(root);
+                            c.env("PATH", fakes.path()).args([
+                                "full",
+                                "--yes",
+                                "--no-deps",
+                                "nvidia",
+                            ]);
+                            c
+                        };
+                        let out = full().env("GPT_FAILPOINT", point).output().unwrap();
+                        assert_eq!(out.status.code(), None, "{name} {point}: not stopped");
+                        let (code, _, err) = run(&mut full());
+                        assert_eq!(code, 0, "{name} {point}: {err}");
+                        let cfg = read(root, "/boot/grub/grub.cfg");
+                        assert!(cfg.contains(ids), "{name} {point}: {cfg}");
+                        let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+                        assert_eq!(code, 0, "{name} {point}: {err}");
+                        assert_eq!(snap(root), before, "{name} {point}: reset did not converge");
+                    })
+                })
+                .collect();
+            for h in handles {
+                if let Err(e) = h.join() {
+                    std::panic::resume_unwind(e);
+                }
+            }
+        });
+        println!("fail points of gpt full on {name}: {}", points.join(" "));
+        total += points.len();
+    }
+    crate::support::tally::record("fail points", "full", total, total);
 }
