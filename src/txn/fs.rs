@@ -122,10 +122,16 @@ pub fn missing_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
 /// Create the missing folders of `abs_dir` with mode 0755 (root:root when gpt runs as root),
 /// returning the ones created (host paths, outermost first).
 pub fn create_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
-    let missing = missing_dirs(host, abs_dir)?;
-    for d in &missing {
-        let p = target(host, d)?;
-        fs::create_dir(&p).io_ctx("create", d)?;
+    let mut created = Vec::new();
+    for d in missing_dirs(host, abs_dir)? {
+        let p = target(host, &d)?;
+        match fs::create_dir(&p) {
+            Ok(()) => {}
+            // Another gpt made it since we looked (two started at once on a root without
+            // /run): a folder there is what we wanted; it is that one's to own.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => continue,
+            Err(e) => return Err(ioerr::error("create", &d, &e)),
+        }
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
         if running_as_root() {
@@ -135,8 +141,9 @@ pub fn create_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
         if let Some(parent) = p.parent() {
             sync_dir(parent)?;
         }
+        created.push(d);
     }
-    Ok(missing)
+    Ok(created)
 }
 
 /// Remove folders gpt created (innermost first), each only if it is empty.
