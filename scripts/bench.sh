@@ -206,9 +206,11 @@ if [[ $probe != *"not built yet"* ]]; then
   set -e
   read -r total external < <(awk '
     NR == 1 { gpt = $1; t0 = $2 }
-    $1 == gpt && $3 ~ /^(clone|clone3|fork|vfork)\(/ && $0 !~ /CLONE_THREAD/ {
-      pending = $2; if ($0 ~ /= [0-9]+$/) start[$NF] = pending; next }
-    $1 == gpt && $0 ~ /(clone|clone3|fork|vfork) resumed>/ && $0 ~ /= [0-9]+$/ { start[$NF] = pending; next }
+    $1 == gpt && $3 ~ /^(clone|clone3|fork|vfork)\(/ {
+      pending = ($0 ~ /CLONE_THREAD/) ? "" : $2   # a thread of gpt is gpt, not a command
+      if (pending != "" && $0 ~ /= [0-9]+$/) start[$NF] = pending; next }
+    $1 == gpt && $0 ~ /(clone|clone3|fork|vfork) resumed>/ && $0 ~ /= [0-9]+$/ {
+      if (pending != "") start[$NF] = pending; next }
     /[+][+][+] exited/ { if ($1 in start) ext += $2 - start[$1]; if ($1 == gpt) t1 = $2 }
     END { printf "%d %d\n", (t1 - t0) * 1000000, ext * 1000000 }' "$WORK/full.strace")   # microseconds
   own=$(( total - external ))

@@ -185,22 +185,9 @@ impl<'a> Runner<'a> {
         }
         let spinner = label.map(|l| Progress::start(self.ui, l));
         let started = Instant::now();
-        let mut child = spawn(&mut cmd).with_context(|| format!("cannot start `{line}`"))?;
+        let child = spawn(&mut cmd).with_context(|| format!("cannot start `{line}`"))?;
         SPAWNED.fetch_add(1, Ordering::SeqCst);
-        let mut nap = Duration::from_millis(1);
-        let status = loop {
-            if let Some(status) = child.try_wait().with_context(|| format!("`{line}`"))? {
-                break status;
-            }
-            if let (Some(sp), Some(sig)) = (&spinner, super::signals::received()) {
-                sp.interrupted(sig);
-            }
-            std::thread::sleep(nap);
-            // A short cap: each command's end is noticed within 2 ms (a 50 ms cap cost a
-            // fresh `full` about 130 ms over its four commands, 5% of the run in the benchmark),
-            // and a waitpid every 2 ms is nothing next to update-initramfs.
-            nap = (nap * 2).min(Duration::from_millis(2));
-        };
+        let status = wait(child, spinner.as_ref()).with_context(|| format!("`{line}`"))?;
         if let Some(sp) = spinner {
             sp.finish(started.elapsed());
         }
@@ -233,6 +220,32 @@ impl<'a> Runner<'a> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         Ok(self.spawn_and_wait(&argv, None)?.1)
     }
+}
+
+/// Wait for `child` to end. The wait blocks in a helper thread, so the end is seen the moment
+/// it happens (polling with `try_wait` every 2 ms cost a fresh `full` about 5 ms over its
+/// commands, plus a wake-up every 2 ms); meanwhile this thread looks for a held-off signal
+/// every 100 ms to say on the spinner that gpt rolls back once the step ends.
+fn wait(mut child: std::process::Child, spinner: Option<&Progress>) -> std::io::Result<ExitStatus> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(status) => return status,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let (Some(sp), Some(sig)) = (spinner, super::signals::received()) {
+                        sp.interrupted(sig);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(std::io::Error::other("the thread waiting for it ended"));
+                }
+            }
+        }
+    })
 }
 
 /// Start `cmd`, retrying briefly on ETXTBSY: a script written a moment ago can still be open
