@@ -251,6 +251,32 @@ pub fn write(
     Ok(created)
 }
 
+/// Make sure a file of `len` bytes fits beside `abs` (which exists) by reserving the space in
+/// a temp file and removing it again: `gpt full` checks this for its final state right after
+/// the journal, so that a full disk stops it before the first change, not after the commands.
+/// A file system that cannot reserve space (no `fallocate`) is taken at its word.
+pub fn check_room(host: &Host, abs: &Path, len: usize) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = target(host, abs)?;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let tmp = dir.join(format!("{TEMP_PREFIX}room.{}", name.to_string_lossy()));
+    let _ = fs::remove_file(&tmp);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .io_ctx("write", abs)?;
+    let _guard = TempGuard(Some(tmp));
+    let len = i64::try_from(len).unwrap_or(i64::MAX);
+    match nix::fcntl::posix_fallocate(f.as_raw_fd(), 0, len) {
+        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::EINVAL) => Ok(()),
+        Err(e) => Err(ioerr::error("write", abs, &io::Error::from(e))),
+    }
+}
+
 /// Remove `abs` (a link inside the root is followed and its target removed). Returns whether
 /// there was a file.
 pub fn remove(host: &Host, abs: &Path) -> Result<bool> {

@@ -1,5 +1,5 @@
-//! The journal in `/var/lib/gpt`: `state.json` plus copies of every file's original bytes and
-//! of what gpt wrote, so that `reset` can return each file to its pre-gpt bytes and tell a
+//! The journal in `/var/lib/gpt`: `state.json`, holding copies of every file's original bytes
+//! and of what gpt wrote, so that `reset` can return each file to its pre-gpt bytes and tell a
 //! user's later edit from gpt's own.
 //!
 //! ```json
@@ -12,14 +12,21 @@
 //!   ],
 //!   "created_dirs": [],
 //!   "update_needed": false,
-//!   "generation": 2
+//!   "generation": 2,
+//!   "blobs": {"originals/1": "GRUB_DEFAULT=0\n…", "written/1.2": "…"}
 //! }
 //! ```
 //!
-//! - `original` is the file as it was before gpt first touched it (`null` when it did not
-//!   exist); it is written once and kept by later runs. `mode`/`uid`/`gid` are the original's.
-//! - `written` is what gpt last wrote (`null`: gpt left the file absent). Its name carries the
-//!   generation, so a blob a saved state points at is never overwritten.
+//! - `original` names the copy of the file as it was before gpt first touched it (`null` when
+//!   it did not exist); it is made once and kept by later runs. `mode`/`uid`/`gid` are the
+//!   original's.
+//! - `written` names the copy of what gpt last wrote (`null`: gpt left the file absent). Its
+//!   name carries the generation, so a name a saved state points at never changes meaning.
+//! - `blobs`: the copies, by name: a string when the bytes are UTF-8, else an array of byte
+//!   values. They live in `state.json` itself, so the whole journal is one atomic write (one
+//!   file and folder `fsync` instead of two per copy). A name missing from `blobs` is a file
+//!   `/var/lib/gpt/NAME`: journals of earlier gpt builds kept their copies that way, and they
+//!   still load, reset and are cleaned up.
 //! - `created_dirs`: folders gpt created, removed again by `reset` when empty.
 //! - `update_needed`: `/etc` may be ahead of grub.cfg and the initramfs (a run was stopped,
 //!   a rollback could not re-run a command, or `--no-update`): the next `full` or `reset`
@@ -31,7 +38,7 @@ use crate::host::Host;
 use crate::state::{Config, STATE_DIR, STATE_FILE};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub const VERSION: u32 = 1;
@@ -75,6 +82,34 @@ pub struct State {
     pub update_needed: bool,
     #[serde(default)]
     pub generation: u64,
+    #[serde(default)]
+    pub blobs: BTreeMap<String, Blob>,
+}
+
+/// A copy of a file's bytes kept in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Blob {
+    /// UTF-8 (every configuration file gpt edits, normally): readable in `state.json`.
+    Text(String),
+    /// Anything else, byte by byte.
+    Bytes(Vec<u8>),
+}
+
+impl Blob {
+    pub fn new(bytes: &[u8]) -> Blob {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Blob::Text(s.to_string()),
+            Err(_) => Blob::Bytes(bytes.to_vec()),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Blob::Text(s) => s.as_bytes(),
+            Blob::Bytes(b) => b,
+        }
+    }
 }
 
 impl Default for State {
@@ -86,6 +121,7 @@ impl Default for State {
             created_dirs: Vec::new(),
             update_needed: false,
             generation: 0,
+            blobs: BTreeMap::new(),
         }
     }
 }
@@ -108,8 +144,11 @@ impl State {
         self.files.iter().find(|e| Path::new(&e.path) == path)
     }
 
-    /// Read a blob this state points at.
-    pub fn blob(host: &Host, rel: &str) -> Result<Vec<u8>> {
+    /// Read a blob this state points at: from `blobs`, else from its file (earlier builds).
+    pub fn blob(&self, host: &Host, rel: &str) -> Result<Vec<u8>> {
+        if let Some(b) = self.blobs.get(rel) {
+            return Ok(b.bytes().to_vec());
+        }
         let abs = blob_abs(rel);
         match tfs::read(host, &abs)? {
             Some(c) => Ok(c.bytes),
@@ -125,20 +164,28 @@ impl State {
     pub fn original(&self, host: &Host, e: &Entry) -> Result<Option<Vec<u8>>> {
         e.original
             .as_deref()
-            .map(|r| Self::blob(host, r))
+            .map(|r| self.blob(host, r))
             .transpose()
     }
 
     /// What gpt last wrote (`None`: gpt left the file absent).
     pub fn written(&self, host: &Host, e: &Entry) -> Result<Option<Vec<u8>>> {
-        e.written
-            .as_deref()
-            .map(|r| Self::blob(host, r))
-            .transpose()
+        e.written.as_deref().map(|r| self.blob(host, r)).transpose()
+    }
+
+    /// Keep a copy of `bytes` under `name`, in the state itself.
+    pub fn keep_blob(&mut self, name: &str, bytes: &[u8]) {
+        self.blobs.insert(name.to_string(), Blob::new(bytes));
+    }
+
+    /// Forget the copies no entry points at any more.
+    pub fn prune_blobs(&mut self) {
+        let used = self.referenced();
+        self.blobs.retain(|name, _| used.contains(name));
     }
 
     /// Every blob this state points at.
-    fn blobs(&self) -> BTreeSet<String> {
+    fn referenced(&self) -> BTreeSet<String> {
         self.files
             .iter()
             .flat_map(|e| [e.original.clone(), e.written.clone()])
@@ -172,17 +219,6 @@ pub(crate) fn parse(raw: &[u8]) -> Result<State> {
     Ok(state)
 }
 
-/// Write a blob (mode 0600: it may be a copy of a private file) and return the folders made.
-pub(crate) fn write_blob(host: &Host, rel: &str, bytes: &[u8]) -> Result<Vec<PathBuf>> {
-    tfs::write(
-        host,
-        &blob_abs(rel),
-        bytes,
-        Some(Meta::new_file(0o600)),
-        0o600,
-    )
-}
-
 pub(crate) fn original_name(index: usize) -> String {
     format!("{ORIGINALS}/{index}")
 }
@@ -191,12 +227,14 @@ pub(crate) fn written_name(index: usize, generation: u64) -> String {
     format!("{WRITTEN}/{index}.{generation}")
 }
 
-/// Remove the blobs `old` points at and `new` does not (a blob no saved state points at is
-/// never read; blobs of unknown origin, such as those of a journal moved aside, are left).
+/// Remove the blob files (journals of earlier builds) `old` points at and `new` does not (a
+/// blob no saved state points at is never read; blobs of unknown origin, such as those of a
+/// journal moved aside, are left). Blobs inside the state go with it.
 pub(crate) fn drop_blobs(host: &Host, old: Option<&State>, new: Option<&State>) -> Result<()> {
-    let keep = new.map(State::blobs).unwrap_or_default();
-    for rel in old.map(State::blobs).unwrap_or_default() {
-        if !keep.contains(&rel) {
+    let keep = new.map(State::referenced).unwrap_or_default();
+    let Some(old) = old else { return Ok(()) };
+    for rel in old.referenced() {
+        if !keep.contains(&rel) && !old.blobs.contains_key(&rel) {
             tfs::remove(host, &blob_abs(&rel))?;
         }
     }
@@ -268,5 +306,54 @@ mod tests {
         assert!(parse(b"{not json").is_err());
         let err = parse(br#"{"version":7,"config":null}"#).unwrap_err();
         assert!(format!("{err:#}").contains("version 7"));
+    }
+
+    #[test]
+    fn copies_live_in_the_state_as_text_or_bytes_and_unused_ones_are_pruned() {
+        let mut s = State::default();
+        s.files.push(Entry {
+            path: "/etc/default/grub".into(),
+            existed: true,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            original: Some(original_name(1)),
+            written: Some(written_name(1, 1)),
+        });
+        s.keep_blob("originals/1", b"GRUB_DEFAULT=0\n");
+        s.keep_blob("written/1.1", b"# caf\xe9\nGRUB_DEFAULT=0\n"); // Latin-1, not UTF-8
+        s.keep_blob("written/1.0", b"stale");
+        s.prune_blobs();
+        let json = String::from_utf8(s.to_json()).unwrap();
+        assert!(
+            json.contains("\"originals/1\": \"GRUB_DEFAULT=0\\n\""),
+            "{json}"
+        );
+        assert!(json.contains("\"written/1.1\": [\n"), "{json}");
+        assert!(!json.contains("written/1.0"), "{json}");
+        let back = parse(json.as_bytes()).unwrap();
+        assert_eq!(back, s);
+        let tmp = tempfile::tempdir().unwrap();
+        let host = Host::new(tmp.path());
+        let e = &back.files[0];
+        assert_eq!(
+            back.original(&host, e).unwrap().unwrap(),
+            b"GRUB_DEFAULT=0\n"
+        );
+        assert_eq!(
+            back.written(&host, e).unwrap().unwrap(),
+            b"# caf\xe9\nGRUB_DEFAULT=0\n"
+        );
+        // A name that is not in the state is a file of an earlier build's journal.
+        let mut old = back.clone();
+        old.blobs.clear();
+        let err = old.original(&host, e).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("originals/1 is missing"),
+            "{err:#}"
+        );
+        std::fs::create_dir_all(tmp.path().join("var/lib/gpt/originals")).unwrap();
+        std::fs::write(tmp.path().join("var/lib/gpt/originals/1"), b"from a file").unwrap();
+        assert_eq!(old.original(&host, e).unwrap().unwrap(), b"from a file");
     }
 }

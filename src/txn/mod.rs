@@ -3,7 +3,7 @@
 //!
 //! - [`Lock`]: one gpt per host (`/run/gpt.lock`, inherited by the commands gpt starts).
 //! - [`fs`]: atomic writes and removals that keep mode and owner and stay inside the root.
-//! - [`journal`]: `/var/lib/gpt/state.json` with copies of the original and written bytes.
+//! - [`journal`]: `/var/lib/gpt/state.json`, holding copies of the original and written bytes.
 //! - [`run`]: the command runner (PATH lookup, chroot under `--root`, spinner, stderr tail).
 //! - [`signals`]: SIGINT/SIGTERM/SIGHUP held off while committing.
 //! - [`failpoint`]: named points where a test build stops dead (feature `failpoints`).
@@ -128,7 +128,6 @@ pub fn apply_with(
     let mut state = prev.clone().unwrap_or_default();
     state.generation += 1;
     state.update_needed = true;
-    let mut blobs: Vec<(String, &[u8])> = Vec::new();
     if let Finish::Record(config) = finish {
         state.config = config.cloned();
         for (f, b) in files.iter().zip(&befores) {
@@ -144,7 +143,7 @@ pub fn apply_with(
                         .unwrap_or_else(|| meta_for(metas, &f.path, f.new_mode));
                     let original = f.before.as_ref().map(|bytes| {
                         let name = journal::original_name(n);
-                        blobs.push((name.clone(), bytes));
+                        state.keep_blob(&name, bytes);
                         name
                     });
                     state.files.push(journal::Entry {
@@ -159,12 +158,14 @@ pub fn apply_with(
                     n - 1
                 }
             };
-            state.files[k].written = f.after.as_ref().map(|bytes| {
+            let written = f.after.as_ref().map(|bytes| {
                 let name = journal::written_name(k + 1, state.generation);
-                blobs.push((name.clone(), bytes));
+                state.keep_blob(&name, bytes);
                 name
             });
+            state.files[k].written = written;
         }
+        state.prune_blobs();
     }
     let mut new_dirs = fs::missing_dirs(host, Path::new(STATE_DIR))?;
     for f in &files {
@@ -198,10 +199,11 @@ pub fn apply_with(
         file_dirs: Vec::new(),
     };
     let result = (|| -> Result<Outcome> {
-        for (name, bytes) in &blobs {
-            journal::write_blob(host, name, bytes)?;
-        }
-        write_state(host, &state)?;
+        // One atomic write: the copies are inside the state.
+        let journal = state.to_json();
+        write_state_bytes(host, &state, &journal)?;
+        // Room for the final state beside it (the same size, give or take a word).
+        fs::check_room(host, Path::new(STATE_FILE), journal.len() + 64)?;
         crate::failpoint!("after-journal");
 
         for (i, f) in files.iter().enumerate() {
@@ -235,29 +237,34 @@ pub fn apply_with(
         Ok(outcome)
     })();
 
+    let mut done = state.clone();
+    done.update_needed = plan.commands.is_empty()
+        && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
+    let marker = State {
+        created_dirs: done.created_dirs.clone(),
+        update_needed: true,
+        generation: done.generation,
+        ..State::default()
+    };
+    // The new state is the commit: when it cannot be written (a full disk), the run is rolled
+    // back like any other failure, so gpt never reports an error with the host half-changed.
+    let result = result.and_then(|outcome| {
+        crate::failpoint!("before-commit");
+        match finish {
+            Finish::Record(_) => write_state(host, &done)?,
+            Finish::Forget if done.update_needed => write_state(host, &marker)?,
+            Finish::Forget => {}
+        }
+        Ok(outcome)
+    });
     let mut outcome = match result {
         Ok(o) => o,
         Err(err) => return Err(tx.rollback(err)),
     };
-
-    crate::failpoint!("before-commit");
-    let mut done = state.clone();
-    done.update_needed = plan.commands.is_empty()
-        && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
     match finish {
-        Finish::Record(_) => {
-            write_state(host, &done)?;
-            journal::drop_blobs(host, prev.as_ref(), Some(&done))?;
-        }
+        Finish::Record(_) => journal::drop_blobs(host, prev.as_ref(), Some(&done))?,
         Finish::Forget if done.update_needed => {
-            let marker = State {
-                created_dirs: done.created_dirs.clone(),
-                update_needed: true,
-                generation: done.generation,
-                ..State::default()
-            };
-            write_state(host, &marker)?;
-            journal::drop_blobs(host, Some(&done), Some(&marker))?;
+            journal::drop_blobs(host, Some(&done), Some(&marker))?
         }
         Finish::Forget => journal::remove_all(host, &done, prev.is_some())?,
     }
@@ -300,8 +307,25 @@ fn interrupted(hold: &signals::Hold) -> Result<()> {
     }
 }
 
+/// The state holds copies of the files it journals: it is readable by all (`gpt check` and
+/// `gpt qemu` read it without sudo) unless one of those files is not.
 fn write_state(host: &Host, state: &State) -> Result<()> {
-    fs::write(host, Path::new(STATE_FILE), &state.to_json(), None, 0o644)?;
+    write_state_bytes(host, state, &state.to_json())
+}
+
+fn write_state_bytes(host: &Host, state: &State, bytes: &[u8]) -> Result<()> {
+    let mode = if state.files.iter().all(|e| e.mode & 0o004 != 0) {
+        0o644
+    } else {
+        0o600
+    };
+    fs::write(
+        host,
+        Path::new(STATE_FILE),
+        bytes,
+        Some(Meta::new_file(mode)),
+        mode,
+    )?;
     Ok(())
 }
 
@@ -412,7 +436,8 @@ impl Tx<'_, '_> {
         match self.prev_raw {
             Some(raw) => {
                 if journal::load_raw(host)?.as_deref() != Some(raw) {
-                    fs::write(host, Path::new(STATE_FILE), raw, None, 0o644)?;
+                    let prev = self.prev.cloned().unwrap_or_default();
+                    write_state_bytes(host, &prev, raw)?;
                 }
                 journal::drop_blobs(host, Some(self.state), self.prev)
             }

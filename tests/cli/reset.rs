@@ -601,9 +601,8 @@ fn a_corrupt_journal_is_refused_with_what_to_do_and_nothing_changes() {
     let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
     assert_eq!(code, 0, "{err}");
     assert!(!root.join("etc/modprobe.d/gpt-vfio.conf").exists());
-    // What the user moved aside, and the copies beside it, are theirs to look at.
+    // What the user moved aside (with the copies inside it) is theirs to look at.
     assert!(root.join("var/lib/gpt/state.json.bad").exists());
-    assert!(root.join("var/lib/gpt/originals/1").exists());
 }
 
 /// The real `gpt full`, then `gpt reset`: the whole tree comes back byte for byte.
@@ -632,6 +631,67 @@ mod with_real_full {
         let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
         assert_eq!(code, 0, "{err}");
         assert_eq!(snap(root), before);
+    }
+
+    /// A journal written by an earlier build, which kept each copy in a file of its own
+    /// (`/var/lib/gpt/originals/N`, `written/N.G`) instead of inside state.json: reset still
+    /// gives back the byte-identical tree and removes those files and folders.
+    #[test]
+    fn a_journal_with_its_copies_in_files_still_resets_byte_identically() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        rocketlake(root);
+        let fakes = Fakes::new();
+        fakes.prime(root);
+        let before = snap(root);
+        let (code, _, err) =
+            run(gpt(root)
+                .env("PATH", fakes.path())
+                .args(["full", "--yes", "--no-deps", "nvidia"]));
+        assert_eq!(code, 0, "{err}");
+        let state_path = root.join("var/lib/gpt/state.json");
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&fs::read(&state_path).unwrap()).unwrap();
+        let blobs = doc.as_object_mut().unwrap().remove("blobs").unwrap();
+        let blobs = blobs.as_object().unwrap();
+        assert!(blobs.len() >= 4, "{blobs:?}");
+        for (name, value) in blobs {
+            let path = root.join("var/lib/gpt").join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, value.as_str().unwrap()).unwrap();
+        }
+        fs::write(&state_path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(snap(root), before);
+    }
+
+    /// The journal holds copies of the files: when one of them is private, so is the journal.
+    #[test]
+    fn the_journal_of_a_private_file_is_private_too() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        rocketlake(root);
+        let fakes = Fakes::new();
+        fakes.prime(root);
+        let full = || {
+            run(gpt(root)
+                .env("PATH", fakes.path())
+                .args(["full", "--yes", "--no-deps", "nvidia"]))
+        };
+        let (code, _, err) = full();
+        assert_eq!(code, 0, "{err}");
+        let state = root.join("var/lib/gpt/state.json");
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o644);
+        let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
+        assert_eq!(code, 0, "{err}");
+        let grub = root.join("etc/default/grub");
+        fs::set_permissions(&grub, fs::Permissions::from_mode(0o600)).unwrap();
+        let (code, _, err) = full();
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&grub).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -323,10 +323,20 @@ fn a_second_run_keeps_the_very_first_originals_and_updates_what_was_written() {
         grub_before.as_bytes()
     );
     assert!(read(root, "/etc/default/grub").contains("vfio-pci.ids=10de:2204,10de:1aef"));
-    // The blob of the first run is gone; the other files' blobs stay.
-    let mut blobs = host.list_dir("/var/lib/gpt/written").unwrap();
-    blobs.sort();
-    assert_eq!(blobs, ["1.2", "2.1", "3.1"]);
+    // The copy of the first run's grub is gone; the other copies stay, all in the state.
+    let blobs: Vec<&str> = state.blobs.keys().map(String::as_str).collect();
+    assert_eq!(
+        blobs,
+        [
+            "originals/1",
+            "originals/2",
+            "written/1.2",
+            "written/2.1",
+            "written/3.1"
+        ]
+    );
+    assert!(!root.join("var/lib/gpt/written").exists());
+    assert!(!root.join("var/lib/gpt/originals").exists());
 }
 
 #[test]
