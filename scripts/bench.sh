@@ -195,6 +195,9 @@ if [[ $probe != *"not built yet"* ]]; then
   make_fakes "$bin" "$WORK/calls.log"
   host=$WORK/full-host
   cp -a "$example" "$host"
+  # The example host carries only the files gpt reads; every real host also has /run and
+  # /var/lib, which gpt would otherwise create (and sync) as part of its own time.
+  mkdir -p "$host/run" "$host/var/lib"
   # Timed from gpt's side: strace (with a seccomp filter, so only process calls stop) stamps
   # gpt's start and exit and each child's fork and exit; external = the children's lifetimes,
   # from the fork to the exit of each process gpt starts, own = the rest.

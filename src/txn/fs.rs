@@ -122,6 +122,16 @@ pub fn missing_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
 /// Create the missing folders of `abs_dir` with mode 0755 (root:root when gpt runs as root),
 /// returning the ones created (host paths, outermost first).
 pub fn create_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
+    make_dirs(host, abs_dir, true)
+}
+
+/// [`create_dirs`] without syncing the parent folders, for what need not outlive a crash
+/// (the lock's `/run`, a tmpfs on a real host).
+pub fn create_dirs_unsynced(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
+    make_dirs(host, abs_dir, false)
+}
+
+fn make_dirs(host: &Host, abs_dir: &Path, durable: bool) -> Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     for d in missing_dirs(host, abs_dir)? {
         let p = target(host, &d)?;
@@ -138,7 +148,7 @@ pub fn create_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
             std::os::unix::fs::chown(&p, Some(0), Some(0))
                 .with_context(|| format!("cannot set the owner of {}", d.display()))?;
         }
-        if let Some(parent) = p.parent() {
+        if let (true, Some(parent)) = (durable, p.parent()) {
             sync_dir(parent)?;
         }
         created.push(d);
@@ -196,6 +206,20 @@ pub fn write(
     meta: Option<Meta>,
     new_mode: u32,
 ) -> Result<Vec<PathBuf>> {
+    write_with(host, abs, bytes, meta, new_mode, true)
+}
+
+/// [`write`], with the folder synced after the rename only when `sync_dir_after`: the bytes
+/// are always synced before the rename, so the file is old or new, never torn; without the
+/// folder sync a crash may bring the old one back.
+pub fn write_with(
+    host: &Host,
+    abs: &Path,
+    bytes: &[u8],
+    meta: Option<Meta>,
+    new_mode: u32,
+    sync_dir_after: bool,
+) -> Result<Vec<PathBuf>> {
     let parent_abs = abs
         .parent()
         .with_context(|| format!("{} has no parent folder", abs.display()))?;
@@ -247,34 +271,33 @@ pub fn write(
     drop(f);
     fs::rename(&tmp, &path).io_ctx("write", abs)?;
     guard.0 = None;
-    sync_dir(dir)?;
+    if sync_dir_after {
+        sync_dir(dir)?;
+    }
     Ok(created)
 }
 
-/// Make sure a file of `len` bytes fits beside `abs` (which exists) by reserving the space in
-/// a temp file and removing it again: `gpt full` checks this for its final state right after
-/// the journal, so that a full disk stops it before the first change, not after the commands.
-/// A file system that cannot reserve space (no `fallocate`) is taken at its word.
+/// Make sure a file of `len` bytes fits beside `abs`: `gpt full` checks this for its final
+/// state right after the journal, so that a full disk stops it before the first change, not
+/// after the commands. The free blocks and inodes come from `statvfs` (what an unprivileged
+/// writer may use, to be safe); a file system that does not say is taken at its word.
 pub fn check_room(host: &Host, abs: &Path, len: usize) -> Result<()> {
-    use std::os::fd::AsRawFd;
     let path = target(host, abs)?;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+    let Some(dir) = path.parent() else {
         return Ok(());
     };
-    let tmp = dir.join(format!("{TEMP_PREFIX}room.{}", name.to_string_lossy()));
-    let _ = fs::remove_file(&tmp);
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .io_ctx("write", abs)?;
-    let _guard = TempGuard(Some(tmp));
-    let len = i64::try_from(len).unwrap_or(i64::MAX);
-    match nix::fcntl::posix_fallocate(f.as_raw_fd(), 0, len) {
-        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::EINVAL) => Ok(()),
-        Err(e) => Err(ioerr::error("write", abs, &io::Error::from(e))),
+    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
+        return Ok(());
+    };
+    let block = st.fragment_size().max(1);
+    let need = (len as u64).div_ceil(block) + 1;
+    let enough_blocks = st.blocks() == 0 || st.blocks_available() >= need;
+    let enough_inodes = st.files() == 0 || st.files_available() >= 1;
+    if enough_blocks && enough_inodes {
+        return Ok(());
     }
+    let e = io::Error::from_raw_os_error(nix::libc::ENOSPC);
+    Err(ioerr::error("write", abs, &e))
 }
 
 /// Remove `abs` (a link inside the root is followed and its target removed). Returns whether

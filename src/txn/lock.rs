@@ -28,8 +28,9 @@ impl Lock {
     pub fn acquire(host: &Host) -> Result<Lock> {
         let abs = Path::new(LOCK_FILE);
         let dir = abs.parent().expect("the lock file has a folder");
-        // /run is a tmpfs on a real host; a host tree may lack it.
-        super::fs::create_dirs(host, dir)?;
+        // /run is a tmpfs on a real host; a host tree may lack it. The lock need not survive
+        // a crash, so the folder is not synced.
+        super::fs::create_dirs_unsynced(host, dir)?;
         let path = super::fs::target(host, abs)?;
         let file = OpenOptions::new()
             .read(true)

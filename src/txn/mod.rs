@@ -251,7 +251,7 @@ pub fn apply_with(
     let result = result.and_then(|outcome| {
         crate::failpoint!("before-commit");
         match finish {
-            Finish::Record(_) => write_state(host, &done)?,
+            Finish::Record(_) => write_state_final(host, &done)?,
             Finish::Forget if done.update_needed => write_state(host, &marker)?,
             Finish::Forget => {}
         }
@@ -311,6 +311,29 @@ fn interrupted(hold: &signals::Hold) -> Result<()> {
 /// `gpt qemu` read it without sudo) unless one of those files is not.
 fn write_state(host: &Host, state: &State) -> Result<()> {
     write_state_bytes(host, state, &state.to_json())
+}
+
+/// The last state of a successful run. Its folder is not synced: if a crash loses the rename,
+/// the journal before it (with `update_needed`) is what the next run finds, and it re-runs the
+/// update commands, which is safe.
+fn write_state_final(host: &Host, state: &State) -> Result<()> {
+    fs::write_with(
+        host,
+        Path::new(STATE_FILE),
+        &state.to_json(),
+        Some(Meta::new_file(state_mode(state))),
+        state_mode(state),
+        false,
+    )?;
+    Ok(())
+}
+
+fn state_mode(state: &State) -> u32 {
+    if state.files.iter().all(|e| e.mode & 0o004 != 0) {
+        0o644
+    } else {
+        0o600
+    }
 }
 
 fn write_state_bytes(host: &Host, state: &State, bytes: &[u8]) -> Result<()> {

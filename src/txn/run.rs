@@ -164,8 +164,8 @@ impl<'a> Runner<'a> {
     fn spawn_and_wait(&self, argv: &[String], label: Option<&str>) -> Result<(String, Captured)> {
         let (prog, args) = self.command_line(argv)?;
         let line = Self::shown(&prog, &args);
-        let mut out = tempfile::tempfile().context("cannot create a temp file for output")?;
-        let mut err = tempfile::tempfile().context("cannot create a temp file for output")?;
+        let mut out = output_file()?;
+        let mut err = output_file()?;
         let mut cmd = Command::new(&prog);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -219,6 +219,16 @@ impl<'a> Runner<'a> {
     pub fn query(&self, argv: &[&str]) -> Result<Captured> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         Ok(self.spawn_and_wait(&argv, None)?.1)
+    }
+}
+
+/// An unnamed file for a command's output: a memfd (memory, no file system: creating one on
+/// ext4's /tmp cost a journalled inode per stream), else an unlinked temp file.
+fn output_file() -> Result<std::fs::File> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    match memfd_create("gpt-output", MemfdFlags::CLOEXEC) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(_) => tempfile::tempfile().context("cannot create a temp file for output"),
     }
 }
 
