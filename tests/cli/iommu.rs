@@ -367,3 +367,26 @@ fn uevent_and_the_attributes_one_by_one_give_the_same_listing() {
         "nvidia-gpu"
     );
 }
+
+#[test]
+fn devices_read_in_threads_are_the_devices_read_in_one() {
+    // From 48 devices on, gpt reads them in two threads and the groups in a third: the
+    // topology is the same as read in one, on a synthetic host and on one with broken entries.
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::synth::synth(dir.path(), 300, "");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path().join("sys/bus/pci/devices"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    std::fs::remove_file(names[7].join("uevent")).unwrap();
+    std::fs::write(names[200].join("uevent"), "garbage").unwrap();
+    std::fs::remove_file(names[200].join("vendor")).unwrap();
+    let host = gpt::host::Host::new(dir.path());
+    let one = gpt::sysfs::read_topology_with(&host, usize::MAX).unwrap();
+    let threads = gpt::sysfs::read_topology_with(&host, 1).unwrap();
+    assert_eq!(one.devices.len(), 300);
+    assert!(one.groups.len() > 100, "{}", one.groups.len());
+    assert!(!one.devices.values().nth(200).unwrap().problems.is_empty());
+    assert_eq!(one, threads);
+}
