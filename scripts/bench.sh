@@ -20,6 +20,7 @@ RUNS=${BENCH_RUNS:-20}          # hyperfine runs for gpt and lspci
 OLD_RUNS=${BENCH_OLD_RUNS:-3}   # the old loop is slow: fewer runs
 OLD_MAX=256                     # the old loop runs at N <= this
 FAKE_SLEEP=${BENCH_FAKE_SLEEP:-0.5}
+FRESH_RUNS=${BENCH_FRESH_RUNS:-5}   # gpt full on a fresh host (each about 4 x FAKE_SLEEP)
 
 # --- tools -----------------------------------------------------------------------------------
 need=()
@@ -193,40 +194,54 @@ if [[ $probe != *"not built yet"* ]]; then
   echo "== gpt full: a fresh host, with update commands that sleep $FAKE_SLEEP s" >&2
   bin=$WORK/fakebin
   make_fakes "$bin" "$WORK/calls.log"
-  host=$WORK/full-host
-  cp -a "$example" "$host"
-  # The example host carries only the files gpt reads; every real host also has /run and
-  # /var/lib, which gpt would otherwise create (and sync) as part of its own time.
-  mkdir -p "$host/run" "$host/var/lib"
   # Timed from gpt's side: strace (with a seccomp filter, so only process calls stop) stamps
   # gpt's start and exit and each child's fork and exit; external = the children's lifetimes,
-  # from the fork to the exit of each process gpt starts, own = the rest.
-  set +e
-  PATH=$bin:$PATH strace -f --seccomp-bpf -q -ttt -e trace=execve,fork,vfork,clone,clone3 \
-    -e signal=none -o "$WORK/full.strace" \
-    "$GPT" --root "$host" full nvidia --yes >"$WORK/full.out" 2>"$WORK/full.err"
-  code=$?
-  set -e
-  read -r total external < <(awk '
-    NR == 1 { gpt = $1; t0 = $2 }
-    $1 == gpt && $3 ~ /^(clone|clone3|fork|vfork)\(/ {
-      pending = ($0 ~ /CLONE_THREAD/) ? "" : $2   # a thread of gpt is gpt, not a command
-      if (pending != "" && $0 ~ /= [0-9]+$/) start[$NF] = pending; next }
-    $1 == gpt && $0 ~ /(clone|clone3|fork|vfork) resumed>/ && $0 ~ /= [0-9]+$/ {
-      if (pending != "") start[$NF] = pending; next }
-    /[+][+][+] exited/ { if ($1 in start) ext += $2 - start[$1]; if ($1 == gpt) t1 = $2 }
-    END { printf "%d %d\n", (t1 - t0) * 1000000, ext * 1000000 }' "$WORK/full.strace")   # microseconds
-  own=$(( total - external ))
+  # from the fork to the exit of each process gpt starts, own = the rest. FRESH_RUNS runs, each
+  # on a fresh copy of the host; the run with the median own time is reported.
+  results=() code=0 repeated=""
+  # The trees generated above are still being written back: without this, gpt's fsyncs would
+  # wait for the benchmark's own files.
+  sync
+  for i in $(seq "$FRESH_RUNS"); do
+    host=$WORK/full-host
+    rm -rf "$host"
+    cp -a "$example" "$host"
+    # The example host carries only the files gpt reads; every real host also has /run and
+    # /var/lib, which gpt would otherwise create (and sync) as part of its own time.
+    mkdir -p "$host/run" "$host/var/lib"
+    : > "$WORK/calls.log"
+    set +e
+    PATH=$bin:$PATH strace -f --seccomp-bpf -q -ttt -e trace=execve,fork,vfork,clone,clone3 \
+      -e signal=none -o "$WORK/full.strace" \
+      "$GPT" --root "$host" full nvidia --yes >"$WORK/full.out" 2>"$WORK/full.err"
+    c=$?
+    set -e
+    if [ "$c" != 0 ]; then
+      code=$c
+      sed 's/^/    /' "$WORK/full.err" | tail -5 >&2
+    fi
+    read -r total external < <(awk '
+      NR == 1 { gpt = $1; t0 = $2 }
+      $1 == gpt && $3 ~ /^(clone|clone3|fork|vfork)\(/ {
+        pending = ($0 ~ /CLONE_THREAD/) ? "" : $2   # a thread of gpt is gpt, not a command
+        if (pending != "" && $0 ~ /= [0-9]+$/) start[$NF] = pending; next }
+      $1 == gpt && $0 ~ /(clone|clone3|fork|vfork) resumed>/ && $0 ~ /= [0-9]+$/ {
+        if (pending != "") start[$NF] = pending; next }
+      /[+][+][+] exited/ { if ($1 in start) ext += $2 - start[$1]; if ($1 == gpt) t1 = $2 }
+      END { printf "%d %d\n", (t1 - t0) * 1000000, ext * 1000000 }' "$WORK/full.strace")   # µs
+    calls=$(awk '{ print $1 }' "$WORK/calls.log" | sort | uniq -c | awk '{ printf "%s%s×%s", sep, $2, $1; sep = ", " }')
+    repeated+=$(awk '{ print $1 }' "$WORK/calls.log" | sort | uniq -d | tr '\n' ' ')
+    results+=("$(( total - external )) $total $external $calls")
+  done
+  read -r own total external calls < <(printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (FRESH_RUNS + 1) / 2 ))p")
+  all_own=$(printf '%s\n' "${results[@]}" | awk '{ printf "%s%.1f", sep, $1 / 1000; sep = " / " }')
   share=$(awk -v o="$own" -v t="$total" 'BEGIN { printf "%.2f", 100 * o / t }')
-  calls=$(awk '{ print $1 }' "$WORK/calls.log" | sort | uniq -c | awk '{ printf "%s%s×%s", sep, $2, $1; sep = ", " }')
-  repeated=$(awk '{ print $1 }' "$WORK/calls.log" | sort | uniq -d | tr '\n' ' ')
-  full_fresh="exit $code; total $(ms "$(awk -v t="$total" 'BEGIN { print t / 1000 }')"), external $(ms "$(awk -v t="$external" 'BEGIN { print t / 1000 }')"), own $(awk -v o="$own" 'BEGIN { printf "%.1f", o / 1000 }') ms = ${share}%; commands: $calls"
+  full_fresh="exit $code; median of $FRESH_RUNS runs: total $(ms "$(awk -v t="$total" 'BEGIN { print t / 1000 }')"), external $(ms "$(awk -v t="$external" 'BEGIN { print t / 1000 }')"), own $(awk -v o="$own" 'BEGIN { printf "%.1f", o / 1000 }') ms = ${share}% (own in each run: $all_own ms); commands per run: $calls"
   if [ "$code" = 0 ] && [ -z "$repeated" ] && awk -v s="$share" 'BEGIN { exit !(s <= 1) }'; then
     full_fresh_verdict=PASS
   else
     full_fresh_verdict=MISS
   fi
-  [ "$code" = 0 ] || sed 's/^/    /' "$WORK/full.err" | tail -5 >&2
 
   echo "== gpt full: the same host, already configured, $RUNS runs" >&2
   PATH=$bin:$PATH hyperfine -N --warmup 3 --runs "$RUNS" --style none --export-csv "$WORK/noop.csv" \
