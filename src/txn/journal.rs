@@ -280,18 +280,23 @@ pub(crate) fn remove_all(host: &Host, state: &State, all_blobs: bool) -> Result<
 mod tests {
     use super::*;
 
+    /// /etc/default/grub as journalled by generation `g` of a first run.
+    fn grub_entry(g: u64) -> Entry {
+        Entry {
+            path: "/etc/default/grub".into(),
+            existed: true,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            original: Some(original_name(1)),
+            written: Some(written_name(1, g)),
+        }
+    }
+
     #[test]
     fn the_state_format_is_stable() {
         let s = State {
-            files: vec![Entry {
-                path: "/etc/default/grub".into(),
-                existed: true,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                original: Some(original_name(1)),
-                written: Some(written_name(1, 2)),
-            }],
+            files: vec![grub_entry(2)],
             generation: 2,
             ..State::default()
         };
@@ -311,15 +316,7 @@ mod tests {
     #[test]
     fn copies_live_in_the_state_as_text_or_bytes_and_unused_ones_are_pruned() {
         let mut s = State::default();
-        s.files.push(Entry {
-            path: "/etc/default/grub".into(),
-            existed: true,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            original: Some(original_name(1)),
-            written: Some(written_name(1, 1)),
-        });
+        s.files.push(grub_entry(1));
         s.keep_blob("originals/1", b"GRUB_DEFAULT=0\n");
         s.keep_blob("written/1.1", b"# caf\xe9\nGRUB_DEFAULT=0\n"); // Latin-1, not UTF-8
         s.keep_blob("written/1.0", b"stale");

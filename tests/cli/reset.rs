@@ -610,22 +610,33 @@ mod with_real_full {
     use super::*;
     use crate::support::hosts::{amd_datacenter, rocketlake};
 
+    /// The RocketLake host in `d`, primed with fakes, and its snapshot before gpt.
+    fn primed_rocketlake(d: &Path) -> (Fakes, Vec<(String, String)>) {
+        rocketlake(d);
+        let fakes = Fakes::new();
+        fakes.prime(d);
+        let before = snap(d);
+        (fakes, before)
+    }
+
+    /// `gpt full --yes --no-deps nvidia` with the fakes.
+    fn full(root: &Path, fakes: &Fakes) -> (i32, String, String) {
+        run(gpt(root)
+            .env("PATH", fakes.path())
+            .args(["full", "--yes", "--no-deps", "nvidia"]))
+    }
+
     fn cycle(root: &Path) {
         let fakes = Fakes::new();
         fakes.prime(root);
         let before = snap(root);
-        let full = |fakes: &Fakes| {
-            run(gpt(root)
-                .env("PATH", fakes.path())
-                .args(["full", "--yes", "--no-deps", "nvidia"]))
-        };
-        let (code, _, err) = full(&fakes);
+        let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let calls = fakes.calls();
         for c in ["update-grub", "update-initramfs -u -k all"] {
             assert!(calls.iter().any(|x| x == c), "{calls:?}");
         }
-        let (code, _, err) = full(&fakes);
+        let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("already configured"), "{err}");
         let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
@@ -640,14 +651,8 @@ mod with_real_full {
     fn a_journal_with_its_copies_in_files_still_resets_byte_identically() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        rocketlake(root);
-        let fakes = Fakes::new();
-        fakes.prime(root);
-        let before = snap(root);
-        let (code, _, err) =
-            run(gpt(root)
-                .env("PATH", fakes.path())
-                .args(["full", "--yes", "--no-deps", "nvidia"]));
+        let (fakes, before) = primed_rocketlake(root);
+        let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let state_path = root.join("var/lib/gpt/state.json");
         let mut doc: serde_json::Value =
@@ -672,15 +677,8 @@ mod with_real_full {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        rocketlake(root);
-        let fakes = Fakes::new();
-        fakes.prime(root);
-        let full = || {
-            run(gpt(root)
-                .env("PATH", fakes.path())
-                .args(["full", "--yes", "--no-deps", "nvidia"]))
-        };
-        let (code, _, err) = full();
+        let (fakes, _) = primed_rocketlake(root);
+        let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let state = root.join("var/lib/gpt/state.json");
         assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o644);
@@ -688,7 +686,7 @@ mod with_real_full {
         assert_eq!(code, 0, "{err}");
         let grub = root.join("etc/default/grub");
         fs::set_permissions(&grub, fs::Permissions::from_mode(0o600)).unwrap();
-        let (code, _, err) = full();
+        let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o600);
         assert_eq!(fs::metadata(&grub).unwrap().mode() & 0o777, 0o600);
