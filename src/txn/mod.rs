@@ -201,7 +201,7 @@ pub fn apply_with(
     let result = (|| -> Result<Outcome> {
         // One atomic write: the copies are inside the state.
         let journal = state.to_json();
-        write_state_bytes(host, &state, &journal)?;
+        write_state_bytes(host, &state, &journal, true)?;
         // Room for the final state beside it (the same size, give or take a word).
         fs::check_room(host, Path::new(STATE_FILE), journal.len() + 64)?;
         crate::failpoint!("after-journal");
@@ -310,45 +310,24 @@ fn interrupted(hold: &signals::Hold) -> Result<()> {
 /// The state holds copies of the files it journals: it is readable by all (`gpt check` and
 /// `gpt qemu` read it without sudo) unless one of those files is not.
 fn write_state(host: &Host, state: &State) -> Result<()> {
-    write_state_bytes(host, state, &state.to_json())
+    write_state_bytes(host, state, &state.to_json(), true)
 }
 
 /// The last state of a successful run. Its folder is not synced: if a crash loses the rename,
 /// the journal before it (with `update_needed`) is what the next run finds, and it re-runs the
 /// update commands, which is safe.
 fn write_state_final(host: &Host, state: &State) -> Result<()> {
-    fs::write_with(
-        host,
-        Path::new(STATE_FILE),
-        &state.to_json(),
-        Some(Meta::new_file(state_mode(state))),
-        state_mode(state),
-        false,
-    )?;
-    Ok(())
+    write_state_bytes(host, state, &state.to_json(), false)
 }
 
-fn state_mode(state: &State) -> u32 {
-    if state.files.iter().all(|e| e.mode & 0o004 != 0) {
-        0o644
-    } else {
-        0o600
-    }
-}
-
-fn write_state_bytes(host: &Host, state: &State, bytes: &[u8]) -> Result<()> {
+fn write_state_bytes(host: &Host, state: &State, bytes: &[u8], sync_dir: bool) -> Result<()> {
     let mode = if state.files.iter().all(|e| e.mode & 0o004 != 0) {
         0o644
     } else {
         0o600
     };
-    fs::write(
-        host,
-        Path::new(STATE_FILE),
-        bytes,
-        Some(Meta::new_file(mode)),
-        mode,
-    )?;
+    let meta = Some(Meta::new_file(mode));
+    fs::write_with(host, Path::new(STATE_FILE), bytes, meta, mode, sync_dir)?;
     Ok(())
 }
 
@@ -460,7 +439,7 @@ impl Tx<'_, '_> {
             Some(raw) => {
                 if journal::load_raw(host)?.as_deref() != Some(raw) {
                     let prev = self.prev.cloned().unwrap_or_default();
-                    write_state_bytes(host, &prev, raw)?;
+                    write_state_bytes(host, &prev, raw, true)?;
                 }
                 journal::drop_blobs(host, Some(self.state), self.prev)
             }
