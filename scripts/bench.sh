@@ -28,6 +28,7 @@ command -v hyperfine >/dev/null || need+=(hyperfine)
 command -v lspci >/dev/null || need+=(pciutils)
 [ -x /usr/bin/time ] || need+=(time)
 command -v strace >/dev/null || need+=(strace)
+command -v cc >/dev/null || need+=(gcc)
 if ((${#need[@]})); then
   sudo=()
   [ "$(id -u)" = 0 ] || sudo=(sudo)
@@ -37,7 +38,7 @@ if ((${#need[@]})); then
 fi
 
 # --- build -----------------------------------------------------------------------------------
-echo "== building gpt (release) and the tree generator" >&2
+echo "== building gpt (release), the tree generator and the floor program" >&2
 cargo build --release --locked -q
 cargo build --example gen_tree --locked -q
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -46,6 +47,9 @@ GEN=$target/debug/examples/gen_tree
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpt-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+# The floor: gpt iommu's system calls alone, in C (see the file's head).
+FLOOR=$WORK/bench-floor
+cc -O2 -Wall -pthread scripts/bench-floor.c -o "$FLOOR"
 # As users run it: no colours, the tree's own pci.ids, and no backtrace capture (with
 # RUST_BACKTRACE set, every anyhow error created along the way walks the stack).
 export NO_COLOR=1
@@ -83,7 +87,7 @@ load_start=$(load)
 
 # --- gpt iommu, lspci, the old loop ------------------------------------------------------------
 rows=()
-declare -A gpt_med lspci_med old_med
+declare -A gpt_med lspci_med old_med floor_med
 largest=0
 for n in $SIZES; do
   tree=$WORK/t$n
@@ -94,17 +98,20 @@ for n in $SIZES; do
   if [ "$listed" != "$n" ] || [ "$seen" != "$n" ]; then
     echo "warning: N=$n but gpt listed $listed devices and lspci $seen" >&2
   fi
-  echo "== N=$n: gpt iommu and lspci -nn, $RUNS runs each" >&2
+  echo "== N=$n: gpt iommu, lspci -nn and the floor, $RUNS runs each" >&2
   hyperfine -N --warmup 3 --runs "$RUNS" --style none --export-csv "$WORK/h$n.csv" \
     -n gpt "$GPT --root $tree iommu" \
-    -n lspci "lspci -A linux-sysfs -O sysfs.path=$tree/sys/bus/pci -nn" >/dev/null
+    -n lspci "lspci -A linux-sysfs -O sysfs.path=$tree/sys/bus/pci -nn" \
+    -n floor "$FLOOR $tree $tree/usr/share/misc/pci.ids 3" >/dev/null
   g=$(field "$WORK/h$n.csv" gpt median)
   l=$(field "$WORK/h$n.csv" lspci median)
+  f=$(field "$WORK/h$n.csv" floor median)
+  floor_med[$n]=$f
   gc=$(awk -v u="$(field "$WORK/h$n.csv" gpt user)" -v s="$(field "$WORK/h$n.csv" gpt system)" 'BEGIN { print u + s }')
   lc=$(awk -v u="$(field "$WORK/h$n.csv" lspci user)" -v s="$(field "$WORK/h$n.csv" lspci system)" 'BEGIN { print u + s }')
   gpt_med[$n]=$g
   lspci_med[$n]=$l
-  old="-" old_ratio="-"
+  old="-" old_ratio="-" floor_ratio="-"
   if [ "$n" -le "$OLD_MAX" ]; then
     echo "== N=$n: the old loop, $OLD_RUNS runs" >&2
     hyperfine -N --warmup 1 --runs "$OLD_RUNS" --style none --export-csv "$WORK/o$n.csv" \
@@ -113,8 +120,9 @@ for n in $SIZES; do
     old_med[$n]=$o
     old=$(ms "$o")
     old_ratio="$(awk -v a="$o" -v b="$g" 'BEGIN { printf "%.0f", a / b }')×"
+    floor_ratio="$(awk -v a="$o" -v b="$f" 'BEGIN { printf "%.0f", a / b }')×"
   fi
-  rows+=("| $n | $(ms "$g") | $(ms "$l") | $(ratio "$g" "$l") | $(ms "$gc") | $(ms "$lc") | $(ratio "$gc" "$lc") | $old | $old_ratio |")
+  rows+=("| $n | $(ms "$g") | $(ms "$l") | $(ratio "$g" "$l") | $(ms "$gc") | $(ms "$lc") | $(ratio "$gc" "$lc") | $old | $old_ratio | $(ms "$f") | $floor_ratio |")
   [ "$n" -gt "$largest" ] && largest=$n
 done
 
@@ -268,10 +276,13 @@ echo "gpt benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores ($cpu_mode
 echo "load average at start: $load_start; at the end: $(load)"
 echo "wall-time medians of $RUNS runs (old loop: $OLD_RUNS) in one session; cpu = mean user + system time"
 echo
-echo "| N | gpt iommu | lspci -nn | ratio | gpt cpu | lspci cpu | cpu ratio | old loop | old/gpt |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| N | gpt iommu | lspci -nn | ratio | gpt cpu | lspci cpu | cpu ratio | old loop | old/gpt | floor | old/floor |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${rows[@]}"
 echo
+echo "floor = scripts/bench-floor.c: gpt iommu's system calls alone (devices in two threads, groups"
+echo "and pci.ids in a third), without parsing, names or output: no program that reads what gpt"
+echo "reads, the way gpt reads it, is faster on this machine."
 echo "peak RSS of gpt iommu at N=$largest: $rss KiB ($(awk -v r="$rss" 'BEGIN { printf "%.1f", r / 1024 }') MiB, max of 5 runs)"
 echo "gpt full, already configured: $full_noop; child processes: $full_noop_children"
 echo "gpt full, fresh host: $full_fresh"
@@ -285,7 +296,8 @@ else
 fi
 if [ -n "${old_med[256]:-}" ]; then
   r=$(awk -v a="${old_med[256]}" -v b="${gpt_med[256]}" 'BEGIN { printf "%.0f", a / b }')
-  echo "$(verdict "$r >= 1000")  old loop >= 1000 x gpt at 256: ${r}x"
+  rf=$(awk -v a="${old_med[256]}" -v b="${floor_med[256]}" 'BEGIN { printf "%.0f", a / b }')
+  echo "$(verdict "$r >= 1000")  old loop >= 1000 x gpt at 256: ${r}x (the floor's: ${rf}x)"
 else
   echo "n/a   old loop >= 1000 x gpt at 256 (N=256 not run)"
 fi
