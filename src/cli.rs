@@ -52,6 +52,35 @@ pub enum Command {
     Check(CheckArgs),
     /// Print a QEMU command line (or libvirt XML) that passes the configured GPU to a VM
     Qemu(QemuArgs),
+    /// Print a shell completion script on stdout
+    #[command(
+        long_about = "Print a completion script for SHELL on stdout, generated from gpt's own \
+            command line. Install it for bash with \
+            `gpt completions bash | sudo tee /etc/bash_completion.d/gpt`."
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page of gpt, or of one of its commands, on stdout (roff)
+    #[command(
+        long_about = "Print the manual page of gpt (gpt.1), or of one of its commands \
+            (gpt-full.1, ...), on stdout in roff, generated from gpt's own command line. Read \
+            it with `gpt man | man -l -`; install it with \
+            `gpt man | sudo tee /usr/local/share/man/man1/gpt.1`."
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command of gpt (full, reset, iommu, check, qemu, completions, man) for its own page
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,6 +2,7 @@
 //! exit code (0 success, 1 failure or refusal).
 
 pub mod check;
+pub mod docs;
 pub mod full;
 pub mod iommu;
 pub mod qemu;
@@ -13,6 +14,12 @@ use crate::ui::Ui;
 use anyhow::Result;
 
 pub fn run(cli: Cli) -> Result<u8> {
+    // These two print what gpt's command line is; they read nothing of any host.
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let host = Host::new(&cli.root);
     if !host.root().is_dir() {
         crate::usage!(
@@ -27,5 +34,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod check;
 mod concurrency;
+mod docs;
 mod example;
 mod full;
 mod iommu;
