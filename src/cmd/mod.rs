@@ -16,8 +16,8 @@ use anyhow::Result;
 pub fn run(cli: Cli) -> Result<u8> {
     // These two print what gpt's command line is; they read nothing of any host.
     match &cli.command {
-        Command::Completions(args) => return docs::completions(args),
-        Command::Man(args) => return docs::man(args),
+        Command::Completions(args) => return without_json(&cli, || docs::completions(args)),
+        Command::Man(args) => return without_json(&cli, || docs::man(args)),
         _ => {}
     }
     let host = Host::new(&cli.root);
@@ -36,4 +36,15 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Qemu(args) => qemu::run(&host, &ui, args),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
+}
+
+/// `gpt completions` and `gpt man` print a script or roff: with `--json` they refuse, as
+/// `--json` promises one JSON document on stdout.
+fn without_json(cli: &Cli, print: impl FnOnce() -> Result<u8>) -> Result<u8> {
+    if cli.json {
+        crate::usage!(
+            "--json: `gpt completions` and `gpt man` print a script or a manual page, not JSON; leave --json out"
+        );
+    }
+    print()
 }

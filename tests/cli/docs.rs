@@ -133,6 +133,20 @@ fn man_of_an_unknown_command_is_a_usage_error_that_names_the_commands() {
 }
 
 #[test]
+fn json_is_refused_as_they_print_no_json() {
+    for args in [["completions", "bash"], ["man", "full"]] {
+        let out = gpt().arg("--json").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: --json: `gpt completions` and `gpt man` print a script"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn completions_and_man_read_no_host() {
     // They print what the command line is, so a --root that is not a host does not matter.
     for args in [["completions", "zsh"], ["man", "check"]] {
