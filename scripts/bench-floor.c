@@ -33,6 +33,10 @@ struct dirent64 {
 };
 
 static int root, no_revision, group_links;
+/* Opens and reads that failed: any makes the run fail, so a wrong tree cannot pass for fast. */
+static int failures;
+
+static void failed(void) { __atomic_fetch_add(&failures, 1, __ATOMIC_RELAXED); }
 
 static int open_in_root(const char *path, long flags) {
   struct open_how how = {
@@ -46,8 +50,10 @@ static int open_in_root(const char *path, long flags) {
 static int list(const char *path, char (*names)[NAME_LEN], int max) {
   char buf[16384];
   int fd = open_in_root(path, O_RDONLY | O_DIRECTORY), n = 0, got;
-  if (fd < 0)
+  if (fd < 0) {
+    failed();
     return 0;
+  }
   while ((got = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
     for (int at = 0; at < got;) {
       struct dirent64 *e = (struct dirent64 *)(buf + at);
@@ -62,11 +68,13 @@ static int list(const char *path, char (*names)[NAME_LEN], int max) {
 static void read_file_at(int dir, const char *name) {
   char buf[1024];
   int fd = openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd >= 0) {
-    if (read(fd, buf, sizeof buf) < 0)
-      perror(name);
-    close(fd);
+  if (fd < 0) {
+    failed();
+    return;
   }
+  if (read(fd, buf, sizeof buf) <= 0)
+    failed();
+  close(fd);
 }
 
 static char devices[MAX_NAMES][NAME_LEN];
@@ -82,15 +90,17 @@ static void *read_devices(void *arg) {
   for (int i = r->from; i < r->to; i++) {
     snprintf(path, sizeof path, "sys/bus/pci/devices/%.63s", devices[i]);
     int dir = open_in_root(path, O_PATH | O_DIRECTORY);
-    if (dir < 0)
+    if (dir < 0) {
+      failed();
       continue;
+    }
     read_file_at(dir, "uevent");
     if (!no_revision)
       read_file_at(dir, "revision");
     if (group_links) {
       char link[256];
       if (readlinkat(dir, "iommu_group", link, sizeof link) < 0)
-        perror("iommu_group");
+        failed();
     }
     close(dir);
   }
@@ -107,11 +117,13 @@ static int read_groups_and_ids(const char *ids) {
   }
   static char big[65536];
   int fd = open(ids, O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    while (read(fd, big, sizeof big) > 0)
-      ;
-    close(fd);
+  if (fd < 0) {
+    failed();
+    return n;
   }
+  while (read(fd, big, sizeof big) > 0)
+    ;
+  close(fd);
   return n;
 }
 
@@ -151,5 +163,9 @@ int main(int argc, char **argv) {
     groups_read = read_groups_and_ids(argv[2]);
   }
   printf("%d devices, %d groups\n", n, groups_read);
+  if (failures) {
+    fprintf(stderr, "bench-floor: %d opens or reads failed under %s\n", failures, argv[1]);
+    return 1;
+  }
   return 0;
 }

@@ -95,8 +95,9 @@ for n in $SIZES; do
   "$GEN" "$tree" "$n" "${ids_arg[@]}" >/dev/null
   listed=$("$GPT" --root "$tree" iommu | grep -c '^      driver: ' || true)
   seen=$(lspci -A linux-sysfs -O "sysfs.path=$tree/sys/bus/pci" -nn | wc -l)
-  if [ "$listed" != "$n" ] || [ "$seen" != "$n" ]; then
-    echo "warning: N=$n but gpt listed $listed devices and lspci $seen" >&2
+  floor_seen=$("$FLOOR" "$tree" "$tree/usr/share/misc/pci.ids" 3)   # fails if any open fails
+  if [ "$listed" != "$n" ] || [ "$seen" != "$n" ] || [ "${floor_seen%% *}" != "$n" ]; then
+    echo "warning: N=$n but gpt listed $listed devices, lspci $seen and the floor ${floor_seen%% *}" >&2
   fi
   echo "== N=$n: gpt iommu, lspci -nn and the floor, $RUNS runs each" >&2
   hyperfine -N --warmup 3 --runs "$RUNS" --style none --export-csv "$WORK/h$n.csv" \
