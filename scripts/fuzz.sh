@@ -44,6 +44,9 @@ GRUB_CMDLINE_LINUX="splash iommu=pt"
 EOF
 printf '\017\003# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\r\nGRUB_CMDLINE_LINUX="quiet"' \
   >"$corpus/seed-created-crlf"
+# Found by the fuzzer: gpt's created line with its quotes taken off and another value.
+printf '\017\003# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\r\nGRUB_CMDLINE_LINUX=export ' \
+  >"$corpus/seed-created-unquoted"
 
 # --- run ------------------------------------------------------------------------------------
 log=$(mktemp)

@@ -410,6 +410,15 @@ fn rewrite(
     }
     let mut quote = asg.quote;
     if !add.is_empty() && quote == Quote::None {
+        if kind == Kind::Created && !rest_after_reverse(&inner, &gtoks).is_empty() {
+            // gpt wrote this line quoted; someone took the quotes off and put words of their
+            // own in. Adding needs the quotes back, and a "created" marker cannot say so:
+            // `gpt reset` would leave them, not the line as it is now.
+            bail!(
+                "line {n}: {var} is the line gpt created, but its value is no longer in double quotes; adding {} would quote it again, and gpt reset could not take those quotes out exactly. Put the value back in double quotes ({var}=\"...\") and run gpt again; {NO_GUESS}",
+                add.join(" ")
+            );
+        }
         quote = Quote::Double;
         if kind == Kind::Added {
             kind = Kind::Quoted;
@@ -476,6 +485,15 @@ fn rewrite(
         }
     }
     Ok(())
+}
+
+/// What is left of a value once [`reverse`] takes out gpt's tokens: not gpt's.
+fn rest_after_reverse(inner: &str, gpt_tokens: &[String]) -> String {
+    let mut rest = inner.to_string();
+    for t in gpt_tokens.iter().rev() {
+        remove_appended(&mut rest, t);
+    }
+    rest
 }
 
 fn create_line(content: &str, var: &str, want: &[&str]) -> String {
@@ -1149,6 +1167,39 @@ GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
         let last = "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"";
         let a = roundtrip(last, V, &vfio());
         assert!(!a.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_created_line_stripped_of_its_quotes_and_edited_is_refused_not_misquoted() {
+        // Found by the fuzzer: gpt's created line, its quotes taken off and its value
+        // replaced; adding would quote it again, which a "created" marker cannot record.
+        let x = "# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\r\nGRUB_CMDLINE_LINUX=export ";
+        let err = apply(x, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.starts_with("line 2: GRUB_CMDLINE_LINUX is the line gpt created, but its value is no longer in double quotes"),
+            "{msg}"
+        );
+        assert!(!msg.contains("its own check"), "{msg}");
+        // Back in quotes, it is edited and undone as usual.
+        let quoted = x.replace("=export ", "=\"export\" ");
+        let a = apply(&quoted, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap();
+        assert_eq!(reverse(&a).unwrap(), reverse(&quoted).unwrap());
+    }
+
+    #[test]
+    fn a_created_line_stripped_of_its_quotes_but_holding_only_gpt_tokens_is_still_edited() {
+        // Nothing of the user's is left once gpt's tokens go, so reset deletes the line
+        // either way and the quotes gpt puts back do not matter.
+        for x in [
+            "A=1\n# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\nGRUB_CMDLINE_LINUX=quiet\n",
+            "A=1\n# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\nGRUB_CMDLINE_LINUX=\n",
+        ] {
+            let a = apply(x, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap();
+            assert!(a.contains("GRUB_CMDLINE_LINUX=\""), "{a}");
+            assert_eq!(reverse(&a).unwrap(), "A=1\n");
+            assert_eq!(reverse(x).unwrap(), "A=1\n");
+        }
     }
 
     #[test]
