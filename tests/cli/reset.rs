@@ -610,9 +610,9 @@ mod with_real_full {
     use super::*;
     use crate::support::hosts::{amd_datacenter, rocketlake};
 
-    /// The RocketLake host in `d`, primed with fakes, and its snapshot before gpt.
-    fn primed_rocketlake(d: &Path) -> (Fakes, Vec<(String, String)>) {
-        rocketlake(d);
+    /// The host `build` makes in `d`, primed with fakes, and its snapshot before gpt.
+    fn primed(d: &Path, build: fn(&Path) -> HostTree) -> (Fakes, Vec<(String, String)>) {
+        build(d);
         let fakes = Fakes::new();
         fakes.prime(d);
         let before = snap(d);
@@ -626,10 +626,10 @@ mod with_real_full {
             .args(["full", "--yes", "--no-deps", "nvidia"]))
     }
 
-    fn cycle(root: &Path) {
-        let fakes = Fakes::new();
-        fakes.prime(root);
-        let before = snap(root);
+    fn cycle(build: fn(&Path) -> HostTree) {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let (fakes, before) = primed(root, build);
         let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let calls = fakes.calls();
@@ -651,7 +651,7 @@ mod with_real_full {
     fn a_journal_with_its_copies_in_files_still_resets_byte_identically() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        let (fakes, before) = primed_rocketlake(root);
+        let (fakes, before) = primed(root, rocketlake);
         let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let state_path = root.join("var/lib/gpt/state.json");
@@ -677,7 +677,7 @@ mod with_real_full {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
-        let (fakes, _) = primed_rocketlake(root);
+        let (fakes, _) = primed(root, rocketlake);
         let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let state = root.join("var/lib/gpt/state.json");
@@ -694,16 +694,12 @@ mod with_real_full {
 
     #[test]
     fn full_then_reset_is_byte_identical_on_the_rocketlake_host() {
-        let d = tempfile::tempdir().unwrap();
-        rocketlake(d.path());
-        cycle(d.path());
+        cycle(rocketlake);
     }
 
     #[test]
     fn full_then_reset_is_byte_identical_on_the_amd_datacenter_host() {
-        let d = tempfile::tempdir().unwrap();
-        amd_datacenter(d.path());
-        cycle(d.path());
+        cycle(amd_datacenter);
     }
 }
 
