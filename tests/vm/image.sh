@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# Build the Debian disk image the VM test boots: bash tests/vm/image.sh SUITE MIRROR OUTDIR
+# Build the Debian disk image the VM test boots: bash tests/vm/image.sh SUITE MIRROR OUTDIR [VARIANT]
 # (MIRROR may be empty: debootstrap then uses its default for the suite)
+#
+# VARIANT is the initramfs generator of the image (its boot stack):
+#   initramfs-tools  (default) Debian's own, as debootstrap installs it.
+#   dracut           then `apt-get install dracut` (Conflicts: initramfs-tools) and
+#                    initramfs-tools-core purged too: a host with dracut only, no /etc/initramfs-tools.
+#   dracut-itc       then `apt-get install dracut` alone, initramfs-tools-core kept installed with
+#                    /etc/initramfs-tools: the layout of Ubuntu 26.04. (Where the suite's kernel
+#                    already prefers dracut, as Debian testing's does, debootstrap installs it.)
+# A dracut image carries /etc/dracut.conf.d/10-gpt-vm.conf: host-only, lz4 images (fast rebuilds
+# under TCG) and force_drivers of the fake GPU's own drivers (bochs, snd_hda_intel), which the
+# initramfs then loads before anything else unless gpt's configuration holds them off.
 #
 # Writes OUTDIR/disk.img (GPT: 64 MiB FAT ESP + 3 GiB ext4 root labelled gpt-root) and
 # OUTDIR/root.offset (byte offset of the root partition, for debugfs). No loop devices and no
@@ -10,14 +21,28 @@
 # The image holds no gpt and no test logic: run.sh writes the gpt binary and the stage script
 # into a per-run copy with debugfs, so this image is cached on the inputs of this script and
 # tests/vm/guest/ only.
+
+# The whole script is one compound command, read before it runs: editing it during a build cannot
+# change what the running copy does.
+{
 set -euo pipefail
 
 suite=${1:?suite}
 mirror=${2?mirror}
 out=${3:?output dir}
+variant=${4:-initramfs-tools}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 log() { printf '[image] %s\n' "$*" >&2; }
+# What debootstrap installs besides the kernel: the generator of the variant. A dracut variant names
+# none, so the kernel's own first choice comes in (initramfs-tools up to Debian 13, dracut in
+# testing: debootstrap takes the first alternative of a dependency, and both cannot be installed).
+case $variant in
+initramfs-tools) generator=initramfs-tools, ;;
+dracut) generator= ;;
+dracut-itc) generator=initramfs-tools-core, ;;
+*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc)"; exit 2 ;;
+esac
 
 tmp=$out.tmp
 rm -rf "$tmp"
@@ -32,7 +57,7 @@ log "debootstrap $suite (minbase)"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
     $([ -r $keyring ] && echo "--keyring=$keyring") \
-    --include=linux-image-amd64,initramfs-tools,kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils \
+    --include=linux-image-amd64,${generator}kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils \
     "$suite" "$root" ${mirror:+"$mirror"} >"$tmp/debootstrap.log" 2>&1 || {
     tail -n 30 "$tmp/debootstrap.log" >&2
     exit 1
@@ -45,6 +70,42 @@ if findmnt -rn -o TARGET | grep -qF "$(cd "$root" && pwd)/"; then
     exit 1
 fi
 rm -f "$root"/var/cache/apt/archives/*.deb
+
+# chroot_apt ARGS...: apt-get inside the tree (no mounts: apt and dpkg need neither /proc nor /dev
+# beyond the nodes debootstrap made). The .debs go through the same cache as debootstrap's.
+chroot_apt() {
+    chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get -y -q -o APT::Install-Recommends=false \
+        -o Dpkg::Use-Pty=false "$@"
+}
+if [ "$variant" != initramfs-tools ]; then
+    t1=$SECONDS
+    log "variant $variant: apt-get install dracut"
+    # The packages' scripts would build an initramfs here, host-only, in a tree without /proc:
+    # a stand-in dracut (first on their PATH) makes that a no-op; the real first image is built
+    # below with an explicit configuration.
+    printf '#!/bin/sh\necho "(image build: dracut $* skipped)"\n' >"$root/usr/local/sbin/dracut"
+    chmod 0755 "$root/usr/local/sbin/dracut"
+    find "$debs" -maxdepth 1 -name '*.deb' -exec cp {} "$root/var/cache/apt/archives/" \;
+    {
+        # Where debootstrap already installed dracut (the kernel's first choice), nothing to fetch:
+        # the index of a moving suite may be past its Valid-Until on the mirror.
+        if ! chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' dracut 2>/dev/null | grep -q '^ii'; then
+            chroot_apt update && chroot_apt install dracut
+        fi &&
+            if [ "$variant" = dracut ]; then chroot_apt purge initramfs-tools initramfs-tools-core; fi &&
+            find "$root/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -n {} "$debs/" \; &&
+            chroot_apt clean
+    } >"$tmp/apt.log" 2>&1 || {
+        tail -n 30 "$tmp/apt.log" >&2
+        exit 1
+    }
+    rm -f "$root/usr/local/sbin/dracut"
+    rm -rf "$root"/var/lib/apt/lists/*
+    log "dracut $(chroot "$root" dpkg-query -W -f '${Version}' dracut) installed in $((SECONDS - t1)) s;" \
+        "initramfs-tools: $(chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools 2>/dev/null || echo none)," \
+        "initramfs-tools-core: $(chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools-core 2>/dev/null || echo none)"
+fi
 
 kver=$(ls "$root/lib/modules" | sort -V | tail -n 1)
 log "kernel $kver"
@@ -63,10 +124,33 @@ sed -i \
     "$root/etc/default/grub"
 grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo 'GRUB_TERMINAL=serial' >>"$root/etc/default/grub"
 
-# A small initramfs is what keeps update-initramfs under TCG at ~2 minutes instead of 8+.
-sed -i -e 's/^MODULES=.*/MODULES=dep/' -e 's/^COMPRESS=.*/COMPRESS=lz4/' \
-    "$root/etc/initramfs-tools/initramfs.conf"
-grep -q '^COMPRESS=lz4' "$root/etc/initramfs-tools/initramfs.conf" || echo 'COMPRESS=lz4' >>"$root/etc/initramfs-tools/initramfs.conf"
+if [ "$variant" = initramfs-tools ]; then
+    # A small initramfs is what keeps update-initramfs under TCG at ~2 minutes instead of 8+.
+    sed -i -e 's/^MODULES=.*/MODULES=dep/' -e 's/^COMPRESS=.*/COMPRESS=lz4/' \
+        "$root/etc/initramfs-tools/initramfs.conf"
+    grep -q '^COMPRESS=lz4' "$root/etc/initramfs-tools/initramfs.conf" || echo 'COMPRESS=lz4' >>"$root/etc/initramfs-tools/initramfs.conf"
+else
+    # dracut's equivalent of MODULES=dep + lz4, and the strictness of the test: the fake GPU's own
+    # drivers are forced into every image and loaded first (rd.driver.pre), so only gpt's
+    # configuration (vfio-pci with the ids, its softdeps) can keep them off the card. The name
+    # sorts before gpt's gpt-vfio.conf, so these drivers come first in the load order too.
+    cat >"$root/etc/dracut.conf.d/10-gpt-vm.conf" <<'EOF2'
+# VM test image: small images (fast rebuilds under TCG), and the fake GPU's host drivers loaded
+# from the initramfs first.
+hostonly="yes"
+compress="lz4"
+force_drivers+=" bochs snd_hda_intel "
+EOF2
+    # A post-update hook that only leaves a trace: it shows which regeneration ran the hooks
+    # (dracut's update-initramfs does, since 107; a bare `dracut` does not).
+    install -d -m 0755 "$root/etc/initramfs/post-update.d"
+    cat >"$root/etc/initramfs/post-update.d/zz-gpt-vm-trace" <<'EOF2'
+#!/bin/sh
+# VM test image: records each run of the post-update hooks (kernel version, image).
+echo "$*" >>/var/lib/gpt-test/post-update.log
+EOF2
+    chmod 0755 "$root/etc/initramfs/post-update.d/zz-gpt-vm-trace"
+fi
 
 # A getty on the console hangs up the serial line and the output disappears; apt timers would
 # only add noise (the guest has no network).
@@ -79,19 +163,33 @@ install -m 0644 "$here/guest/gpt-test.service" "$here/guest/gpt-test.target" "$r
 ln -sfn /etc/systemd/system/gpt-test.target "$root/etc/systemd/system/default.target"
 install -d -m 0755 "$root/usr/local/lib/gpt-test" "$root/var/lib/gpt-test"
 
-# First initramfs: MODULES=dep cannot look at the guest's disk from here, so build this one from a
-# copy of the configuration with an explicit module list; the guest's own rebuilds (gpt's
-# update-initramfs) then use the image's MODULES=dep. /etc stays as the packages left it.
-conf=$root/tmp/initramfs-conf
-cp -a "$root/etc/initramfs-tools" "$conf"
-sed -i 's/^MODULES=.*/MODULES=list/' "$conf/initramfs.conf"
-printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >>"$conf/modules"
-log "initramfs for $kver"
-chroot "$root" mkinitramfs -d /tmp/initramfs-conf -o "/boot/initrd.img-$kver" "$kver" >"$tmp/mkinitramfs.log" 2>&1 || {
-    tail -n 30 "$tmp/mkinitramfs.log" >&2
-    exit 1
-}
-rm -rf "$conf"
+if [ "$variant" = initramfs-tools ]; then
+    # First initramfs: MODULES=dep cannot look at the guest's disk from here, so build this one from a
+    # copy of the configuration with an explicit module list; the guest's own rebuilds (gpt's
+    # update-initramfs) then use the image's MODULES=dep. /etc stays as the packages left it.
+    conf=$root/tmp/initramfs-conf
+    cp -a "$root/etc/initramfs-tools" "$conf"
+    sed -i 's/^MODULES=.*/MODULES=list/' "$conf/initramfs.conf"
+    printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic >>"$conf/modules"
+    log "initramfs for $kver"
+    chroot "$root" mkinitramfs -d /tmp/initramfs-conf -o "/boot/initrd.img-$kver" "$kver" >"$tmp/mkinitramfs.log" 2>&1 || {
+        tail -n 30 "$tmp/mkinitramfs.log" >&2
+        exit 1
+    }
+    rm -rf "$conf"
+else
+    # First image: host-only cannot look at the guest's disk from here (no /proc, /sys of the
+    # guest), so this one is generic but lean: only the drivers named here plus the configured
+    # force_drivers; the guest's own rebuilds then use the image's host-only configuration.
+    log "initramfs for $kver (dracut)"
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C \
+        dracut --force --no-hostonly --no-hostonly-cmdline \
+        --drivers "virtio_pci virtio_blk ext4 crc32c_generic" \
+        "/boot/initrd.img-$kver" "$kver" >"$tmp/dracut.log" 2>&1 || {
+        tail -n 30 "$tmp/dracut.log" >&2
+        exit 1
+    }
+fi
 
 # A first grub.cfg by hand (grub-mkconfig cannot probe the guest's disk from here); the guest's
 # update-grub replaces it, and the EFI binary always loads whatever /boot/grub/grub.cfg holds.
@@ -152,3 +250,5 @@ rm -rf "$root" "$tmp/root.ext4" "$tmp/esp.img"
 rm -rf "$out"
 mv "$tmp" "$out"
 log "image ready in $((SECONDS - t0)) s: $out/disk.img"
+exit
+}
