@@ -144,7 +144,11 @@ gpt_works() { # the binary runs and has subcommand $1
     gpt --version >/dev/null 2>&1 || { why="gpt --version fails: $(gpt --version 2>&1 | head -n 1)"; return 1; }
     gpt "$1" --help >/dev/null 2>&1 || { why="gpt has no '$1' subcommand: $(gpt "$1" --help 2>&1 | head -n 1)"; return 1; }
 }
-initrd_has_vfio() { lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -q '/vfio-pci\.ko\|/vfio_pci\.ko'; }
+# The image's generator lists its images: lsinitrd on a dracut guest, lsinitramfs otherwise.
+initrd_list() {
+    if command -v lsinitrd >/dev/null; then lsinitrd "$1"; else lsinitramfs "$1"; fi
+}
+initrd_has_vfio() { initrd_list "/boot/initrd.img-$(uname -r)" | grep -q '/vfio-pci\.ko\|/vfio_pci\.ko'; }
 
 diagnose() {
     echo "--- kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; cmdline: $(cat /proc/cmdline)"
@@ -314,6 +318,118 @@ restored() {
     [ -d /var/lib/gpt ] && echo "--- gpt's state folder after reset: $(find /var/lib/gpt | tr '\n' ' ')"
 }
 
+# --- dracut guests ------------------------------------------------------------------------------------
+# pkg_installed PKG: dpkg says PKG is installed (not merely its conffiles left: state "rc").
+pkg_installed() { [ "$(dpkg-query -W -f '${db:Status-Abbrev}' "$1" 2>/dev/null | cut -c1-2)" = ii ]; }
+# every_image_lists PATTERN: lsinitrd of every /boot/initrd.img-* exits 0 and lists PATTERN;
+# every_image_lacks PATTERN: ... and lists no PATTERN.
+every_image_lists() {
+    local f bad= n=0
+    for f in /boot/initrd.img-*; do
+        [ -e "$f" ] || continue
+        n=$((n + 1))
+        lsinitrd "$f" >"$W/lsinitrd.out" 2>&1 || { bad="$bad $f(lsinitrd exit $?)"; continue; }
+        grep -q -- "$1" "$W/lsinitrd.out" || bad="$bad $f"
+    done
+    [ "$n" -gt 0 ] || { why="no /boot/initrd.img-*"; return 1; }
+    [ -z "$bad" ] && return 0
+    why="not in:$bad"
+    return 1
+}
+every_image_lacks() {
+    local f bad= n=0
+    for f in /boot/initrd.img-*; do
+        [ -e "$f" ] || continue
+        n=$((n + 1))
+        lsinitrd "$f" >"$W/lsinitrd.out" 2>&1 || { bad="$bad $f(lsinitrd exit $?)"; continue; }
+        grep -q -- "$1" "$W/lsinitrd.out" && bad="$bad $f"
+    done
+    [ "$n" -gt 0 ] || { why="no /boot/initrd.img-*"; return 1; }
+    [ -z "$bad" ] && return 0
+    why="still in:$bad"
+    return 1
+}
+# loaded_before_root MESSAGE: a kernel message matching MESSAGE came before the root fs was mounted
+# read-only by the initramfs (the first "EXT4-fs (vda2): mounted"), i.e. from the initramfs.
+loaded_before_root() {
+    local m r
+    m=$(dmesg | grep -n -m1 -- "$1" | cut -d: -f1)
+    r=$(dmesg | grep -n -m1 'EXT4-fs (vda[0-9]*): mounted' | cut -d: -f1)
+    [ -n "$m" ] && [ -n "$r" ] && [ "$m" -lt "$r" ] && return 0
+    why="message at line ${m:-none}, root mounted at line ${r:-none}"
+    return 1
+}
+# The fake GPU's host drivers, which the image's /etc/dracut.conf.d/10-gpt-vm.conf forces into the
+# initramfs and loads first: only gpt's configuration can keep them off the card.
+dracut_sanity() {
+    local f v
+    f=/boot/initrd.img-$(uname -r)
+    v=$(dpkg-query -W -f '${Version}' dracut 2>/dev/null)
+    echo "--- dracut $v; initramfs-tools: $(dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools 2>/dev/null || echo none);" \
+        "initramfs-tools-core: $(dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools-core 2>/dev/null || echo none);" \
+        "update-initramfs: $(command -v update-initramfs || echo none) $(dpkg -S /usr/sbin/update-initramfs 2>/dev/null | cut -d: -f1)"
+    check "the dracut package is installed ($v)" pkg_installed dracut || bail "not a dracut guest"
+    check "initramfs-tools is not installed" eval '! pkg_installed initramfs-tools'
+    case $scenario in
+    dracut)
+        check "dracut < 107: no update-initramfs on the guest" \
+            eval 'dpkg --compare-versions "$v" lt 107 && ! command -v update-initramfs'
+        check "no initramfs-tools-core, no /etc/initramfs-tools" \
+            eval '! pkg_installed initramfs-tools-core && test ! -e /etc/initramfs-tools'
+        ;;
+    dracut-testing)
+        check "dracut >= 107 ships the update-initramfs" \
+            eval 'dpkg --compare-versions "$v" ge 107 && test "$(dpkg -S /usr/sbin/update-initramfs 2>/dev/null | cut -d: -f1)" = dracut'
+        check "initramfs-tools-core is installed and /etc/initramfs-tools exists" \
+            eval 'pkg_installed initramfs-tools-core && test -d /etc/initramfs-tools'
+        ;;
+    esac
+    run lsinitrd lsinitrd "$f"
+    check "lsinitrd $f exits 0" exited lsinitrd 0 || bail "cannot list the initramfs"
+    check "the initramfs holds bochs and snd_hda_intel (the image's force_drivers)" \
+        eval 'grep -q "/bochs\.ko" "$W/lsinitrd.out" && grep -q "/snd-hda-intel\.ko" "$W/lsinitrd.out"'
+    check "the initramfs holds no vfio-pci yet" eval '! grep -q "/vfio-pci\.ko\|/vfio_pci\.ko" "$W/lsinitrd.out"'
+    run forced lsinitrd -f etc/cmdline.d/20-force_drivers.conf "$f"
+    check "the initramfs loads bochs and snd_hda_intel first (rd.driver.pre)" \
+        eval 'grep -qx "rd.driver.pre=bochs" "$W/forced.out" && grep -qx "rd.driver.pre=snd_hda_intel" "$W/forced.out"'
+    check "$GPU is on bochs-drm and $AUDIO on snd_hda_intel" \
+        eval 'bound_to bochs-drm $GPU && bound_to snd_hda_intel $AUDIO'
+    check "bochs-drm took the card in the initramfs (before the root fs was mounted)" \
+        loaded_before_root 'Initialized bochs-drm'
+    check "snd_hda_intel took the audio function in the initramfs" loaded_before_root "snd_hda_intel $AUDIO"
+    dmesg | grep -i 'bochs\|snd_hda\|hda_intel\|EXT4-fs\|Switching root\|Run /init' | sed 's/^/  dmesg| /' | head -n 20
+    : >/var/lib/gpt-test/post-update.log
+}
+
+# What gpt full must have written on a dracut guest, and nothing in /etc/initramfs-tools.
+dracut_configured() {
+    local conf=/etc/dracut.conf.d/gpt-vfio.conf
+    sed 's/^/  conf| /' "$conf" 2>/dev/null
+    check "gpt full wrote $conf" test -f "$conf"
+    check "$conf: force_drivers+=\" … \" holds vfio vfio_iommu_type1 vfio_pci" \
+        eval 'l=$(grep -E "^[[:space:]]*force_drivers\+=\" .* \"[[:space:]]*(#.*)?$" "$conf") &&
+              for m in vfio vfio_iommu_type1 vfio_pci; do printf "%s\n" $l | tr -d "\"" | grep -qx "$m" || exit 1; done'
+    check "gpt full wrote /etc/modprobe.d/gpt-vfio.conf" test -f /etc/modprobe.d/gpt-vfio.conf
+    if [ -e /etc/initramfs-tools ]; then
+        check "gpt full changed nothing in /etc/initramfs-tools" \
+            eval 'diff <(grep " /etc/initramfs-tools" "$state/etc.before") <(etc_manifest | grep " /etc/initramfs-tools")'
+    else
+        check "gpt full created no /etc/initramfs-tools" test ! -e /etc/initramfs-tools
+    fi
+    check "lsinitrd of every image lists vfio_pci" every_image_lists '/vfio-pci\.ko\|/vfio_pci\.ko'
+    if [ "$scenario" = dracut-testing ]; then
+        check "the images were regenerated by dracut's update-initramfs (its post-update hooks ran)" \
+            test -s /var/lib/gpt-test/post-update.log
+    fi
+    sed 's/^/  post-update| /' /var/lib/gpt-test/post-update.log
+    etc_manifest | diff "$state/etc.before" - | grep '^[<>]' | awk '{print "  etc changed| " $1 " " $NF}' | sort -u | head -n 20
+}
+
+check_json_names_dracut() {
+    check "gpt check --json: \"boot\": {\"loader\": \"grub\", \"initramfs\": \"dracut\"}" \
+        jqt check '.boot.loader == "grub" and .boot.initramfs == "dracut"'
+}
+
 # --- scenarios ------------------------------------------------------------------------------------------
 echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
 settle
@@ -394,6 +510,49 @@ twin:4)
     ;;
 twin:5)
     restored
+    complete=yes
+    ;;
+# dracut (Debian 13, dracut 106: gpt regenerates with dracut itself) and dracut-testing (dracut
+# >= 107 with its update-initramfs, initramfs-tools-core left installed): main's cycle on a guest
+# whose initramfs forces the fake GPU's own drivers in.
+dracut:1 | dracut-testing:1)
+    sanity
+    dracut_sanity
+    record $GPU $AUDIO
+    iommu_json
+    full_configures full 1234
+    dracut_configured
+    full_again_is_noop full2 1234
+    ;;
+dracut:2 | dracut-testing:2)
+    check "/proc/cmdline: vfio-pci.ids= holds exactly $GPU_ID and $AUDIO_ID" \
+        eval 'test "$(cmdline_ids | tr "\n" ,)" = "$(printf "%s\n" $GPU_ID $AUDIO_ID | sort | tr "\n" ,)"'
+    check "/proc/cmdline: intel_iommu=on" cmdline_has intel_iommu=on
+    check "$GPU and $AUDIO are bound to vfio-pci (bochs and snd_hda_intel are in the initramfs too)" \
+        bound_to vfio-pci $GPU $AUDIO
+    check "vfio-pci took the card in the initramfs (before the root fs was mounted)" \
+        loaded_before_root 'vfio_pci: add \[1234:1111'
+    check_json_passes
+    check_json_names_dracut
+    qemu_names_both
+    cp /boot/grub/grub.cfg "$state/grub.cfg.configured"
+    sed -i -E 's/[[:space:]]vfio-pci\.ids=[^[:space:]]*//g' /boot/grub/grub.cfg
+    check "rescue: the next boot's entry has no vfio-pci.ids=" eval '! grep -q "vfio-pci\.ids=" /boot/grub/grub.cfg'
+    ;;
+dracut:3 | dracut-testing:3)
+    check "rescue: /proc/cmdline has no vfio-pci.ids= but still intel_iommu=on" \
+        eval '! grep -q "vfio-pci\.ids=" /proc/cmdline && cmdline_has intel_iommu=on'
+    check "rescue: without vfio-pci.ids= the devices are back on boot 1's drivers" \
+        drivers_match "$state/drivers.before"
+    cat "$state/grub.cfg.configured" >/boot/grub/grub.cfg
+    reset_restores
+    ;;
+dracut:4 | dracut-testing:4)
+    restored
+    check "no gpt-vfio.conf in /etc/dracut.conf.d" test ! -e /etc/dracut.conf.d/gpt-vfio.conf
+    check "lsinitrd of every image lists no vfio_pci" every_image_lacks '/vfio-pci\.ko\|/vfio_pci\.ko'
+    check "bochs-drm and snd_hda_intel took the card in the initramfs again" \
+        eval 'loaded_before_root "Initialized bochs-drm" && loaded_before_root "snd_hda_intel $AUDIO"'
     complete=yes
     ;;
 *)
