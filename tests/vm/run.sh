@@ -3,12 +3,14 @@
 # a fake multifunction GPU) several times and checks that `gpt full` hands the GPU to vfio-pci on
 # the next boot and that `gpt reset` gives it back with /etc byte-identical. See README.md here.
 #
-#   bash tests/vm/run.sh [--scenario main|twin]... [--suite bookworm] [--jobs N]
+#   bash tests/vm/run.sh [--scenario NAME]... [--suite bookworm] [--jobs N]
 #
 # Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_VM_MIRROR (default: the
 # first Debian mirror in this machine's apt sources on a Debian machine, debootstrap's own default
-# elsewhere), GPT_VM_BOOT_TIMEOUT (seconds per boot, 900),
-# GPT_VM_SMP (guest CPUs, 2), GPT_VM_KEEP=1 keeps each run's disk under target/vm-run/.
+# elsewhere), GPT_VM_SCENARIOS (the scenarios run when no --scenario is given, space-separated;
+# default: the default set below), GPT_VM_CACHE (the image cache, /var/cache/gpt-vm),
+# GPT_VM_BOOT_TIMEOUT (seconds per boot, 900), GPT_VM_SMP (guest CPUs, 2),
+# GPT_VM_KEEP=1 keeps each run's disk under target/vm-run/.
 #
 # Output: one `ok - …` / `not ok - …` line per assertion, then `N passed, M failed`; exit 1 when
 # anything failed. Serial logs: target/vm-logs/SCENARIO/{console,stage}-bootN.log.
@@ -21,11 +23,13 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin)
+all_scenarios=(main twin dracut dracut-testing)
+# Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
+default_scenarios=(main twin dracut)
 
 usage() {
-    sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-    echo "Scenarios: ${all_scenarios[*]} (default: all)"
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    echo "Scenarios: ${all_scenarios[*]} (default: ${default_scenarios[*]})"
 }
 
 suite=bookworm
@@ -43,7 +47,13 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=("${all_scenarios[@]}")
+if [ ${#scenarios[@]} -eq 0 ]; then
+    if [ -n "${GPT_VM_SCENARIOS:-}" ]; then
+        read -r -a scenarios <<<"${GPT_VM_SCENARIOS//,/ }"
+    else
+        scenarios=("${default_scenarios[@]}")
+    fi
+fi
 for s in "${scenarios[@]}"; do
     case " ${all_scenarios[*]} " in *" $s "*) ;; *) echo "run.sh: no scenario '$s' (have: ${all_scenarios[*]})" >&2; exit 2 ;; esac
 done
@@ -58,7 +68,7 @@ if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || die "needs root (debootstrap, debugfs on the image); no sudo here"
     args=(--suite "$suite" --jobs "$jobs")
     for s in "${scenarios[@]}"; do args+=(--scenario "$s"); done
-    exec sudo --preserve-env=GPT_BIN,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,CARGO_TARGET_DIR \
+    exec sudo --preserve-env=GPT_BIN,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,GPT_VM_SCENARIOS,GPT_VM_CACHE,CARGO_TARGET_DIR \
         bash "${BASH_SOURCE[0]}" "${args[@]}"
 fi
 
@@ -132,24 +142,45 @@ else
     mirror=
 fi
 
-# Keyed on what goes into the image: the builder, the guest units, the suite. Not on gpt, not on
-# stage.sh (both are written into each run's copy).
-key=$(cat "$here/image.sh" "$here"/guest/* | sha256sum | cut -c1-16)
-cache=$target/vm-cache
-image=$cache/$suite-$key
+# Each scenario boots an image of a Debian suite with a boot stack (image.sh's variant):
+#   main, twin       --suite (bookworm), initramfs-tools
+#   dracut           trixie (Debian 13: dracut 106, no update-initramfs of its own), dracut only
+#   dracut-testing   testing (dracut >= 107 with its update-initramfs), initramfs-tools-core kept
+image_of() {
+    case $1 in
+    dracut) echo trixie dracut ;;
+    dracut-testing) echo testing dracut-itc ;;
+    *) echo "$suite" initramfs-tools ;;
+    esac
+}
+
+# The cache lives outside the clone (CI runs on a fresh clone of the same machine), one folder per
+# image, keyed on what goes into it: the builder, the guest units, the suite and the variant. Not
+# on gpt, not on stage.sh (both are written into each run's copy). A moving suite (testing) keeps
+# its image until one of those inputs changes; delete the folder to take a newer snapshot.
+cache=${GPT_VM_CACHE:-/var/cache/gpt-vm}
 mkdir -p "$cache" "$target/vm-logs" "$target/vm-run"
-t_image=$SECONDS
-(
-    flock 9
-    if [ ! -f "$image/disk.img" ]; then
-        note "building the $suite image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
-        # Older images of this suite are of no further use.
-        find "$cache" -maxdepth 1 -name "$suite-*" ! -name "$suite-$key" -exec rm -rf {} +
-        bash "$here/image.sh" "$suite" "$mirror" "$image"
-    fi
-) 9>"$cache/.lock"
-t_image=$((SECONDS - t_image))
-note "image $image ($t_image s)"
+image_key() { # image_key SUITE VARIANT
+    { cat "$here/image.sh" "$here"/guest/*; echo "$1 $2"; } | sha256sum | cut -c1-16
+}
+# ensure_image SUITE VARIANT: builds the image unless cached (one builder per image at a time;
+# different images build side by side), then prints its folder.
+ensure_image() {
+    local suite=$1 variant=$2 key dir t0=$SECONDS
+    key=$(image_key "$suite" "$variant")
+    dir=$cache/$suite-$variant-$key
+    (
+        flock 9
+        if [ ! -f "$dir/disk.img" ]; then
+            note "building the $suite $variant image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
+            # Older images of this suite and variant are of no further use.
+            find "$cache" -maxdepth 1 -name "$suite-$variant-*" ! -name "$suite-$variant-$key" -exec rm -rf {} +
+            bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2
+            note "image $suite $variant built in $((SECONDS - t0)) s"
+        fi
+    ) 9>"$cache/.lock-$suite-$variant" || return 1
+    echo "$dir"
+}
 
 # --- one scenario -------------------------------------------------------------------------------------
 # The PCI layout of a scenario. The host keeps its own display on pcie.0 and that display must carry
@@ -167,9 +198,9 @@ qemu_devices() {
     fi
 }
 
-# prepare SCENARIO DIR: a copy of the image with gpt, the stage script and the scenario name in it.
+# prepare SCENARIO DIR IMAGE: a copy of IMAGE with gpt, the stage script and the scenario name in it.
 prepare() {
-    local s=$1 dir=$2 off
+    local s=$1 dir=$2 image=$3 off
     off=$(cat "$image/root.offset")
     rm -rf "$dir"
     mkdir -p "$dir"
@@ -200,12 +231,19 @@ EOF
 # $logs/results and its timings to $logs/timings.
 scenario() {
     local s=$1 dir=$target/vm-run/$1 logs=$target/vm-logs/$1
-    local timeout=${GPT_VM_BOOT_TIMEOUT:-900} boot rc t0 secs
+    local timeout=${GPT_VM_BOOT_TIMEOUT:-900} boot rc t0 secs image
     rm -rf "$logs"
     mkdir -p "$logs"
     : >"$logs/results"
     result() { echo "$1 - $s: $2" >>"$logs/results"; }
-    if ! prepare "$s" "$dir"; then
+    t0=$SECONDS
+    # shellcheck disable=SC2046
+    if ! image=$(ensure_image $(image_of "$s")); then
+        result "not ok" "the $(image_of "$s") image builds (see the output above)"
+        return
+    fi
+    echo "image $(basename "$image"): $((SECONDS - t0)) s" >>"$logs/timings"
+    if ! prepare "$s" "$dir" "$image"; then
         result "not ok" "gpt and the stage script written into the image"
         return
     fi
@@ -250,7 +288,7 @@ scenario() {
 
 # gpt never runs on this machine, not even --version: only inside the guests.
 note "gpt under test: $GPT_BIN (sha256 $(sha256sum "$GPT_BIN" | cut -c1-16))"
-note "scenarios: ${scenarios[*]} (suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-900} s)"
+note "scenarios: ${scenarios[*]} (main/twin suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-900} s, images in $cache)"
 t_all=$SECONDS
 pids=()
 running=0
@@ -275,7 +313,7 @@ for s in "${scenarios[@]}"; do
     failed=$((failed + $(grep -c '^not ok - ' "$logs/results" || true)))
     sed "s/^/$s /" "$logs/timings" 2>/dev/null | sed 's/^/# /' >&2 || true
 done
-note "image: $t_image s; all scenarios: $((SECONDS - t_all)) s; logs in $target/vm-logs/"
+note "all scenarios (images included): $((SECONDS - t_all)) s; logs in $target/vm-logs/"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
 exit
