@@ -439,7 +439,7 @@ dracut_configured() {
             test -s /var/lib/gpt-test/post-update.log
     fi
     sed 's/^/  post-update| /' /var/lib/gpt-test/post-update.log
-    etc_manifest | diff "$state/etc.before" - | grep '^[<>]' | awk '{print "  etc changed| " $1 " " $NF}' | sort -u | head -n 20
+    etc_manifest | diff "$state/etc.before" - | grep '^[<>]' | sed 's/ -> $//' | awk '{print "  etc changed| " $1 " " $NF}' | sort -u | head -n 20
 }
 
 check_json_names_dracut() {
