@@ -107,9 +107,17 @@ if [[ " ${scenarios[*]} " == *" main "* ]]; then
     fi
     [ -f "$GPT_DEB" ] || die "GPT_DEB=$GPT_DEB is not a file"
     GPT_DEB=$(readlink -f "$GPT_DEB")
-    # The package must hold the binary under test, or main would test another gpt.
-    dpkg-deb --fsys-tarfile "$GPT_DEB" | tar -xOf - ./usr/bin/gpt | cmp -s - "$GPT_BIN" ||
-        die "$GPT_DEB does not hold $GPT_BIN as usr/bin/gpt; rebuild it (scripts/deb.sh) or set GPT_DEB"
+    # The package must hold the binary under test, or main would test another gpt. cargo-deb
+    # strips it, so the bytes differ: compare the linker's build id, which strip keeps.
+    build_id() { readelf -n "$1" 2>/dev/null | sed -n 's/^ *Build ID: //p'; }
+    dpkg-deb --fsys-tarfile "$GPT_DEB" | tar -xOf - ./usr/bin/gpt >"$target/vm-deb-gpt" ||
+        die "$GPT_DEB has no usr/bin/gpt"
+    id_bin=$(build_id "$GPT_BIN")
+    id_deb=$(build_id "$target/vm-deb-gpt")
+    rm -f "$target/vm-deb-gpt"
+    [ -n "$id_bin" ] || die "$GPT_BIN has no build id (readelf -n): cannot tell whether $GPT_DEB holds it"
+    [ "$id_bin" = "$id_deb" ] ||
+        die "$GPT_DEB does not hold $GPT_BIN as usr/bin/gpt (build id ${id_deb:-none}, not $id_bin); rebuild it (scripts/deb.sh) or set GPT_DEB"
 fi
 
 # --- the cached image -------------------------------------------------------------------------------
