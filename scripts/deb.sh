@@ -7,7 +7,8 @@
 #    build products and would not gzip (lintian: uncompressed-manual-page),
 # 3. cargo deb --no-build (cargo-deb is installed at a pinned version when missing; it needs a
 #    C compiler, and dpkg-dev's dpkg-shlibdeps for `Depends: $auto`),
-# 4. with --lint: the changelog's version must be the package's, and lintian --fail-on error.
+# 4. with --lint: the changelog's version must be the package's, postrm keeps the journal of a
+#    configured host (tried on temp trees through DPKG_ROOT), and lintian --fail-on error.
 #
 # Prints the path of the .deb on stdout (last line); progress goes to stderr.
 set -euo pipefail
@@ -18,7 +19,7 @@ lint=no
 for a in "$@"; do
     case $a in
     --lint) lint=yes ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "deb.sh: unknown argument '$a'" >&2; exit 2 ;;
     esac
 done
@@ -86,6 +87,21 @@ if [ "$lint" = yes ]; then
     [ "$changelog" = "$version" ] ||
         die "pkg/deb/changelog is at version $changelog but the package is $version: add a changelog entry for $version"
     note "changelog version $changelog matches the package"
+    # postrm on test trees (DPKG_ROOT), never on this machine's /var/lib/gpt.
+    t=$(mktemp -d)
+    trap 'rm -rf "$t"' EXIT
+    mkdir -p "$t/configured/var/lib/gpt" "$t/reset/var/lib/gpt/originals"
+    echo '{"version":1}' >"$t/configured/var/lib/gpt/state.json"
+    for action in remove purge; do
+        DPKG_ROOT=$t/configured sh pkg/deb/postrm "$action" 2>"$t/err" || die "postrm $action failed: $(cat "$t/err")"
+        [ -f "$t/configured/var/lib/gpt/state.json" ] || die "postrm $action deleted the journal of a configured host"
+        grep -q "/var/lib/gpt" "$t/err" || die "postrm $action kept the journal without saying why"
+    done
+    DPKG_ROOT=$t/reset sh pkg/deb/postrm remove || die "postrm remove failed with no journal"
+    [ -d "$t/reset/var/lib/gpt" ] || die "postrm remove deleted /var/lib/gpt"
+    DPKG_ROOT=$t/reset sh pkg/deb/postrm purge || die "postrm purge failed with no journal"
+    [ ! -e "$t/reset/var/lib/gpt" ] || die "postrm purge left /var/lib/gpt with no journal in it"
+    note "postrm: remove keeps the journal; purge keeps it (and says why) only when a host is configured"
     note "lintian --fail-on error (warnings shown, and explained in README.md)"
     # --tag-display-limit 0: every instance of a tag, so that a new one cannot hide.
     lintian --fail-on error --tag-display-limit 0 "$deb" >&2 || die "lintian found errors in $deb"
