@@ -150,6 +150,10 @@ check "check mode shows gpt's unified diff (+++ b/etc/default/grub, vfio-pci.ids
 check "check mode: not one byte, mode or link of the host tree changed" same_manifest "$work/a.before" "$a"
 check "check mode ran no command (update-grub, ...)" no_commands
 
+play nobinary "$(base "$a" '"gpt_binary": "/nonexistent/gpt"')" --check --diff
+check "check mode before gpt is installed: a warning, not a failure (failed=0)" \
+    eval 'recap_is nobinary failed=0 && log_has nobinary "is not installed yet (check mode)"'
+
 play first "$(base "$a")"
 check "first run changes (PLAY RECAP changed >= 1, failed=0)" changed_some first
 check "first run: vfio-pci.ids= in /etc/default/grub and the regenerated grub.cfg" \

@@ -89,6 +89,7 @@ cmd:
 """
 
 import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -130,6 +131,11 @@ def main():
     )
     p = module.params
     command = p["command"]
+    if module.check_mode and not os.path.exists(p["binary"]):
+        # A dry run of the install task installed nothing: there is no gpt to ask yet.
+        module.warn("%s is not installed yet (check mode): gpt %s's plan cannot be shown"
+                    % (p["binary"], command))
+        module.exit_json(changed=command != "check", skipped_reason="gpt not installed")
     base = [p["binary"]]
     if p["root"] != "/":
         base += ["--root", p["root"]]
