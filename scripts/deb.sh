@@ -77,7 +77,7 @@ done
 note "generated $(ls "$assets/man" | wc -l) manual pages and 3 completion scripts in $assets"
 
 # --- the package ------------------------------------------------------------------------------------
-deb=$(cargo deb --locked --no-build 2>/dev/null | tail -n 1)
+deb=$(cargo deb --locked --no-build | tail -n 1)
 [ -f "$deb" ] || die "cargo deb did not print the path of a .deb (got '$deb'); run \`cargo deb --no-build\` to see why"
 version=$(dpkg-deb -f "$deb" Version)
 note "built $deb (version $version)"
