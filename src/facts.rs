@@ -1,19 +1,21 @@
-//! Read what `gpt full` needs to know about a host, once, into plain data. All the I/O of the
-//! planning step is here; the decisions are made on the result.
+//! Read what gpt needs to know about a host, once, into plain data: the one reader of the
+//! host's facts, used by every command. All the I/O of reading is here; the decisions are
+//! made on the result.
 
+use crate::boot::{self, Probe, Stack, StackId};
 use crate::host::Host;
+use crate::paths::{
+    DPKG_STATUS, DRACUT_CONF, DRACUT_CONF_D, GRUB_D, GRUB_DEFAULT, INITRAMFS_MODULES,
+    MODPROBE_CONF, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
+};
 use crate::pci::{PciAddress, Topology};
 use crate::sysfs;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-pub const GRUB_DEFAULT: &str = "/etc/default/grub";
-pub const GRUB_D: &str = "/etc/default/grub.d";
-pub const INITRAMFS_TOOLS: &str = "/etc/initramfs-tools";
-pub const INITRAMFS_MODULES: &str = "/etc/initramfs-tools/modules";
-pub const MODPROBE_CONF: &str = "/etc/modprobe.d/gpt-vfio.conf";
-pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+/// The module that must claim the devices (names in `_` spelling, as kmod compares them).
+pub const VFIO_PCI: &str = "vfio_pci";
 
 /// One installed kernel (`/lib/modules/KVER`).
 #[derive(Debug, Clone, Default)]
@@ -41,6 +43,19 @@ impl Kernel {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub topology: Topology,
+    /// Why the PCI devices or IOMMU groups could not be read (`topology` is then empty).
+    pub topology_error: Option<String>,
+    /// What the boot stack was detected from, and the stack or why it is not known.
+    pub probe: Probe,
+    pub boot: Option<Result<StackId, String>>,
+    pub cpuinfo: Option<String>,
+    pub interrupts: Option<String>,
+    /// The running kernel's release (`uname -r`), when it can be told.
+    pub running_kernel: Option<String>,
+    /// `/proc/cmdline` could be read.
+    pub cmdline_read: bool,
+    /// `/sys/module/vfio_pci` exists: the module is loaded (or built in).
+    pub vfio_pci_loaded: bool,
     /// `ID` and `ID_LIKE` words of /etc/os-release, and its `PRETTY_NAME`.
     pub os_ids: Vec<String>,
     pub os_pretty: String,
@@ -52,9 +67,8 @@ pub struct Facts {
     pub grub_default: Option<String>,
     /// `/etc/default/grub.d/*.cfg`, in the order grub sources them.
     pub grub_d: Vec<(String, String)>,
-    pub initramfs_tools: bool,
-    pub dracut: bool,
     pub initramfs_modules: Option<String>,
+    pub dracut_conf: Option<String>,
     pub modprobe_conf: Option<String>,
     /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
     /// without a module link are built in.
@@ -74,13 +88,15 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// Everything, in one pass. The PCI devices not being readable is kept in
+    /// `topology_error` (`gpt check` reports it; [`Facts::topology`] makes it an error).
     pub fn read(host: &Host) -> Result<Facts> {
-        let topology = sysfs::read_topology(host)?;
-        let mut f = Facts {
-            topology,
-            ..Facts::default()
-        };
-        if let Some(os) = host.read_optional("/etc/os-release")? {
+        let mut f = Facts::default();
+        match sysfs::read_topology(host) {
+            Ok(t) => f.topology = t,
+            Err(e) => f.topology_error = Some(format!("{e:#}")),
+        }
+        if let Some(os) = host.read_optional(OS_RELEASE)? {
             let vars = parse_os_release(&os);
             for key in ["ID", "ID_LIKE"] {
                 if let Some(v) = vars.get(key) {
@@ -95,15 +111,15 @@ impl Facts {
         }
         f.dmar = host.exists("/sys/firmware/acpi/tables/DMAR");
         f.ivrs = host.exists("/sys/firmware/acpi/tables/IVRS");
-        f.cpu_vendor = host
-            .read_optional("/proc/cpuinfo")?
-            .and_then(|c| cpu_vendor(&c));
-        f.cmdline = host
-            .read_optional("/proc/cmdline")?
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        f.cpuinfo = host.read_optional("/proc/cpuinfo").ok().flatten();
+        f.cpu_vendor = f.cpuinfo.as_deref().and_then(cpu_vendor);
+        f.interrupts = host.read_optional("/proc/interrupts").ok().flatten();
+        let cmdline = host.read_optional(PROC_CMDLINE).ok().flatten();
+        f.cmdline_read = cmdline.is_some();
+        f.cmdline = cmdline.unwrap_or_default().trim().to_string();
         f.kernels = read_kernels(host)?;
+        f.running_kernel = running_kernel(host, &f.cmdline, &f.kernels);
+        f.vfio_pci_loaded = host.exists(format!("/sys/module/{VFIO_PCI}"));
         if let Some(newest) = f.kernels.last() {
             f.aliases = host
                 .read_optional(format!("/lib/modules/{}/modules.alias", newest.version))?
@@ -118,8 +134,6 @@ impl Facts {
                 }
             }
         }
-        f.initramfs_tools = host.resolve(INITRAMFS_TOOLS)?.is_dir();
-        f.dracut = host.exists("/etc/dracut.conf") || host.exists("/usr/lib/dracut");
         f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
         f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
         for drv in host.list_dir("/sys/bus/pci/drivers")? {
@@ -132,6 +146,18 @@ impl Facts {
         if let Some(status) = host.read_optional(DPKG_STATUS)? {
             f.dpkg_status_found = true;
             f.installed_packages = installed_packages(&status);
+        }
+        f.probe = Probe {
+            packages: f.dpkg_status_found.then(|| f.installed_packages.clone()),
+            grub_default: f.grub_default.is_some(),
+            update_initramfs: host.exists("/usr/sbin/update-initramfs")
+                || host.exists("/sbin/update-initramfs"),
+            dracut_bin: host.exists("/usr/bin/dracut") || host.exists("/bin/dracut"),
+            dracut_conf_d: host.resolve(DRACUT_CONF_D)?.is_dir(),
+        };
+        f.boot = Some(boot::detect(&f.probe));
+        if f.probe.dracut_conf_d {
+            f.dracut_conf = host.read_optional(DRACUT_CONF)?;
         }
         let boot = host.resolve("/boot")?;
         if boot.is_dir() {
@@ -148,6 +174,23 @@ impl Facts {
             }
         }
         Ok(f)
+    }
+
+    /// The PCI devices and IOMMU groups, or why they could not be read.
+    pub fn topology(&self) -> Result<&Topology> {
+        match &self.topology_error {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(&self.topology),
+        }
+    }
+
+    /// The host's boot stack, or why gpt cannot tell (nothing was changed).
+    pub fn stack(&self) -> Result<Stack> {
+        match &self.boot {
+            Some(Ok(id)) => Ok(Stack::of(*id)),
+            Some(Err(why)) => Err(anyhow!("{why}; nothing was changed")),
+            None => Err(anyhow!("the boot stack was not read")),
+        }
     }
 
     /// The distribution family gpt knows, from os-release (`ubuntu` before `debian`: Ubuntu
@@ -188,7 +231,8 @@ pub fn cpu_vendor(cpuinfo: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-fn module_name(file: &str) -> Option<String> {
+/// The module a file name holds, `_` spelling: `vfio-pci.ko.zst` → `vfio_pci`.
+pub fn module_name(file: &str) -> Option<String> {
     let base = file.rsplit('/').next()?;
     let stem = [".ko.zst", ".ko.xz", ".ko.gz", ".ko"]
         .iter()
@@ -196,10 +240,36 @@ fn module_name(file: &str) -> Option<String> {
     Some(stem.replace('-', "_"))
 }
 
+/// `uname -r` of the running kernel: `/proc/sys/kernel/osrelease`, else the `BOOT_IMAGE` on
+/// the command line, else the only installed kernel.
+fn running_kernel(host: &Host, cmdline: &str, kernels: &[Kernel]) -> Option<String> {
+    if let Some(r) = host
+        .read_optional("/proc/sys/kernel/osrelease")
+        .ok()
+        .flatten()
+    {
+        return Some(r.trim().to_string()).filter(|r| !r.is_empty());
+    }
+    let from_image = crate::edit::cmdline::split(cmdline)
+        .into_iter()
+        .find(|t| crate::edit::cmdline::key(t) == "BOOT_IMAGE")
+        .and_then(crate::edit::cmdline::value)
+        .and_then(|v| v.rsplit('/').next())
+        .and_then(|f| f.strip_prefix("vmlinuz-"))
+        .map(str::to_string);
+    if from_image.is_some() {
+        return from_image;
+    }
+    match kernels {
+        [only] => Some(only.version.clone()),
+        _ => None,
+    }
+}
+
 fn read_kernels(host: &Host) -> Result<Vec<Kernel>> {
     let mut kernels = Vec::new();
-    for version in host.list_dir("/lib/modules")? {
-        let base = format!("/lib/modules/{version}");
+    for version in host.list_dir(MODULES_DIR)? {
+        let base = format!("{MODULES_DIR}/{version}");
         if !host.resolve(&base)?.is_dir() {
             continue;
         }
@@ -391,26 +461,6 @@ fn block_device_pci(host: &Host, dev: &str, depth: usize) -> Result<Vec<PciAddre
         }
     }
     Ok(addrs)
-}
-
-/// Refuse hosts gpt cannot configure yet, before deciding anything.
-pub fn check_supported(f: &Facts) -> Result<()> {
-    if f.grub_default.is_none() {
-        bail!(
-            "this host does not boot with GRUB (there is no /etc/default/grub); gpt supports GRUB \
-             only for now, so nothing was changed"
-        );
-    }
-    if !f.initramfs_tools {
-        if f.dracut {
-            bail!("this host builds its initramfs with dracut, which gpt does not support yet; nothing was changed");
-        }
-        bail!(
-            "there is no /etc/initramfs-tools on this host; gpt supports initramfs-tools (Debian, \
-             Ubuntu) only for now, so nothing was changed"
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,18 +3,20 @@
 //! Read the host → decide → plan → apply → verify. Pure modules (`pci`, `pciids`, `describe`,
 //! `edit`) do no I/O; everything that touches the host takes a [`host::Host`].
 
+pub mod boot;
 pub mod cli;
 pub mod cmd;
-pub mod configure;
 pub mod describe;
 pub mod edit;
 pub mod facts;
 pub mod host;
 pub mod ioerr;
-pub mod legacy;
+pub mod leftovers;
+pub mod paths;
 pub mod pci;
 pub mod pciids;
 pub mod plan;
+pub mod planner;
 pub mod select;
 pub mod state;
 pub mod sysfs;

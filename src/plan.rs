@@ -89,6 +89,10 @@ pub struct Step {
     pub argv: Vec<String>,
     /// What a person sees next to the spinner: "Regenerating grub.cfg".
     pub label: String,
+    /// Whether it rebuilds boot files from /etc (set by the boot stack): such a command runs
+    /// again after a rollback, so /boot matches the restored files.
+    #[serde(default)]
+    pub regenerates: bool,
 }
 
 impl Step {
@@ -96,6 +100,7 @@ impl Step {
         Step {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             label: label.to_string(),
+            regenerates: false,
         }
     }
 

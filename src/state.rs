@@ -1,12 +1,13 @@
-//! What `gpt full` configured, kept in `/var/lib/gpt/state.json`: read by `reset`, `check` and
-//! `qemu`. The file is written by the transaction (see `txn`) together with its journal.
+//! What `gpt full` configured, kept in `/var/lib/gpt/state.json` beside the journal: read by
+//! `reset`, `check` and `qemu`. The file has one loader and one version check
+//! ([`crate::txn::State::load`]); it is written by the transaction (see `txn`).
 
+use crate::boot::StackId;
 use crate::host::Host;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-pub const STATE_DIR: &str = "/var/lib/gpt";
-pub const STATE_FILE: &str = "/var/lib/gpt/state.json";
+pub use crate::paths::{STATE_DIR, STATE_FILE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,10 +18,11 @@ pub enum Phase {
     Vfio,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BindMode {
     /// `vfio-pci.ids=` on the kernel command line.
+    #[default]
     Ids,
     /// By address (two identical cards): `driver_override` set by gpt's modprobe.d hook.
     Address,
@@ -48,21 +50,13 @@ pub struct Config {
     pub softdeps: Vec<String>,
     /// Installed kernels when gpt ran (`lib/modules/*`).
     pub kernels: Vec<String>,
+    /// The boot stack gpt configured (absent in the state of a gpt that knew only GRUB and
+    /// initramfs-tools, which is then what it configured).
+    #[serde(default)]
+    pub boot: StackId,
 }
 
 /// Read the configuration, if gpt has configured this host.
 pub fn load_config(host: &Host) -> Result<Option<Config>> {
-    let Some(text) = host.read_optional(STATE_FILE)? else {
-        return Ok(None);
-    };
-    #[derive(Deserialize)]
-    struct Doc {
-        config: Option<Config>,
-    }
-    let doc: Doc = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{STATE_FILE} is corrupt; move it aside and run `gpt reset` to clean up from the files themselves"
-        )
-    })?;
-    Ok(doc.config)
+    Ok(crate::txn::State::load(host)?.and_then(|s| s.config))
 }

@@ -5,26 +5,21 @@
 //! configuration checks (kernel command line, grub.cfg, initramfs, drivers) run when
 //! `gpt full` configured the host. Read-only: nothing is ever written.
 
+use crate::boot::{Entries, Stack, StackId};
 use crate::cli::CheckArgs;
 use crate::edit::cmdline;
+use crate::facts::{Facts, VFIO_PCI};
 use crate::host::Host;
-use crate::legacy;
+use crate::leftovers;
 use crate::pci::{PciAddress, Topology};
 use crate::state::{self, Config, Phase};
-use crate::sysfs;
+use crate::txn::Runner;
 use crate::ui::Ui;
 use anyhow::Result;
 use console::Style;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::SystemTime;
-
-const GRUB_CFG: &str = "/boot/grub/grub.cfg";
-/// The files whose content goes into the initramfs images (`gpt full` edits them).
-const INITRAMFS_INPUTS: [&str; 2] = [
-    "/etc/initramfs-tools/modules",
-    "/etc/modprobe.d/gpt-vfio.conf",
-];
 /// Drivers that leave a device free for vfio (pci-stub holds it without using it).
 const NEUTRAL_DRIVERS: [&str; 2] = ["vfio-pci", "pci-stub"];
 const FULL: &str = "`sudo gpt full VENDOR` (try `--dry-run` first)";
@@ -80,13 +75,24 @@ impl Check {
 
 #[derive(Serialize)]
 struct ChecksJson<'a> {
+    /// The host's boot stack (`null` when gpt cannot tell).
+    boot: Option<StackId>,
     checks: &'a [Check],
 }
 
 pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
-    let checks = collect(host);
+    let facts = Facts::read(host);
+    let checks = collect(host, ui, &facts);
     if ui.json {
-        ui.print_json(&ChecksJson { checks: &checks })?;
+        let boot = facts
+            .as_ref()
+            .ok()
+            .and_then(|f| f.boot.clone())
+            .and_then(|b| b.ok());
+        ui.print_json(&ChecksJson {
+            boot,
+            checks: &checks,
+        })?;
     } else {
         let width = checks
             .iter()
@@ -110,96 +116,86 @@ pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
 }
 
 /// Every check, in the order they are shown.
-pub fn collect(host: &Host) -> Vec<Check> {
-    let seen = Observed::read(host);
+pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
+    let seen = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![Check::fail(
+                "a readable host",
+                format!("{e:#}; fix that and run `gpt check` again"),
+            )]
+        }
+    };
     let mut out = vec![
-        virtualization(&seen),
+        virtualization(seen),
         kvm_device(host),
-        iommu_firmware(&seen),
-        iommu_kernel(&seen),
-        interrupt_remapping(&seen),
+        iommu_firmware(seen),
+        iommu_kernel(seen),
+        interrupt_remapping(seen),
     ];
     let config = state::load_config(host);
     let vfio_configured = matches!(&config, Ok(Some(c)) if c.phase == Phase::Vfio);
-    out.push(vfio_driver(host, &seen, vfio_configured));
+    let configured_stack = config
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .map(|c| c.boot);
+    let (stack_check, stack) = boot_stack(seen, configured_stack);
+    out.push(stack_check);
+    out.push(vfio_driver(seen, &stack, vfio_configured));
     match &config {
         Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
         Ok(None) => out.push(Check::warn(
             "gpt's configuration",
             format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
         )),
-        Ok(Some(c)) => configured(host, &seen, c, &mut out),
+        Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
     }
     out.push(leftovers(host));
     out
 }
 
-/// What several checks read, read once.
-struct Observed {
-    cpuinfo: Option<String>,
-    cmdline: Option<String>,
-    interrupts: Option<String>,
-    /// `DMAR` (Intel VT-d) or `IVRS` (AMD-Vi) if the firmware has the table.
-    iommu_table: Option<&'static str>,
-    topology: Result<Topology>,
-    /// The running kernel's release.
-    kernel: Option<String>,
-}
-
-impl Observed {
-    fn read(host: &Host) -> Observed {
-        let read = |p: &str| host.read_optional(p).ok().flatten();
-        let cmdline = read("/proc/cmdline");
-        let iommu_table = ["DMAR", "IVRS"]
-            .into_iter()
-            .find(|t| host.exists(format!("/sys/firmware/acpi/tables/{t}")));
-        Observed {
-            cpuinfo: read("/proc/cpuinfo"),
-            interrupts: read("/proc/interrupts"),
-            iommu_table,
-            topology: sysfs::read_topology(host),
-            kernel: running_kernel(host, cmdline.as_deref()),
-            cmdline,
-        }
-    }
-
-    fn cmdline_tokens(&self) -> Vec<&str> {
-        self.cmdline
-            .as_deref()
-            .map(cmdline::split)
-            .unwrap_or_default()
+/// The boot stack found, and the one to check with: the host's; if it cannot be told, the
+/// one gpt configured (else GRUB and initramfs-tools).
+fn boot_stack(f: &Facts, configured: Option<StackId>) -> (Check, Stack) {
+    match &f.boot {
+        Some(Ok(id)) => (
+            Check::pass(
+                format!(
+                    "a boot stack gpt knows ({}, {})",
+                    id.loader.name(),
+                    id.initramfs.name()
+                ),
+                id.to_string(),
+            ),
+            Stack::of(*id),
+        ),
+        Some(Err(why)) => (
+            Check::fail("a boot stack gpt knows", why.clone()),
+            Stack::of(configured.unwrap_or_default()),
+        ),
+        None => (
+            Check::fail("a boot stack gpt knows", "it was not read"),
+            Stack::of(configured.unwrap_or_default()),
+        ),
     }
 }
 
-/// `uname -r` of the running kernel: `/proc/sys/kernel/osrelease`, else the `BOOT_IMAGE` on
-/// the command line, else the only installed kernel.
-fn running_kernel(host: &Host, cmdline: Option<&str>) -> Option<String> {
-    if let Some(r) = host
-        .read_optional("/proc/sys/kernel/osrelease")
-        .ok()
-        .flatten()
-    {
-        return Some(r.trim().to_string()).filter(|r| !r.is_empty());
-    }
-    let from_image = cmdline.and_then(|c| {
-        cmdline::split(c)
-            .into_iter()
-            .find(|t| cmdline::key(t) == "BOOT_IMAGE")
-            .and_then(cmdline::value)
-            .and_then(|v| v.rsplit('/').next())
-            .and_then(|f| f.strip_prefix("vmlinuz-"))
-            .map(str::to_string)
-    });
-    if from_image.is_some() {
-        return from_image;
-    }
-    match host.list_dir("/lib/modules").unwrap_or_default().as_slice() {
-        [only] => Some(only.clone()),
-        _ => None,
+fn iommu_table(f: &Facts) -> Option<&'static str> {
+    if f.dmar {
+        Some("DMAR")
+    } else if f.ivrs {
+        Some("IVRS")
+    } else {
+        None
     }
 }
 
-fn virtualization(f: &Observed) -> Check {
+fn cmdline_tokens(f: &Facts) -> Vec<&str> {
+    cmdline::split(&f.cmdline)
+}
+
+fn virtualization(f: &Facts) -> Check {
     let name = "hardware virtualization (VT-x/AMD-V)";
     let Some(cpuinfo) = &f.cpuinfo else {
         return Check::fail(name, "cannot read /proc/cpuinfo");
@@ -231,9 +227,9 @@ fn kvm_device(host: &Host) -> Check {
     }
 }
 
-fn iommu_firmware(f: &Observed) -> Check {
+fn iommu_firmware(f: &Facts) -> Check {
     let name = "IOMMU support in the firmware (DMAR/IVRS)";
-    match f.iommu_table {
+    match iommu_table(f) {
         Some("DMAR") => Check::pass(name, "ACPI DMAR table: Intel VT-d"),
         Some(_) => Check::pass(name, "ACPI IVRS table: AMD-Vi"),
         None => Check::fail(
@@ -243,20 +239,19 @@ fn iommu_firmware(f: &Observed) -> Check {
     }
 }
 
-fn iommu_kernel(f: &Observed) -> Check {
+fn iommu_kernel(f: &Facts) -> Check {
     let name = "IOMMU enabled by the kernel";
-    let topo = match &f.topology {
+    let topo = match f.topology() {
         Ok(t) => t,
         Err(e) => return Check::fail(name, format!("cannot read the IOMMU groups: {e:#}")),
     };
     if topo.iommu_enabled() {
         return Check::pass(name, format!("{} IOMMU groups", topo.groups.len()));
     }
-    let has_intel_arg = f
-        .cmdline_tokens()
+    let has_intel_arg = cmdline_tokens(f)
         .iter()
         .any(|t| cmdline::key(t) == "intel_iommu" && cmdline::value(t) == Some("on"));
-    let detail = match f.iommu_table {
+    let detail = match iommu_table(f) {
         Some("DMAR") if !has_intel_arg => format!(
             "no IOMMU groups in /sys/kernel/iommu_groups: the kernel needs intel_iommu=on; {FULL} adds it, then reboot"
         ),
@@ -266,7 +261,7 @@ fn iommu_kernel(f: &Observed) -> Check {
     Check::fail(name, detail)
 }
 
-fn interrupt_remapping(f: &Observed) -> Check {
+fn interrupt_remapping(f: &Facts) -> Check {
     let name = "interrupt remapping";
     let Some(text) = &f.interrupts else {
         return Check::fail(name, "cannot read /proc/interrupts");
@@ -282,47 +277,39 @@ fn interrupt_remapping(f: &Observed) -> Check {
 }
 
 /// vfio-pci loaded or built in; with a vfio configuration, not loaded is a failure.
-fn vfio_driver(host: &Host, f: &Observed, configured: bool) -> Check {
+fn vfio_driver(f: &Facts, stack: &Stack, configured: bool) -> Check {
     let name = "the vfio-pci driver";
-    if host.exists("/sys/module/vfio_pci") {
+    if f.vfio_pci_loaded {
         return Check::pass(name, "vfio_pci is loaded");
     }
-    let Some(kver) = &f.kernel else {
+    let Some(kver) = &f.running_kernel else {
         return Check::warn(
             name,
             "vfio_pci is not loaded, and the running kernel is unknown (no /proc/sys/kernel/osrelease)",
         );
     };
-    let base = format!("/lib/modules/{kver}");
-    let named_vfio_pci = |path: &str| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        file.split(".ko").next() == Some("vfio-pci") || file.split(".ko").next() == Some("vfio_pci")
-    };
-    let builtin = host
-        .read_optional(format!("{base}/modules.builtin"))
-        .ok()
-        .flatten()
-        .is_some_and(|t| t.lines().any(|l| named_vfio_pci(l.trim())));
-    if builtin {
-        return Check::pass(name, format!("vfio_pci is built into {kver}"));
-    }
-    if !host.exists(&base) {
+    let Some(kernel) = f.kernels.iter().find(|k| &k.version == kver) else {
         return Check::warn(
             name,
-            format!("vfio_pci is not loaded, and there is no {base} for the running kernel"),
+            format!(
+                "vfio_pci is not loaded, and there is no {}/{kver} for the running kernel",
+                crate::paths::MODULES_DIR
+            ),
         );
+    };
+    if kernel.builtin.contains(VFIO_PCI) {
+        return Check::pass(name, format!("vfio_pci is built into {kver}"));
     }
     if configured {
         return Check::fail(
             name,
-            "vfio_pci is not loaded: reboot if you have not since `gpt full`; otherwise rebuild the initramfs (`sudo update-initramfs -u -k all`) and reboot",
+            format!(
+                "vfio_pci is not loaded: reboot if you have not since `gpt full`; otherwise rebuild the initramfs (`{}`) and reboot",
+                stack.initramfs.regenerate_hint()
+            ),
         );
     }
-    let module = walkdir::WalkDir::new(host.path(format!("{base}/kernel/drivers/vfio")))
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .any(|e| named_vfio_pci(&e.file_name().to_string_lossy()));
-    if module {
+    if kernel.modules.contains(VFIO_PCI) {
         Check::pass(name, format!("vfio_pci is a module of {kver} (not loaded)"))
     } else {
         Check::fail(
@@ -333,7 +320,7 @@ fn vfio_driver(host: &Host, f: &Observed, configured: bool) -> Check {
 }
 
 /// The checks of what `gpt full` configured.
-fn configured(host: &Host, f: &Observed, c: &Config, out: &mut Vec<Check>) {
+fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &mut Vec<Check>) {
     let name = "gpt's configuration";
     match c.phase {
         Phase::Iommu => out.push(Check::warn(
@@ -350,65 +337,43 @@ fn configured(host: &Host, f: &Observed, c: &Config, out: &mut Vec<Check>) {
             ),
         )),
     }
-    let missing_now = missing(&f.cmdline_tokens(), &c.args);
-    let grub_cfg = host.read_optional(GRUB_CFG).ok().flatten();
-    let stale_cfg = grub_cfg
-        .as_deref()
-        .map(|cfg| missing_in_grub_cfg(cfg, &c.args));
-    out.push(cmdline_check(f, c, &missing_now, stale_cfg.as_ref()));
-    out.push(grub_cfg_check(c, stale_cfg));
+    let missing_now = missing(&cmdline_tokens(f), &c.args);
+    let entries = stack.loader.entries(host, &c.args);
+    out.push(cmdline_check(f, stack, c, &missing_now, &entries));
+    out.push(entries_check(stack, c, entries));
     if c.phase == Phase::Vfio {
-        out.push(initramfs_check(host));
-        let topo = match &f.topology {
-            Ok(t) => t,
-            Err(_) => return, // already a failure of the IOMMU check
+        out.push(initramfs_check(host, stack));
+        out.push(images_check(host, ui, f, stack, c));
+        let Ok(topo) = f.topology() else {
+            return; // already a failure of the IOMMU check
         };
         let reboot_pending = !missing_now.is_empty();
-        out.extend(device_checks(topo, c, reboot_pending));
+        out.extend(device_checks(topo, stack, c, reboot_pending));
     }
 }
 
 /// The tokens of `wanted` that `have` lacks (same key, same value).
 fn missing(have: &[&str], wanted: &[String]) -> Vec<String> {
-    let norm = |t: &str| (cmdline::key(t), cmdline::value(t).map(str::to_string));
-    let have: BTreeSet<_> = have.iter().map(|t| norm(t)).collect();
-    wanted
-        .iter()
-        .filter(|w| !have.contains(&norm(w)))
-        .cloned()
-        .collect()
-}
-
-/// The configured arguments that no `linux` line of grub.cfg carries all of: empty when some
-/// boot entry has them all; otherwise what the closest entry lacks.
-fn missing_in_grub_cfg(cfg: &str, wanted: &[String]) -> Vec<String> {
-    cfg.lines()
-        .filter_map(|l| {
-            let mut words = l.split_ascii_whitespace();
-            matches!(words.next(), Some("linux" | "linuxefi" | "linux16"))
-                .then(|| missing(&words.collect::<Vec<_>>(), wanted))
-        })
-        .min_by_key(Vec::len)
-        .unwrap_or_else(|| wanted.to_vec())
+    crate::boot::grub::missing(have, wanted)
 }
 
 fn cmdline_check(
-    f: &Observed,
+    f: &Facts,
+    stack: &Stack,
     c: &Config,
     missing_now: &[String],
-    stale_cfg: Option<&Vec<String>>,
+    entries: &Entries,
 ) -> Check {
     let name = "gpt's kernel arguments on /proc/cmdline";
-    if f.cmdline.is_none() {
+    if !f.cmdline_read {
         return Check::fail(name, "cannot read /proc/cmdline");
     }
     if missing_now.is_empty() {
         return Check::pass(name, c.args.join(" "));
     }
-    let todo = if stale_cfg.is_some_and(|m| !m.is_empty()) {
-        "run `sudo update-grub`, then reboot"
-    } else {
-        "reboot"
+    let todo = match entries {
+        Entries::Lack(_) => format!("run `{}`, then reboot", stack.loader.regenerate_hint()),
+        _ => "reboot".to_string(),
     };
     Check::fail(
         name,
@@ -421,19 +386,17 @@ fn cmdline_check(
     )
 }
 
-fn grub_cfg_check(c: &Config, stale: Option<Vec<String>>) -> Check {
-    let name = "gpt's kernel arguments in /boot/grub/grub.cfg";
-    match stale {
-        None => Check::warn(
-            name,
-            "no /boot/grub/grub.cfg: cannot tell whether update-grub ran (`sudo update-grub`)",
-        ),
-        Some(m) if m.is_empty() => Check::pass(name, c.args.join(" ")),
-        Some(m) => Check::warn(
+fn entries_check(stack: &Stack, c: &Config, entries: Entries) -> Check {
+    let name = format!("gpt's kernel arguments in {}", stack.loader.entries_name());
+    match entries {
+        Entries::Unreadable(why) => Check::warn(name, why),
+        Entries::Carry => Check::pass(name, c.args.join(" ")),
+        Entries::Lack(m) => Check::warn(
             name,
             format!(
-                "stale: no boot entry carries {}; run `sudo update-grub`",
-                m.join(" ")
+                "stale: no boot entry carries {}; run `{}`",
+                m.join(" "),
+                stack.loader.regenerate_hint()
             ),
         ),
     }
@@ -444,25 +407,22 @@ fn mtime(host: &Host, abs: &str) -> Option<SystemTime> {
     std::fs::metadata(path).ok()?.modified().ok()
 }
 
-/// Every `/boot/initrd.img-*` is at least as new as the files gpt edited that go into it.
-fn initramfs_check(host: &Host) -> Check {
+/// Every image is at least as new as the files gpt edited that go into it.
+fn initramfs_check(host: &Host, stack: &Stack) -> Check {
     let name = "up-to-date initramfs images";
-    let images: Vec<String> = host
-        .list_dir("/boot")
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|n| n.starts_with("initrd.img-"))
-        .map(|n| format!("/boot/{n}"))
-        .collect();
+    let hint = stack.initramfs.regenerate_hint();
+    let images = stack.initramfs.images(host);
     if images.is_empty() {
         return Check::warn(
             name,
-            "no /boot/initrd.img-* found: run `sudo update-initramfs -u -k all`",
+            format!("no initramfs image found in /boot: run `{hint}`"),
         );
     }
-    let Some((input, newest)) = INITRAMFS_INPUTS
-        .iter()
-        .filter_map(|p| mtime(host, p).map(|t| (*p, t)))
+    let Some((input, newest)) = stack
+        .initramfs
+        .inputs()
+        .into_iter()
+        .filter_map(|p| mtime(host, p).map(|t| (p, t)))
         .rev() // on a tie, name the first input
         .max_by_key(|(_, t)| *t)
     else {
@@ -479,16 +439,35 @@ fn initramfs_check(host: &Host) -> Check {
         Check::warn(
             name,
             format!(
-                "stale: {} older than {input}; run `sudo update-initramfs -u -k all`, then reboot",
+                "stale: {} older than {input}; run `{hint}`, then reboot",
                 stale.join(" ")
             ),
         )
     }
 }
 
+/// Each installed kernel's image holds vfio_pci (unless the kernel builds it in), listed
+/// with the generator's own tool.
+fn images_check(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config) -> Check {
+    let name = "vfio-pci in the initramfs images";
+    if !c.initramfs_modules.iter().any(|m| m == VFIO_PCI) {
+        return Check::pass(name, "vfio_pci is built into every kernel");
+    }
+    let runner = Runner::new(host, ui);
+    let problems = stack.images_lacking(host, &runner, &f.kernels, VFIO_PCI);
+    if problems.is_empty() {
+        Check::pass(name, format!("{} kernel(s)", f.kernels.len()))
+    } else if problems.iter().all(|p| p.starts_with("could not list")) {
+        Check::warn(name, problems.join("; "))
+    } else {
+        Check::fail(name, problems.join("; "))
+    }
+}
+
 /// One check per configured device (bound to vfio-pci?) and one per IOMMU group (no other
 /// member on a host driver?).
-fn device_checks(topo: &Topology, c: &Config, reboot_pending: bool) -> Vec<Check> {
+fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: bool) -> Vec<Check> {
+    let rebuild = stack.initramfs.regenerate_hint();
     let mut out = Vec::new();
     let mut configured: Vec<PciAddress> = Vec::new();
     for d in &c.devices {
@@ -523,8 +502,8 @@ fn device_checks(topo: &Topology, c: &Config, reboot_pending: bool) -> Vec<Check
                     "reboot pending".to_string()
                 } else {
                     match other {
-                        Some(d) => format!("{d} claimed it before vfio-pci; rebuild the initramfs (`sudo update-initramfs -u -k all`) and reboot"),
-                        None => "vfio-pci did not claim it; rebuild the initramfs (`sudo update-initramfs -u -k all`) and reboot".to_string(),
+                        Some(d) => format!("{d} claimed it before vfio-pci; rebuild the initramfs (`{rebuild}`) and reboot"),
+                        None => format!("vfio-pci did not claim it; rebuild the initramfs (`{rebuild}`) and reboot"),
                     }
                 };
                 out.push(Check::fail(name, format!("{now}: {todo}")));
@@ -569,7 +548,7 @@ fn device_checks(topo: &Topology, c: &Config, reboot_pending: bool) -> Vec<Check
 
 fn leftovers(host: &Host) -> Check {
     let name = "leftovers of the old setup.sh";
-    match legacy::scan(host) {
+    match leftovers::scan(host) {
         Ok(found) if found.is_empty() => Check::pass(name, "none"),
         Ok(found) => Check::warn(
             name,
@@ -589,38 +568,6 @@ fn leftovers(host: &Host) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn missing_compares_keys_like_the_kernel() {
-        let have = ["ro", "vfio_pci.ids=10de:1f08", "iommu=pt"];
-        assert!(missing(&have, &args(&["vfio-pci.ids=10de:1f08", "iommu=pt"])).is_empty());
-        assert_eq!(
-            missing(
-                &have,
-                &args(&["vfio-pci.ids=10de:1f08,10de:10f9", "intel_iommu=on"])
-            ),
-            args(&["vfio-pci.ids=10de:1f08,10de:10f9", "intel_iommu=on"])
-        );
-    }
-
-    #[test]
-    fn grub_cfg_needs_one_entry_with_every_argument() {
-        let cfg = "menuentry 'Debian' {\n\tlinux\t/boot/vmlinuz-6.1 root=UUID=x ro  quiet iommu=pt intel_iommu=on\n}\n\
-                   menuentry 'Debian (recovery)' {\n\tlinux\t/boot/vmlinuz-6.1 root=UUID=x ro single\n}\n";
-        assert!(missing_in_grub_cfg(cfg, &args(&["iommu=pt", "intel_iommu=on"])).is_empty());
-        assert_eq!(
-            missing_in_grub_cfg(cfg, &args(&["iommu=pt", "kvm.ignore_msrs=1"])),
-            args(&["kvm.ignore_msrs=1"])
-        );
-        assert_eq!(
-            missing_in_grub_cfg("", &args(&["iommu=pt"])),
-            args(&["iommu=pt"])
-        );
-    }
 
     #[test]
     fn lines_are_padded_and_only_problems_carry_a_detail() {

@@ -3,13 +3,14 @@
 //! Read the host → decide → plan → show → confirm → apply (journalled, rolled back on error)
 //! → verify.
 
+use super::session::{FileJson, Session};
+use crate::boot::{Stack, StackId};
 use crate::cli::{Distro, FullArgs};
-use crate::configure::{self, Options, Planned};
 use crate::describe::lspci_nn;
-use crate::facts::{self, Facts};
+use crate::facts::Facts;
 use crate::host::Host;
 use crate::pci::vendor_by_name;
-use crate::plan::FileAction;
+use crate::planner::{self, Options, Planned};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
 use crate::ui::Ui;
@@ -17,16 +18,11 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 #[derive(Serialize)]
-struct FileJson {
-    path: String,
-    action: FileAction,
-}
-
-#[derive(Serialize)]
 struct FullJson<'a> {
     changed: bool,
     dry_run: bool,
     phase: crate::state::Phase,
+    boot: StackId,
     devices: &'a [String],
     ids: &'a [String],
     files: Vec<FileJson>,
@@ -86,53 +82,20 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
              `gpt iommu --gpu` lists the GPUs"
         );
     }
-    if !args.dry_run && host.is_real_root() && !nix::unistd::geteuid().is_root() {
-        bail!("changing this host's boot configuration needs root: run it with sudo (or add --dry-run to see the plan)");
-    }
-    // The lock covers reading the host too: another gpt could change it under us.
-    let lock = if args.dry_run {
-        None
-    } else {
-        Some(crate::txn::Lock::acquire(host)?)
-    };
+    let session = Session::start(
+        host,
+        ui,
+        args.dry_run,
+        args.yes,
+        "changing this host's boot configuration needs root: run it with sudo (or add --dry-run to see the plan)",
+    )?;
     let facts = Facts::read(host)?;
     check_distro(&facts, distro)?;
-    facts::check_supported(&facts)?;
+    let stack = facts.stack()?;
+    facts.topology()?;
+    ui.info(format!("boot stack: {}", stack.id()));
     let names = sysfs::load_names(host, &facts.topology);
-
-    let req = Request {
-        vendor,
-        devices: args.devices.clone(),
-        all: args.all,
-        force: args.force,
-    };
-    let selection = if facts.topology.iommu_enabled() {
-        Some(select::select(
-            &facts.topology,
-            &names,
-            &req,
-            &facts.protected,
-        )?)
-    } else {
-        select::pick_gpus(&facts.topology, &names, &req, &mut Vec::new())?;
-        let needed = configure::iommu_args(&facts);
-        let on_cmdline = crate::edit::cmdline::split(&facts.cmdline);
-        if needed.iter().all(|a| on_cmdline.contains(&a.as_str())) {
-            bail!(
-                "the kernel runs with {} but there are still no IOMMU groups: VT-d (Intel) or AMD-Vi/IOMMU \
-                 (AMD) is off in the firmware setup. Turn it on there, boot, and run this again; nothing was changed",
-                needed.join(" ")
-            );
-        }
-        ui.warn(
-            "the IOMMU is not active yet (no groups in /sys/kernel/iommu_groups): this run only adds the \
-             IOMMU kernel arguments. Reboot, then run the same command again to configure the GPU.",
-        );
-        None
-    };
-    if let Some(sel) = &selection {
-        describe_selection(ui, &facts, &names, sel);
-    }
+    let selection = select_devices(ui, &facts, &names, args, vendor)?;
     for u in &facts.unmapped {
         ui.warn(format!(
             "could not tell which controller backs {u}; make sure it is not one of the devices above"
@@ -144,22 +107,9 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
     };
-    let mut planned = configure::plan(&facts, selection.as_ref(), &opts)?;
-    // A run that was stopped, or --no-update, can leave /etc ahead of grub.cfg and the
-    // initramfs: then the update commands are due even with nothing to write.
-    // This holds whether or not this run writes anything: a run stopped after writing grub
-    // but before update-grub leaves a re-run with files to write and grub.cfg still stale.
+    let mut planned = planner::plan(&facts, selection.as_ref(), &opts)?;
     if !args.no_update && crate::txn::update_needed(host)? {
-        let mut commands: Vec<_> = planned
-            .plan
-            .commands
-            .iter()
-            .filter(|c| !crate::txn::regenerates(c))
-            .cloned()
-            .collect();
-        commands.extend(configure::update_commands(&facts, true, true));
-        planned.plan.commands = commands;
-        ui.warn("an earlier run did not finish the update commands; running them all now");
+        owe_updates(ui, &facts, &stack, &mut planned);
     }
     for w in selection
         .iter()
@@ -171,7 +121,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     for n in &planned.notes {
         ui.info(format!("note: {n}"));
     }
-    check_boot_space(&facts, &planned)?;
+    check_boot_space(&facts, &stack, &planned)?;
 
     if planned.plan.is_empty() {
         ui.ok("already configured: nothing to change");
@@ -180,120 +130,132 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    if args.dry_run {
-        if ui.json {
-            let files = planned
-                .plan
-                .files
-                .iter()
-                .map(|c| FileJson {
-                    path: c.path.display().to_string(),
-                    action: c.action(),
-                })
-                .collect();
-            print_json(ui, &planned, false, true, files)?;
-        } else {
-            crate::ui::out(&planned.plan.render());
-            print_manual(ui, &planned);
-        }
-        ui.info("dry run: nothing was changed");
+    if session.dry_run() {
+        dry_run(ui, &planned)?;
         return Ok(0);
     }
-    let lock = lock.expect("taken above unless --dry-run");
-    if !args.yes {
-        eprint!("{}", planned.plan.render());
-        if !ui.interactive {
-            bail!("no terminal to ask on: re-run with --yes to apply this plan, or --dry-run to only see it");
-        }
-        let go = dialoguer::Confirm::new()
-            .with_prompt("Apply these changes?")
-            .default(false)
-            .interact()?;
-        if !go {
-            ui.info("nothing was changed");
-            return Ok(1);
-        }
+    session.show(&planned.plan.render());
+    if !session.confirm("Apply these changes?")? {
+        ui.info("nothing was changed");
+        return Ok(1);
     }
-    let outcome = crate::txn::apply(host, ui, &lock, &planned.plan, Some(&planned.config))?;
+    let lock = session.lock().expect("a real run holds the lock");
+    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config))?;
     let files: Vec<FileJson> = outcome
         .files
         .iter()
-        .map(|(path, action)| FileJson {
-            path: path.display().to_string(),
-            action: *action,
-        })
+        .map(|(path, action)| FileJson::new(path, *action))
         .collect();
     print_manual(ui, &planned);
-    let problems = verify(host, ui, &facts, &planned, &outcome.commands);
+    let problems = verify(host, ui, &facts, &stack, &planned, &outcome.commands);
     if ui.json {
         print_json(ui, &planned, true, false, files)?;
     }
     for p in &problems {
         ui.warn(p);
     }
-    finish_message(ui, &planned);
+    finish_message(ui, &stack, &planned);
     Ok(if problems.is_empty() { 0 } else { 1 })
 }
 
-/// After the commands ran: the regenerated grub.cfg carries the arguments, and each new
-/// initramfs image holds vfio-pci (unless it is built into that kernel).
-fn verify(host: &Host, ui: &Ui, f: &Facts, planned: &Planned, ran: &[Vec<String>]) -> Vec<String> {
-    let mut problems = Vec::new();
-    let ran_cmd = |name: &str| ran.iter().any(|c| c.first().is_some_and(|a| a == name));
-    if ran_cmd("update-grub") {
-        match host.read_optional("/boot/grub/grub.cfg") {
-            Ok(Some(cfg)) => {
-                let linux: Vec<Vec<&str>> = cfg
-                    .lines()
-                    .map(str::trim_start)
-                    .filter(|l| l.starts_with("linux"))
-                    .map(|l| l.split_whitespace().collect())
-                    .collect();
-                let missing: Vec<&String> = planned
-                    .config
-                    .args
-                    .iter()
-                    .filter(|a| !linux.iter().any(|l| l.contains(&a.as_str())))
-                    .collect();
-                if linux.is_empty() || !missing.is_empty() {
-                    problems.push(format!(
-                        "the regenerated /boot/grub/grub.cfg does not carry {}; check GRUB_CMDLINE_LINUX_DEFAULT and run update-grub",
-                        missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
-                    ));
-                }
-            }
-            _ => problems.push("update-grub ran but /boot/grub/grub.cfg cannot be read".into()),
-        }
+/// The devices for vfio-pci; `None` when the IOMMU is not on yet (this run then only adds
+/// the IOMMU arguments).
+fn select_devices(
+    ui: &Ui,
+    facts: &Facts,
+    names: &crate::pciids::Names,
+    args: &FullArgs,
+    vendor: Option<u16>,
+) -> Result<Option<Selection>> {
+    let req = Request {
+        vendor,
+        devices: args.devices.clone(),
+        all: args.all,
+        force: args.force,
+    };
+    if facts.topology.iommu_enabled() {
+        let sel = select::select(&facts.topology, names, &req, &facts.protected)?;
+        describe_selection(ui, facts, names, &sel);
+        return Ok(Some(sel));
     }
-    if ran_cmd("update-initramfs")
+    select::pick_gpus(&facts.topology, names, &req, &mut Vec::new())?;
+    let needed = planner::iommu_args(facts);
+    let on_cmdline = crate::edit::cmdline::split(&facts.cmdline);
+    if needed.iter().all(|a| on_cmdline.contains(&a.as_str())) {
+        bail!(
+            "the kernel runs with {} but there are still no IOMMU groups: VT-d (Intel) or AMD-Vi/IOMMU \
+             (AMD) is off in the firmware setup. Turn it on there, boot, and run this again; nothing was changed",
+            needed.join(" ")
+        );
+    }
+    ui.warn(
+        "the IOMMU is not active yet (no groups in /sys/kernel/iommu_groups): this run only adds the \
+         IOMMU kernel arguments. Reboot, then run the same command again to configure the GPU.",
+    );
+    Ok(None)
+}
+
+/// A run that was stopped, or --no-update, can leave /etc ahead of the boot files: then every
+/// regeneration is due, whether or not this run writes anything (a run stopped after writing
+/// the arguments but before regenerating leaves a re-run with files to write and stale boot
+/// files).
+fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
+    planned.plan.commands.retain(|c| !c.regenerates);
+    planned
+        .plan
+        .commands
+        .extend(stack.regenerate(facts, true, true));
+    ui.warn("an earlier run did not finish the update commands; running them all now");
+}
+
+fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
+    if ui.json {
+        let files = planned
+            .plan
+            .files
+            .iter()
+            .map(|c| FileJson::new(&c.path, c.action()))
+            .collect();
+        print_json(ui, planned, false, true, files)?;
+    } else {
+        crate::ui::out(&planned.plan.render());
+        print_manual(ui, planned);
+    }
+    ui.info("dry run: nothing was changed");
+    Ok(())
+}
+
+/// After the commands ran: the regenerated boot entries carry the arguments, and each
+/// initramfs image holds vfio-pci (unless that kernel builds it in).
+fn verify(
+    host: &Host,
+    ui: &Ui,
+    f: &Facts,
+    stack: &Stack,
+    planned: &Planned,
+    ran: &[Vec<String>],
+) -> Vec<String> {
+    if ran.is_empty() {
+        return Vec::new();
+    }
+    let regenerated = |steps: Vec<crate::plan::Step>| {
+        steps
+            .iter()
+            .any(|s| ran.iter().any(|r| r.first() == s.argv.first()))
+    };
+    let mut problems = Vec::new();
+    let runner = crate::txn::Runner::new(host, ui);
+    if regenerated(stack.loader.regenerate()) {
+        problems.extend(stack.verify(host, &runner, &[], &planned.config.args, false));
+    }
+    let images = regenerated(stack.initramfs.regenerate(f))
         && planned
             .config
             .initramfs_modules
             .iter()
-            .any(|m| m == "vfio_pci")
-    {
-        let runner = crate::txn::Runner::new(host, ui);
-        for k in &f.kernels {
-            if k.builtin.contains("vfio_pci") {
-                continue;
-            }
-            let image = format!("/boot/initrd.img-{}", k.version);
-            match runner.query(&["lsinitramfs", &image]) {
-                Ok(out) => {
-                    let list = out.stdout_str();
-                    if !list
-                        .lines()
-                        .any(|l| l.contains("/vfio-pci.ko") || l.contains("/vfio_pci.ko"))
-                    {
-                        problems.push(format!(
-                            "{image} does not contain vfio-pci: vfio-pci will load late; run `update-initramfs -u -k {}` and check with lsinitramfs",
-                            k.version
-                        ));
-                    }
-                }
-                Err(e) => problems.push(format!("could not list {image}: {e:#}")),
-            }
-        }
+            .any(|m| m == crate::facts::VFIO_PCI);
+    if images {
+        problems.extend(stack.images_lacking(host, &runner, &f.kernels, crate::facts::VFIO_PCI));
     }
     problems
 }
@@ -334,13 +296,14 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
     }
 }
 
-/// update-initramfs writes each new image beside the old one: /boot needs room for one more.
-fn check_boot_space(f: &Facts, planned: &Planned) -> Result<()> {
+/// The generator writes each new image beside the old one: /boot needs room for one more.
+fn check_boot_space(f: &Facts, stack: &Stack, planned: &Planned) -> Result<()> {
+    let rebuild = stack.initramfs.regenerate(f).pop();
     let rebuilds = planned
         .plan
         .commands
         .iter()
-        .any(|c| c.argv.first().is_some_and(|a| a == "update-initramfs"));
+        .any(|c| rebuild.as_ref().is_some_and(|r| r.argv == c.argv));
     const MARGIN: u64 = 16 << 20;
     if let (true, Some(free)) = (rebuilds, f.boot_free) {
         let need = f.largest_initrd + MARGIN;
@@ -365,21 +328,15 @@ fn print_manual(ui: &Ui, planned: &Planned) {
     }
 }
 
-fn finish_message(ui: &Ui, planned: &Planned) {
-    use crate::state::{BindMode, Phase};
+fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
+    use crate::state::Phase;
     match planned.config.phase {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
         Phase::Vfio => {
             ui.ok("configured. Reboot, then run `gpt check`.");
-            let rescue = match planned.config.bind {
-                BindMode::Ids => "remove vfio-pci.ids=… from the line starting with `linux`",
-                BindMode::Address => {
-                    "add gpt.bind=off to the end of the line starting with `linux`"
-                }
-            };
             ui.info(format!(
-                "If the host does not come up right: at the GRUB menu press `e`, {rescue}, boot with \
-                 Ctrl-x, then run `sudo gpt reset`."
+                "If the host does not come up right: {}, then run `sudo gpt reset`.",
+                stack.loader.rescue(planned.config.bind)
             ));
         }
     }
@@ -402,6 +359,7 @@ fn print_json(
         changed,
         dry_run,
         phase: planned.config.phase,
+        boot: planned.config.boot,
         devices: &planned.config.devices,
         ids: &planned.config.ids,
         files,

@@ -13,21 +13,20 @@
 //! left, one leftover at a time. Then update-grub, depmod and update-initramfs run (only for
 //! what changed) through the same transaction and rollback as `full`, and the journal goes.
 
+use super::session::{FileJson, Session};
+use crate::boot::{self, Stack};
 use crate::cli::ResetArgs;
 use crate::edit;
+use crate::facts::Facts;
 use crate::host::Host;
+use crate::paths::MODPROBE_D;
 use crate::plan::{FileAction, FileChange, Plan, Step};
 use crate::state::STATE_FILE;
-use crate::txn::{self, fs as tfs, Finish, Lock, Meta, Runner, State};
+use crate::txn::{self, fs as tfs, Finish, Meta, Runner, State};
 use crate::ui::Ui;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-const GRUB: &str = "/etc/default/grub";
-const GRUB_D: &str = "/etc/default/grub.d";
-const MODULES: &str = "/etc/initramfs-tools/modules";
-const MODPROBE_D: &str = "/etc/modprobe.d";
 
 /// One file and what reset does to it.
 #[derive(Debug, Clone)]
@@ -68,12 +67,6 @@ impl Item {
 }
 
 #[derive(Serialize)]
-struct FileJson {
-    path: String,
-    action: FileAction,
-}
-
-#[derive(Serialize)]
 struct Report {
     changed: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -84,17 +77,16 @@ struct Report {
 }
 
 pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
-    if !args.dry_run && host.is_real_root() && !nix::unistd::geteuid().is_root() {
-        bail!(
-            "gpt reset changes /etc and /boot: run it with sudo (or add --dry-run to see what it would do)"
-        );
-    }
-    let lock = if args.dry_run {
-        None
-    } else {
-        Some(Lock::acquire(host)?)
-    };
+    let session = Session::start(
+        host,
+        ui,
+        args.dry_run,
+        args.yes,
+        "gpt reset changes /etc and /boot: run it with sudo (or add --dry-run to see what it would do)",
+    )?;
     let state = State::load(host)?;
+    let facts = Facts::read(host)?;
+    let stack = stack_now(ui, &facts, state.as_ref());
     let mut items = match &state {
         Some(s) => journalled(host, s)?,
         None => Vec::new(),
@@ -123,19 +115,19 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         }
     }
     if !plan.files.is_empty() {
-        show(ui, args, &plan.render());
-        if !confirm(ui, args, "Reset these files?")? {
+        session.show(&plan.render());
+        if !session.confirm("Reset these files?")? {
             ui.info("nothing was changed");
             return Ok(1);
         }
     }
 
     if args.legacy {
-        legacy(host, ui, args, &mut plan, &mut items)?;
+        legacy(host, &session, &mut plan, &mut items)?;
     }
 
     let update_owed = state.as_ref().is_some_and(|s| s.update_needed);
-    let commands = update_commands(host, &plan, update_owed)?;
+    let commands = update_commands(&facts, &stack, &plan, update_owed);
     let (run_now, manual) = if args.no_update {
         (Vec::new(), commands)
     } else {
@@ -143,27 +135,9 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     };
 
     if plan.files.is_empty() && run_now.is_empty() && manual.is_empty() {
-        if state.is_some() && !args.dry_run {
-            // A journal whose files are all back already (restored by hand): drop it.
-            let lock = lock.as_ref().expect("taken unless --dry-run");
-            txn::apply_with(
-                &Runner::new(host, ui),
-                lock,
-                &Plan::default(),
-                Finish::Forget,
-                &[],
-            )?;
-            ui.ok("nothing to reset: gpt's files are already as they were (removed its journal)");
-        } else {
-            ui.ok("nothing to reset");
-        }
-        if ui.json {
-            report(ui, false, args.dry_run, &items, Vec::new(), false)?;
-        }
-        return Ok(0);
+        return nothing_to_reset(host, &session, state.is_some(), &items);
     }
-
-    if args.dry_run {
+    if session.dry_run() {
         let shown: Vec<Vec<String>> = run_now.iter().map(|s| s.argv.clone()).collect();
         if !ui.json {
             if !run_now.is_empty() {
@@ -180,9 +154,9 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         return Ok(0);
     }
 
-    let lock = lock.expect("taken unless --dry-run");
+    let lock = session.lock().expect("a real run holds the lock");
     plan.commands = run_now;
-    let outcome = txn::apply_with(&Runner::new(host, ui), &lock, &plan, Finish::Forget, &metas)?;
+    let outcome = txn::apply_with(&Runner::new(host, ui), lock, &plan, Finish::Forget, &metas)?;
     let changed = !plan.files.is_empty();
     print_manual(ui, &manual);
     if ui.json {
@@ -202,7 +176,51 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
             if plan.files.len() == 1 { "" } else { "s" }
         ));
     } else {
-        ui.ok("grub.cfg and the initramfs match /etc again");
+        ui.ok("the boot entries and the initramfs match /etc again");
+    }
+    Ok(0)
+}
+
+/// The stack to regenerate with: the host's as it is now; if that cannot be told, the one gpt
+/// configured. Says so when they differ (a generator installed since `gpt full`).
+fn stack_now(ui: &Ui, facts: &Facts, state: Option<&State>) -> Stack {
+    let configured = state.and_then(|s| s.config.as_ref()).map(|c| c.boot);
+    match (&facts.boot, configured) {
+        (Some(Ok(now)), Some(then)) if *now != then => {
+            ui.info(format!(
+                "gpt configured this host when it had {then}; it now has {now}: undoing both, regenerating with the latter"
+            ));
+            Stack::of(*now)
+        }
+        (Some(Ok(now)), _) => Stack::of(*now),
+        (Some(Err(why)), Some(then)) => {
+            ui.warn(format!(
+                "{why}; regenerating with what gpt configured ({then})"
+            ));
+            Stack::of(then)
+        }
+        (_, then) => Stack::of(then.unwrap_or_default()),
+    }
+}
+
+fn nothing_to_reset(host: &Host, session: &Session, journal: bool, items: &[Item]) -> Result<u8> {
+    let ui = session.ui;
+    match session.lock() {
+        Some(lock) if journal => {
+            // A journal whose files are all back already (restored by hand): drop it.
+            txn::apply_with(
+                &Runner::new(host, ui),
+                lock,
+                &Plan::default(),
+                Finish::Forget,
+                &[],
+            )?;
+            ui.ok("nothing to reset: gpt's files are already as they were (removed its journal)");
+        }
+        _ => ui.ok("nothing to reset"),
+    }
+    if ui.json {
+        report(ui, false, session.dry_run(), items, Vec::new(), false)?;
     }
     Ok(0)
 }
@@ -220,10 +238,7 @@ fn report(
         dry_run,
         files: items
             .iter()
-            .map(|i| FileJson {
-                path: i.path.display().to_string(),
-                action: i.action,
-            })
+            .map(|i| FileJson::new(&i.path, i.action))
             .collect(),
         commands,
         reboot_required,
@@ -235,7 +250,7 @@ fn print_manual(ui: &Ui, manual: &[Step]) {
         return;
     }
     ui.warn(format!(
-        "--no-update: grub.cfg and the initramfs still carry gpt's configuration until you run: {} \
+        "--no-update: the boot entries and the initramfs still carry gpt's configuration until you run: {} \
          (or `gpt reset` again, which runs them)",
         manual
             .iter()
@@ -243,31 +258,6 @@ fn print_manual(ui: &Ui, manual: &[Step]) {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-}
-
-/// Diffs are the product of a dry run (stdout); otherwise they go with the question (stderr).
-fn show(ui: &Ui, args: &ResetArgs, text: &str) {
-    if args.dry_run && !ui.json {
-        crate::ui::out(text);
-    } else if !args.dry_run {
-        eprint!("{text}");
-    }
-}
-
-/// Ask, unless `--yes` or `--dry-run`; refuse rather than hang without a terminal.
-fn confirm(ui: &Ui, args: &ResetArgs, question: &str) -> Result<bool> {
-    if args.yes || args.dry_run {
-        return Ok(true);
-    }
-    if !ui.interactive {
-        bail!(
-            "no terminal to ask on: re-run with --yes to apply this, or --dry-run to only see it; nothing was changed"
-        );
-    }
-    Ok(dialoguer::Confirm::new()
-        .with_prompt(question)
-        .default(false)
-        .interact()?)
 }
 
 fn describe(ui: &Ui, item: &Item) {
@@ -293,9 +283,14 @@ fn text(path: &Path, bytes: &[u8]) -> Result<String> {
         .with_context(|| format!("{} is not text; gpt leaves it alone", path.display()))
 }
 
-fn is_grub_file(path: &Path) -> bool {
-    path == Path::new(GRUB)
-        || (path.starts_with(GRUB_D) && path.extension().is_some_and(|e| e == "cfg"))
+/// The loader, of every loader gpt knows, whose argument file `path` is.
+fn args_owner(path: &Path) -> Option<&'static dyn boot::Loader> {
+    boot::loaders().into_iter().find(|l| l.owns(path))
+}
+
+/// The generator, of every generator gpt knows, whose modules file `path` is.
+fn modules_owner(path: &Path) -> Option<&'static dyn boot::Generator> {
+    boot::generators().into_iter().find(|g| g.owns(path))
 }
 
 /// What to do with each journalled file.
@@ -357,8 +352,9 @@ fn edited(
         .and_then(|w| std::str::from_utf8(w).ok())
         .is_some_and(edit::modprobe::is_gpt_owned);
     let kept = "you changed it after gpt wrote it: removed only gpt's part and kept your changes";
-    if is_grub_file(path) {
-        let after = edit::grub::reverse(&content)
+    if let Some(loader) = args_owner(path) {
+        let after = loader
+            .strip(path, &content)
             .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
         if after == content {
             return Ok(Item::unchanged(
@@ -370,8 +366,10 @@ fn edited(
         }
         return Ok(with(Some(after), FileAction::Edited, kept));
     }
-    if path == Path::new(MODULES) {
-        let after = edit::modules::reverse(&content);
+    if let Some(Some(after)) = modules_owner(path)
+        .map(|g| g.strip(path, &content))
+        .transpose()?
+    {
         if after == content {
             return Ok(Item::unchanged(
                 path,
@@ -422,16 +420,16 @@ fn edited(
     Ok(with(Some(rest), FileAction::Edited, note))
 }
 
-/// gpt's marks found in the files themselves: grub markers, the modules block, the owned
-/// modprobe.d files.
+/// gpt's marks found in the files themselves: in every boot stack's argument and module
+/// files (the host's stack may have changed since), and gpt's own modprobe.d files.
 fn marked(host: &Host) -> Result<Vec<Item>> {
-    let mut candidates = vec![PathBuf::from(GRUB)];
-    for name in host.list_dir(GRUB_D)? {
-        if name.ends_with(".cfg") {
-            candidates.push(Path::new(GRUB_D).join(name));
-        }
+    let mut candidates = Vec::new();
+    for l in boot::loaders() {
+        candidates.extend(l.files(host)?);
     }
-    candidates.push(PathBuf::from(MODULES));
+    for g in boot::generators() {
+        candidates.extend(g.files(host)?);
+    }
     for name in host.list_dir(MODPROBE_D)? {
         if name.ends_with(".conf") {
             candidates.push(Path::new(MODPROBE_D).join(name));
@@ -445,28 +443,7 @@ fn marked(host: &Host) -> Result<Vec<Item>> {
         let Ok(content) = String::from_utf8(cur.bytes.clone()) else {
             continue;
         };
-        let (after, note) = if is_grub_file(&path) {
-            if edit::grub::added_tokens(&content).is_empty() {
-                continue;
-            }
-            let after = edit::grub::reverse(&content).with_context(|| {
-                format!("cannot take gpt's arguments out of {}", path.display())
-            })?;
-            (
-                Some(after),
-                "removed the arguments gpt's marker lists, and the marker",
-            )
-        } else if path == Path::new(MODULES) {
-            if !edit::modules::has_block(&content) {
-                continue;
-            }
-            (
-                Some(edit::modules::reverse(&content)),
-                "removed gpt's block",
-            )
-        } else if edit::modprobe::is_gpt_owned(&content) {
-            (None, "gpt's own file (says its first line)")
-        } else {
+        let Some((after, note)) = unmark(&path, &content)? else {
             continue;
         };
         if after.as_deref() == Some(content.as_str()) {
@@ -488,40 +465,39 @@ fn marked(host: &Host) -> Result<Vec<Item>> {
     Ok(items)
 }
 
+/// `content` without gpt's marked part (`None` inside: the file goes), and what was done;
+/// `None` when the file carries no mark of gpt's.
+fn unmark(path: &Path, content: &str) -> Result<Option<(Option<String>, &'static str)>> {
+    if let Some(loader) = args_owner(path) {
+        if !loader.has_marks(content) {
+            return Ok(None);
+        }
+        let after = loader
+            .strip(path, content)
+            .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
+        return Ok(Some((
+            Some(after),
+            "removed the arguments gpt's marker lists, and the marker",
+        )));
+    }
+    if let Some(g) = modules_owner(path) {
+        if !g.has_marks(content) {
+            return Ok(None);
+        }
+        return Ok(Some(match g.strip(path, content)? {
+            Some(after) => (Some(after), "removed gpt's block"),
+            None => (None, "gpt's own file (says its first line)"),
+        }));
+    }
+    Ok(edit::modprobe::is_gpt_owned(content)
+        .then_some((None, "gpt's own file (says its first line)")))
+}
+
 /// `--legacy`: find the old setup.sh's leftovers as the files will be after this reset, show
 /// each one, and add those the user accepts to the plan.
-fn legacy(
-    host: &Host,
-    ui: &Ui,
-    args: &ResetArgs,
-    plan: &mut Plan,
-    items: &mut Vec<Item>,
-) -> Result<()> {
-    // A scratch copy of the files legacy::scan reads, as they will be after the reset.
-    let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
-    let view = Host::new(scratch.path());
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for dir in ["/etc/default", MODPROBE_D, "/etc/initramfs-tools"] {
-        for name in host.list_dir(dir)? {
-            paths.push(Path::new(dir).join(name));
-        }
-    }
-    for p in &paths {
-        let planned = plan.files.iter().find(|f| &f.path == p);
-        let bytes = match planned {
-            Some(f) => f.after.clone(),
-            None => match tfs::read(host, p) {
-                Ok(c) => c.map(|c| c.bytes),
-                Err(_) => None, // folders and the like: legacy::scan does not read them
-            },
-        };
-        if let Some(b) = bytes {
-            let at = view.path(p);
-            std::fs::create_dir_all(at.parent().expect("under a folder"))?;
-            std::fs::write(at, b)?;
-        }
-    }
-    let leftovers = crate::legacy::scan(&view)?;
+fn legacy(host: &Host, session: &Session, plan: &mut Plan, items: &mut Vec<Item>) -> Result<()> {
+    let ui = session.ui;
+    let leftovers = crate::leftovers::find(&crate::leftovers::Files::read(host, plan)?)?;
     if leftovers.is_empty() {
         ui.info("no leftovers of the old setup.sh");
         return Ok(());
@@ -529,8 +505,8 @@ fn legacy(
     for left in leftovers {
         ui.step(format!("old setup.sh leftover: {}", left.description));
         let diffs: String = left.changes.iter().map(FileChange::diff).collect();
-        show(ui, args, &diffs);
-        if !confirm(ui, args, "Remove it?")? {
+        session.show(&diffs);
+        if !session.confirm("Remove it?")? {
             ui.info("kept");
             continue;
         }
@@ -543,7 +519,6 @@ fn legacy(
             match plan.files.iter_mut().find(|f| f.path == c.path) {
                 Some(f) => f.after = c.after.clone(),
                 None => {
-                    // The real file is what the scratch copy was made from.
                     let before = tfs::read(host, &c.path)?.map(|x| x.bytes);
                     let mut change = FileChange::new(&c.path, before, c.after.clone());
                     change.new_mode = c.new_mode;
@@ -568,32 +543,15 @@ fn legacy(
     Ok(())
 }
 
-/// update-grub when a grub file changed; depmod and update-initramfs when an initramfs
-/// input changed; all of them when an earlier run left an update owed.
-fn update_commands(host: &Host, plan: &Plan, owed: bool) -> Result<Vec<Step>> {
-    let grub = owed || plan.files.iter().any(|f| is_grub_file(&f.path));
-    let initramfs = owed
+/// The boot entries when an argument file changed; the images when anything else under /etc
+/// changed that can go into them (not /etc/default); all of it when an earlier run left an
+/// update owed.
+fn update_commands(facts: &Facts, stack: &Stack, plan: &Plan, owed: bool) -> Vec<Step> {
+    let args = owed || plan.files.iter().any(|f| args_owner(&f.path).is_some());
+    let images = owed
         || plan
             .files
             .iter()
-            .any(|f| !is_grub_file(&f.path) && !f.path.starts_with("/etc/default"));
-    let mut steps = Vec::new();
-    if grub {
-        steps.push(Step::new("Regenerating grub.cfg", &["update-grub"]));
-    }
-    if initramfs {
-        for k in host.list_dir("/lib/modules")? {
-            if host.resolve(format!("/lib/modules/{k}"))?.is_dir() {
-                steps.push(Step::new(
-                    &format!("Updating module dependencies for {k}"),
-                    &["depmod", "-a", &k],
-                ));
-            }
-        }
-        steps.push(Step::new(
-            "Rebuilding the initramfs images",
-            &["update-initramfs", "-u", "-k", "all"],
-        ));
-    }
-    Ok(steps)
+            .any(|f| args_owner(&f.path).is_none() && !f.path.starts_with("/etc/default"));
+    stack.regenerate(facts, args, images)
 }

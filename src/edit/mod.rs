@@ -8,8 +8,10 @@
 //! - [`grub`]: `/etc/default/grub` and `/etc/default/grub.d/*.cfg` (a shell file).
 //! - [`modules`]: `/etc/initramfs-tools/modules`, plus clean-up helpers for the old setup.sh.
 //! - [`modprobe`]: gpt's own `/etc/modprobe.d/gpt-vfio.conf`.
+//! - [`dracut`]: gpt's own `/etc/dracut.conf.d/gpt-vfio.conf`.
 
 pub mod cmdline;
+pub mod dracut;
 pub mod grub;
 pub mod modprobe;
 pub mod modules;

@@ -278,18 +278,10 @@ pub fn apply_with(
     Ok(outcome)
 }
 
-/// Whether a command rebuilds boot files from /etc (update-grub, update-initramfs, depmod):
-/// those run again after a rollback so /boot matches the restored files.
+/// Whether a command rebuilds boot files from /etc (the boot stack marks those): they run
+/// again after a rollback so /boot matches the restored files.
 pub fn regenerates(step: &crate::plan::Step) -> bool {
-    let name = step
-        .argv
-        .first()
-        .map(|a| a.rsplit('/').next().unwrap_or(a))
-        .unwrap_or_default();
-    matches!(
-        name,
-        "update-grub" | "grub-mkconfig" | "update-initramfs" | "depmod"
-    )
+    step.regenerates
 }
 
 fn meta_for(metas: &[(PathBuf, Meta)], path: &Path, new_mode: u32) -> Meta {

@@ -5,9 +5,9 @@
 
 use crate::support::fakes::Fakes;
 use crate::support::tally;
+use crate::support::transact::{primed_host, simulate_full, snap};
 use crate::support::tree::snapshot;
 use crate::support::{gpt, run};
-use crate::txn::{primed_host, simulate_full, snap};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -53,7 +53,9 @@ const fn as_nobody(mut c: Case) -> Case {
 fn nothing(_: &Path, _: &Fakes) {}
 
 fn write(root: &Path, abs: &str, content: impl AsRef<[u8]>) {
-    fs::write(root.join(&abs[1..]), content).unwrap();
+    let path = root.join(&abs[1..]);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
 }
 
 fn replace_in(root: &Path, abs: &str, from: &str, to: &str) {
@@ -109,10 +111,9 @@ const CASES: &[Case] = &[
     case("command substitution in grub", |r, _| replace_in(r, "/etc/default/grub", "\"quiet\"", "\"quiet $(cat /etc/extra)\""), &["full", "nvidia", "--yes"], 1, &["GRUB_CMDLINE_LINUX_DEFAULT"]),
     case("intel_iommu=off", |r, _| replace_in(r, "/etc/default/grub", "GRUB_CMDLINE_LINUX=\"\"", "GRUB_CMDLINE_LINUX=\"intel_iommu=off\""), &["full", "nvidia", "--yes"], 1, &["has intel_iommu=off, which turns the IOMMU off"]),
     case("ids gpt did not write", |r, _| replace_in(r, "/etc/default/grub", "\"quiet\"", "\"quiet vfio-pci.ids=10de:1f08\""), &["full", "nvidia", "--yes"], 1, &["gpt reset --legacy"]),
-    case("dracut instead of initramfs-tools", |r, _| {
-        fs::rename(r.join("etc/initramfs-tools"), r.join("etc/initramfs-tools.away")).unwrap();
-        write(r, "/etc/dracut.conf", "");
-    }, &["full", "nvidia", "--yes"], 1, &["dracut"]),
+    case("both initramfs generators installed", |r, _| {
+        write(r, "/var/lib/dpkg/status", "Package: initramfs-tools\nStatus: install ok installed\n\nPackage: dracut\nStatus: install ok installed\n\n");
+    }, &["full", "nvidia", "--yes"], 1, &["both initramfs-tools and dracut are installed", "remove the one you do not use"]),
     case("modprobe.d is a file", |r, _| file_in_place_of(r, "/etc/modprobe.d"), &["full", "nvidia", "--yes", "--no-deps"], 1, &["/etc/modprobe.d/gpt-vfio.conf: a file stands where a folder of that path should be; move it aside"]),
     case("initramfs modules is a directory", |r, _| dir_in_place_of(r, "/etc/initramfs-tools/modules"), &["full", "nvidia", "--yes", "--no-deps"], 1, &["/etc/initramfs-tools/modules: it is a directory, not a file; move it aside"]),
     // --- sysfs ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ use crate::support::hosts::{
     as_full_left_it, bind, rebooted, rocketlake, rocketlake_config, DEBIAN_KVER,
 };
 use crate::support::tree::{snapshot, Dev, HostTree};
-use crate::support::{gpt, run};
+use crate::support::{gpt_with_fakes, run};
 use serde_json::Value;
 use std::path::Path;
 
@@ -49,28 +49,30 @@ const ARGS: &str =
 fn passes_on_the_old_readme_host_after_the_reboot() {
     let dir = tempfile::tempdir().unwrap();
     after_reboot(dir.path());
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(err, "");
     assert_eq!(
         out,
         "\
-Checking for hardware virtualization (VT-x/AMD-V)          : PASS
-Checking for the /dev/kvm device                           : PASS
-Checking for IOMMU support in the firmware (DMAR/IVRS)     : PASS
-Checking for IOMMU enabled by the kernel                   : PASS
-Checking for interrupt remapping                           : PASS
-Checking for the vfio-pci driver                           : PASS
-Checking for gpt's configuration                           : PASS
-Checking for gpt's kernel arguments on /proc/cmdline       : PASS
-Checking for gpt's kernel arguments in /boot/grub/grub.cfg : PASS
-Checking for up-to-date initramfs images                   : PASS
-Checking for 0000:02:00.0 bound to vfio-pci                : PASS
-Checking for 0000:02:00.1 bound to vfio-pci                : PASS
-Checking for 0000:02:00.2 bound to vfio-pci                : PASS
-Checking for 0000:02:00.3 bound to vfio-pci                : PASS
-Checking for IOMMU group 14 free of host drivers           : PASS
-Checking for leftovers of the old setup.sh                 : PASS
+Checking for hardware virtualization (VT-x/AMD-V)           : PASS
+Checking for the /dev/kvm device                            : PASS
+Checking for IOMMU support in the firmware (DMAR/IVRS)      : PASS
+Checking for IOMMU enabled by the kernel                    : PASS
+Checking for interrupt remapping                            : PASS
+Checking for a boot stack gpt knows (grub, initramfs-tools) : PASS
+Checking for the vfio-pci driver                            : PASS
+Checking for gpt's configuration                            : PASS
+Checking for gpt's kernel arguments on /proc/cmdline        : PASS
+Checking for gpt's kernel arguments in /boot/grub/grub.cfg  : PASS
+Checking for up-to-date initramfs images                    : PASS
+Checking for vfio-pci in the initramfs images               : PASS
+Checking for 0000:02:00.0 bound to vfio-pci                 : PASS
+Checking for 0000:02:00.1 bound to vfio-pci                 : PASS
+Checking for 0000:02:00.2 bound to vfio-pci                 : PASS
+Checking for 0000:02:00.3 bound to vfio-pci                 : PASS
+Checking for IOMMU group 14 free of host drivers            : PASS
+Checking for leftovers of the old setup.sh                  : PASS
 "
     );
 }
@@ -79,7 +81,7 @@ Checking for leftovers of the old setup.sh                 : PASS
 fn fails_before_the_reboot_with_reboot_pending() {
     let dir = tempfile::tempdir().unwrap();
     configured(dir.path(), true);
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1, "{out}{err}");
     assert_eq!(err, "passthrough is not ready: 5 checks failed\n");
     let c = checks(&out);
@@ -110,7 +112,7 @@ fn fails_before_the_reboot_with_reboot_pending() {
 fn without_update_grub_cfg_and_the_initramfs_are_stale() {
     let dir = tempfile::tempdir().unwrap();
     configured(dir.path(), false);
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     let c = checks(&out);
     assert_eq!(
@@ -149,7 +151,7 @@ fn a_host_without_an_iommu_fails_and_says_what_to_do() {
         "/proc/interrupts",
         "            CPU0\n  24:          0  PCI-MSI 1048576-edge      nvme0q0\n",
     );
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1, "{out}{err}");
     let c = checks(&out);
     assert_eq!(
@@ -195,7 +197,7 @@ fn firmware_iommu_without_the_kernel_argument_points_at_gpt_full() {
             "/proc/interrupts",
             "  0:  1  IR-IO-APIC    2-edge      timer\n",
         );
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     let c = checks(&out);
     assert_eq!(status(&c, "hardware virtualization (VT-x/AMD-V)"), "PASS");
@@ -215,14 +217,14 @@ fn nothing_configured_warns_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = rocketlake(dir.path());
     t.file("/dev/kvm", "");
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(err, "");
     let c = checks(&out);
-    assert_eq!(c.len(), 8, "{out}");
-    assert!(c[..6].iter().all(|(_, s)| s == "PASS"), "{out}");
+    assert_eq!(c.len(), 9, "{out}");
+    assert!(c[..7].iter().all(|(_, s)| s == "PASS"), "{out}");
     assert!(out.contains(
-        "Checking for gpt's configuration                       : WARN (nothing configured: run `sudo gpt full VENDOR` (try `--dry-run` first), reboot, then `gpt check` again)\n"
+        "Checking for gpt's configuration                            : WARN (nothing configured: run `sudo gpt full VENDOR` (try `--dry-run` first), reboot, then `gpt check` again)\n"
     ), "{out}");
 }
 
@@ -234,7 +236,7 @@ fn no_interrupt_remapping_fails_even_when_all_else_passes() {
         "/proc/interrupts",
         "            CPU0       CPU1\n 120:          0          0  PCI-MSI 1048576-edge      nvme0q0\n",
     );
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     assert_eq!(err, "passthrough is not ready: 1 check failed\n");
     let fails: Vec<_> = checks(&out)
@@ -257,7 +259,7 @@ fn a_group_member_left_on_a_host_driver_fails() {
     t.file("/dev/kvm", "");
     as_full_left_it(&mut t, &c, DEBIAN_KVER, true);
     rebooted(&mut t, &c, DEBIAN_KVER);
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     let c = checks(&out);
     assert_eq!(status(&c, "0000:02:00.2 bound to vfio-pci"), "PASS");
@@ -272,7 +274,7 @@ fn a_driver_that_won_the_race_after_the_reboot_fails_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = after_reboot(dir.path());
     bind(&mut t, "0000:02:00.2", "xhci_hcd");
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     let c = checks(&out);
     assert_eq!(
@@ -290,7 +292,7 @@ fn a_moved_card_is_reported_at_its_address() {
     c.devices.push("0000:05:00.0".into());
     let doc = serde_json::json!({"version": 1, "config": c, "files": []});
     std::fs::write(dir.path().join("var/lib/gpt/state.json"), doc.to_string()).unwrap();
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     assert_eq!(
         status(&checks(&out), "0000:05:00.0 bound to vfio-pci"),
@@ -303,7 +305,7 @@ fn vfio_pci_built_in_passes_and_missing_fails_once_configured() {
     let dir = tempfile::tempdir().unwrap();
     let t = after_reboot(dir.path());
     std::fs::remove_dir_all(t.root.join("sys/module/vfio_pci")).unwrap();
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     assert_eq!(
         status(&checks(&out), "the vfio-pci driver"),
@@ -315,7 +317,7 @@ fn vfio_pci_built_in_passes_and_missing_fails_once_configured() {
         "kernel/drivers/vfio/pci/vfio-pci.ko\n",
     )
     .unwrap();
-    let (code, out, _) = run(gpt(dir.path()).args(["check", "--json"]));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).args(["check", "--json"]));
     assert_eq!(code, 0, "{out}");
     let doc: Value = serde_json::from_str(&out).unwrap();
     let vfio = doc["checks"]
@@ -332,13 +334,17 @@ fn vfio_pci_built_in_passes_and_missing_fails_once_configured() {
 fn json_is_one_document_with_every_check() {
     let dir = tempfile::tempdir().unwrap();
     configured(dir.path(), true);
-    let (code, out, err) = run(gpt(dir.path()).args(["check", "--json"]));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).args(["check", "--json"]));
     assert_eq!(code, 1);
     assert_eq!(err, "passthrough is not ready: 5 checks failed\n");
     let doc: Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(out.lines().count(), 1);
+    assert_eq!(
+        doc["boot"],
+        serde_json::json!({"loader": "grub", "initramfs": "initramfs-tools"})
+    );
     let list = doc["checks"].as_array().unwrap();
-    assert_eq!(list.len(), 16);
+    assert_eq!(list.len(), 18);
     for c in list {
         assert_eq!(c.as_object().unwrap().len(), 3, "{c}");
         assert!(["pass", "warn", "fail"].contains(&c["status"].as_str().unwrap()));
@@ -346,9 +352,9 @@ fn json_is_one_document_with_every_check() {
     }
     assert_eq!(list[0]["name"], "hardware virtualization (VT-x/AMD-V)");
     assert_eq!(list[0]["detail"], "the CPU has vmx");
-    assert_eq!(list[7]["name"], "gpt's kernel arguments on /proc/cmdline");
-    assert_eq!(list[7]["status"], "fail");
-    assert!(list[7]["detail"]
+    assert_eq!(list[8]["name"], "gpt's kernel arguments on /proc/cmdline");
+    assert_eq!(list[8]["status"], "fail");
+    assert!(list[8]["detail"]
         .as_str()
         .unwrap()
         .starts_with("reboot pending: "));
@@ -367,7 +373,7 @@ fn phase_one_asks_for_the_second_run() {
     t.file("/dev/kvm", "");
     as_full_left_it(&mut t, &c, DEBIAN_KVER, true);
     rebooted(&mut t, &c, DEBIAN_KVER);
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 0, "{out}{err}");
     let c = checks(&out);
     assert_eq!(
@@ -387,7 +393,7 @@ fn a_corrupt_state_file_is_a_failed_check_not_a_crash() {
     let mut t = rocketlake(dir.path());
     t.file("/dev/kvm", "")
         .file("/var/lib/gpt/state.json", "{not json");
-    let (code, out, _) = run(gpt(dir.path()).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 1);
     let c = checks(&out);
     assert!(status(&c, "gpt's configuration")
@@ -400,9 +406,11 @@ fn check_writes_nothing_and_prints_no_colour_off_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let t = configured(dir.path(), false);
     let before = t.snapshot();
-    let (_, out, err) = run(gpt(dir.path()).arg("check").env_remove("NO_COLOR"));
+    let (_, out, err) = run(gpt_with_fakes(dir.path())
+        .arg("check")
+        .env_remove("NO_COLOR"));
     assert!(!out.contains('\u{1b}') && !err.contains('\u{1b}'), "{out}");
-    let (_, json, _) = run(gpt(dir.path()).args(["check", "--json"]));
+    let (_, json, _) = run(gpt_with_fakes(dir.path()).args(["check", "--json"]));
     assert!(json.starts_with('{'));
     assert_eq!(before, snapshot(dir.path()));
 }
@@ -411,7 +419,7 @@ fn check_writes_nothing_and_prints_no_colour_off_a_terminal() {
 fn the_bundled_example_host_runs_through_check() {
     // The example has no /dev/kvm (a tree, not a running host): that alone fails.
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::example::EXAMPLE);
-    let (code, out, _) = run(gpt(&example).arg("check"));
+    let (code, out, _) = run(gpt_with_fakes(&example).arg("check"));
     assert_eq!(code, 1);
     let fails: Vec<_> = checks(&out)
         .into_iter()

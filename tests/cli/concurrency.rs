@@ -5,7 +5,7 @@
 use crate::support::fakes::Fakes;
 use crate::support::hosts;
 use crate::support::tally;
-use crate::txn::snap;
+use crate::support::transact::snap;
 use std::path::Path;
 use std::process::{Child, Stdio};
 

@@ -363,13 +363,21 @@ fn refusals_change_nothing() {
     std::fs::rename(r.join("etc/default/grub"), r.join("etc/default/grub.away")).unwrap();
     refuses(r, &["nvidia", "--yes"], 1, "does not boot with GRUB");
     std::fs::rename(r.join("etc/default/grub.away"), r.join("etc/default/grub")).unwrap();
-    std::fs::rename(
-        r.join("etc/initramfs-tools"),
-        r.join("etc/initramfs-tools.away"),
-    )
-    .unwrap();
-    t.file("/etc/dracut.conf", "");
-    refuses(r, &["nvidia", "--yes"], 1, "dracut");
+    // The generator comes from the package database: both, or neither, is refused.
+    hosts::dpkg_status(&mut t, &["initramfs-tools", "dracut"]);
+    refuses(
+        r,
+        &["nvidia", "--yes"],
+        1,
+        "both initramfs-tools and dracut are installed according to the package database",
+    );
+    hosts::dpkg_status(&mut t, &["initramfs-tools-core"]);
+    refuses(
+        r,
+        &["nvidia", "--yes"],
+        1,
+        "no initramfs generator found in the package database",
+    );
 }
 
 #[test]
@@ -409,7 +417,7 @@ fn the_only_display_is_refused_unless_forced() {
 // ---- Applying, with the fake update-grub/update-initramfs/depmod/lsinitramfs on PATH ----
 
 use crate::support::fakes::Fakes;
-use crate::txn::{primed_host, snap};
+use crate::support::transact::{primed_host, snap};
 
 /// Compare two snapshots, showing only the entries that differ.
 fn assert_same(now: &[(String, String)], before: &[(String, String)], what: &str) {
@@ -591,7 +599,7 @@ fn packages_are_listed_never_installed_under_a_root() {
     let (dir, fakes) = primed_host();
     let r = dir.path();
     let mut t = HostTree::new(r);
-    hosts::dpkg_status(&mut t, &["curl"]);
+    hosts::dpkg_status(&mut t, &["curl", "initramfs-tools"]);
     let (code, _, err) = full(r, &fakes, &["nvidia", "--yes"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("packages missing under the root, not installed there: qemu-system-x86 qemu-utils ovmf bridge-utils virtinst cloud-image-utils"), "{err}");

@@ -1,4 +1,4 @@
-//! The old setup.sh's leftovers: `legacy::scan` on trees the old script left, what
+//! The old setup.sh's leftovers: `leftovers::scan` on trees the old script left, what
 //! `gpt check` says about them, and that applying the changes removes exactly them.
 
 use crate::support::hosts::{
@@ -6,9 +6,9 @@ use crate::support::hosts::{
     MODULES_DEBIAN12,
 };
 use crate::support::tree::snapshot;
-use crate::support::{gpt, run};
+use crate::support::{gpt_with_fakes, run};
 use gpt::host::Host;
-use gpt::legacy::{scan, Leftover};
+use gpt::leftovers::{scan, Leftover};
 use std::path::Path;
 
 /// Apply the changes as `reset --legacy` would (without its transaction): write or remove.
@@ -82,7 +82,7 @@ fn check_warns_and_points_at_reset_legacy() {
     t.file("/dev/kvm", "");
     old_setup_sh(&mut t);
     let before = snapshot(dir.path());
-    let (code, out, err) = run(gpt(dir.path()).arg("check"));
+    let (code, out, err) = run(gpt_with_fakes(dir.path()).arg("check"));
     assert_eq!(code, 0, "a leftover is a warning: {out}{err}");
     let line = out
         .lines()

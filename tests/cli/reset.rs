@@ -1,16 +1,16 @@
 //! `gpt reset` through the real binary, on host trees with the fake commands on PATH. A
-//! `gpt full` is simulated with the transaction itself (`crate::txn::simulate_full`).
+//! `gpt full` is simulated with the transaction itself (`support::transact::simulate_full`, the real planner).
 
 use crate::support::fakes::Fakes;
 use crate::support::hosts::DEBIAN_KVER;
+use crate::support::transact::{primed_host, simulate_full, snap};
 use crate::support::tree::HostTree;
 use crate::support::{gpt, run};
-use crate::txn::{primed_host, simulate_full, snap};
 use gpt::host::Host;
 use gpt::txn::Lock;
 use serde_json::Value;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 fn reset(root: &Path, fakes: &Fakes) -> assert_cmd::Command {
@@ -306,7 +306,7 @@ fn no_update_prints_the_commands_and_a_later_reset_runs_them() {
     full_then(root, &fakes);
     let (code, _, err) = run(reset(root, &fakes).args(["--yes", "--no-update"]));
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("--no-update: grub.cfg and the initramfs still carry gpt's configuration until you run: `update-grub`"), "{err}");
+    assert!(err.contains("--no-update: the boot entries and the initramfs still carry gpt's configuration until you run: `update-grub`"), "{err}");
     assert!(fakes.calls().is_empty());
     assert_eq!(
         etc(root),
@@ -334,6 +334,12 @@ fn legacy_leftovers_are_removed_and_grub_bak_is_moved_aside() {
     );
     fs::write(root.join("etc/default/grub"), &old).unwrap();
     fs::write(root.join("etc/default/grub.bak"), &grub).unwrap();
+    // A private backup: moved aside, it keeps its mode (the real file's, not a copy's).
+    fs::set_permissions(
+        root.join("etc/default/grub.bak"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     fs::write(
         root.join("etc/modprobe.d/xhci_hcd.conf"),
         "blacklist xhci_hcd\n",
@@ -351,6 +357,11 @@ fn legacy_leftovers_are_removed_and_grub_bak_is_moved_aside() {
     assert_eq!(read(root, "/etc/default/grub"), grub);
     assert!(!root.join("etc/default/grub.bak").exists());
     assert_eq!(read(root, "/etc/default/grub.bak.gpt-legacy"), grub);
+    let mode = fs::metadata(root.join("etc/default/grub.bak.gpt-legacy"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
     assert!(!root.join("etc/modprobe.d/xhci_hcd.conf").exists());
     assert!(!read(root, "/etc/initramfs-tools/modules").contains("options vfio-pci"));
     assert!(fakes.calls().contains(&"update-grub".to_string()));
@@ -428,7 +439,7 @@ fn sigkill_during_a_slow_command_leaves_the_lock_held_until_it_ends_then_reset_c
 #[cfg(feature = "failpoints")]
 mod crash {
     use super::*;
-    use crate::txn::IDS;
+    use crate::support::hosts::ROCKETLAKE_IDS as IDS;
 
     const FILES: [&str; 3] = [
         "/etc/default/grub",

@@ -1,150 +1,31 @@
 //! The transaction (`gpt::txn`) against host trees, with the fake commands on PATH: journal,
 //! atomic writes, commands, rollback.
 
-use crate::support::fakes::Fakes;
-use crate::support::hosts::{rocketlake, DEBIAN_KVER};
-use crate::support::tree::snapshot;
-use gpt::edit;
+use crate::support::hosts::{rocketlake_config, DEBIAN_KVER};
+use crate::support::transact::{plan_with_args, planned, primed_host, simulate_full, snap};
 use gpt::host::Host;
-use gpt::plan::{FileAction, FileChange, Plan, Step};
-use gpt::state::{BindMode, Config, Phase};
+use gpt::plan::{FileAction, Plan, Step};
 use gpt::txn::{self, Finish, Lock, Runner, State};
 use gpt::ui::Ui;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-pub const IDS: [&str; 4] = ["10de:1f08", "10de:10f9", "10de:1ada", "10de:1adb"];
-
-pub fn grub_tokens() -> Vec<String> {
-    vec![
-        "intel_iommu=on".into(),
-        "iommu=pt".into(),
-        format!("vfio-pci.ids={}", IDS.join(",")),
-        "kvm.ignore_msrs=1".into(),
-        "kvm.report_ignored_msrs=0".into(),
-    ]
+fn grub_tokens() -> Vec<String> {
+    rocketlake_config().args
 }
 
-/// What `gpt full nvidia` configures on the RocketLake host.
-pub fn rocketlake_config() -> Config {
-    Config {
-        phase: Phase::Vfio,
-        gpus: vec!["0000:02:00.0".into()],
-        devices: [
-            "0000:02:00.0",
-            "0000:02:00.1",
-            "0000:02:00.2",
-            "0000:02:00.3",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ids: IDS.map(String::from).to_vec(),
-        bind: BindMode::Ids,
-        grub_file: "/etc/default/grub".into(),
-        grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
-        args: grub_tokens(),
-        initramfs_modules: ["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]
-            .map(String::from)
-            .to_vec(),
-        softdeps: ["i2c_nvidia_gpu", "nouveau", "snd_hda_intel", "xhci_pci"]
-            .map(String::from)
-            .to_vec(),
-        kernels: vec![DEBIAN_KVER.into()],
-    }
-}
-
-pub fn update_commands(kernels: &[&str]) -> Vec<Step> {
-    let mut v = vec![
-        Step::new("Regenerating grub.cfg", &["update-grub"]),
-        Step::new(
-            "Rebuilding the initramfs",
-            &["update-initramfs", "-u", "-k", "all"],
-        ),
-    ];
-    for k in kernels {
-        v.push(Step::new(&format!("depmod {k}"), &["depmod", "-a", k]));
-    }
-    v
-}
-
-/// The plan `gpt full` would make for a host configured like RocketLake, from its current
-/// files (a stand-in until `full` lands): grub tokens, the modules block, gpt-vfio.conf.
-pub fn full_plan(root: &Path, tokens: &[String]) -> Plan {
-    let read = |p: &str| fs::read(root.join(p.trim_start_matches('/'))).ok();
-    let grub = read("/etc/default/grub").unwrap();
-    let grub_new = edit::grub::apply(
-        std::str::from_utf8(&grub).unwrap(),
-        "GRUB_CMDLINE_LINUX_DEFAULT",
-        tokens,
-    )
-    .unwrap();
-    let modules = read("/etc/initramfs-tools/modules").unwrap();
-    let modules_new = edit::modules::apply(
-        std::str::from_utf8(&modules).unwrap(),
-        &["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"],
-    );
-    let conf = read("/etc/modprobe.d/gpt-vfio.conf");
-    let conf_new = edit::modprobe::render(&rocketlake_config().softdeps, &[]);
-    let mut plan = Plan::default();
-    plan.push_file(FileChange::new(
-        "/etc/default/grub",
-        Some(grub),
-        Some(grub_new.into_bytes()),
-    ));
-    plan.push_file(FileChange::new(
-        "/etc/initramfs-tools/modules",
-        Some(modules),
-        Some(modules_new.into_bytes()),
-    ));
-    plan.push_file(FileChange::new(
-        "/etc/modprobe.d/gpt-vfio.conf",
-        conf,
-        Some(conf_new.into_bytes()),
-    ));
-    if !plan.files.is_empty() {
-        plan.commands = update_commands(&[DEBIAN_KVER]);
+/// `gpt full`'s plan for the host, with `tokens` as the kernel arguments.
+fn full_plan(root: &Path, tokens: &[String]) -> Plan {
+    let mut plan = planned(root).plan;
+    plan.files
+        .retain(|f| f.path != Path::new("/etc/default/grub"));
+    let args = plan_with_args(root, tokens);
+    plan.files.splice(0..0, args.files);
+    if plan.commands.is_empty() {
+        plan.commands = args.commands;
     }
     plan
-}
-
-/// A RocketLake tree whose /boot matches its /etc, and the fakes.
-pub fn primed_host() -> (tempfile::TempDir, Fakes) {
-    let dir = tempfile::tempdir().unwrap();
-    rocketlake(dir.path());
-    let fakes = Fakes::new();
-    fakes.prime(dir.path());
-    (dir, fakes)
-}
-
-/// Run the transaction as `gpt full` would, with the fakes (and `env`) for the commands.
-pub fn simulate_full(
-    root: &Path,
-    fakes: &Fakes,
-    env: &[(&str, &str)],
-) -> anyhow::Result<txn::Outcome> {
-    let host = Host::new(root);
-    let ui = Ui::new(false);
-    let mut runner = Runner::new(&host, &ui).with_path(fakes.path());
-    for (k, v) in env {
-        runner = runner.with_env(k, v);
-    }
-    let lock = Lock::acquire(&host)?;
-    let config = rocketlake_config();
-    let mut plan = full_plan(root, &grub_tokens());
-    // As `full` must: an update owed by a stopped run is run even with nothing to write.
-    if plan.commands.is_empty() && txn::update_needed(&host)? {
-        plan.commands = update_commands(&[DEBIAN_KVER]);
-    }
-    txn::apply_with(&runner, &lock, &plan, Finish::Record(Some(&config)), &[])
-}
-
-/// A snapshot without the lock file (which stays, as lock files do).
-pub fn snap(root: &Path) -> Vec<(String, String)> {
-    snapshot(root)
-        .into_iter()
-        .filter(|(p, _)| p != "run" && p != "run/gpt.lock")
-        .collect()
 }
 
 fn read(root: &Path, p: &str) -> String {
@@ -235,8 +116,8 @@ fn apply_journals_first_writes_the_files_and_runs_the_commands() {
         fakes.calls(),
         [
             "update-grub".to_string(),
-            "update-initramfs -u -k all".into(),
             format!("depmod -a {DEBIAN_KVER}"),
+            "update-initramfs -u -k all".into(),
         ]
     );
     let cfg = read(root, "/boot/grub/grub.cfg");
@@ -346,7 +227,7 @@ fn a_failing_command_rolls_back_to_the_identical_tree() {
     let before = snap(root);
     let err = simulate_full(root, &fakes, &[("FAKE_FAIL", "update-initramfs:1")]).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.starts_with("rolled back: the 3 files gpt changed are back as they were, and `update-grub`, `update-initramfs -u -k all` ran again: "), "{msg}");
+    assert!(msg.starts_with("rolled back: the 3 files gpt changed are back as they were, and `update-grub`, `depmod -a 6.1.0-13-amd64`, `update-initramfs -u -k all` ran again: "), "{msg}");
     assert!(
         msg.contains("update-initramfs -u -k all` failed (exit status 1)"),
         "{msg}"
@@ -356,8 +237,10 @@ fn a_failing_command_rolls_back_to_the_identical_tree() {
         fakes.calls(),
         [
             "update-grub",
+            "depmod -a 6.1.0-13-amd64",
             "update-initramfs -u -k all",
             "update-grub",
+            "depmod -a 6.1.0-13-amd64",
             "update-initramfs -u -k all"
         ]
     );
@@ -379,7 +262,9 @@ fn when_the_rollback_cannot_rerun_a_command_the_files_are_back_and_an_update_is_
         "{msg}"
     );
     assert!(
-        msg.contains("run `gpt reset` (or `update-grub && update-initramfs -u -k all`)"),
+        msg.contains(
+            "run `gpt reset` (or `update-grub && depmod -a 6.1.0-13-amd64 && update-initramfs -u -k all`)"
+        ),
         "{msg}"
     );
     let etc_after: Vec<_> = snap(root)
@@ -503,7 +388,9 @@ fn a_rollback_reruns_only_the_commands_that_rebuild_boot_files() {
     let lock = Lock::acquire(&host).unwrap();
     let err = txn::apply_with(&runner, &lock, &plan, Finish::Record(None), &[]).unwrap_err();
     assert!(
-        format!("{err:#}").contains("and `update-grub`, `update-initramfs -u -k all` ran again"),
+        format!("{err:#}").contains(
+            "and `update-grub`, `depmod -a 6.1.0-13-amd64`, `update-initramfs -u -k all` ran again"
+        ),
         "{err:#}"
     );
     assert_eq!(
@@ -511,8 +398,10 @@ fn a_rollback_reruns_only_the_commands_that_rebuild_boot_files() {
         [
             "apt-get install -y ovmf",
             "update-grub",
+            "depmod -a 6.1.0-13-amd64",
             "update-initramfs -u -k all",
             "update-grub",
+            "depmod -a 6.1.0-13-amd64",
             "update-initramfs -u -k all"
         ]
     );

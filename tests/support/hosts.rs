@@ -42,7 +42,9 @@ pub fn debian12_etc(t: &mut HostTree) {
              # it autoloads.  This is not always safe, so we block it by default.\n\
              blacklist microcode\n",
         )
-        .file("/usr/share/misc/pci.ids", PCI_IDS);
+        .file("/usr/share/misc/pci.ids", PCI_IDS)
+        // What initramfs-tools ships (gpt tells the generator from it without a dpkg database).
+        .file("/usr/sbin/update-initramfs", "#!/bin/sh\n");
 }
 
 /// A Debian 6.1 kernel: vfio, vfio_iommu_type1, vfio_virqfd and vfio-pci are modules.
@@ -267,7 +269,16 @@ pub fn amd_datacenter(root: &Path) -> HostTree {
             &["kernel/drivers/vfio/pci/vfio-pci.ko", "kernel/drivers/vfio/pci/vfio-pci-core.ko"],
             "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n",
         );
-    dpkg_status(&mut t, &["qemu-system-x86", "qemu-utils", "ovmf", "curl"]);
+    dpkg_status(
+        &mut t,
+        &[
+            "qemu-system-x86",
+            "qemu-utils",
+            "ovmf",
+            "curl",
+            "initramfs-tools",
+        ],
+    );
     t
 }
 
@@ -275,6 +286,9 @@ pub fn amd_datacenter(root: &Path) -> HostTree {
 // A host as `gpt full` leaves it, and the same host after the reboot (for check and qemu).
 
 /// The kernel arguments `gpt full nvidia` configures on the rocketlake host.
+/// The ids of the RTX 2060's four functions.
+pub const ROCKETLAKE_IDS: [&str; 4] = ["10de:1f08", "10de:10f9", "10de:1ada", "10de:1adb"];
+
 pub const ROCKETLAKE_ARGS: [&str; 5] = [
     "iommu=pt",
     "intel_iommu=on",
@@ -301,8 +315,17 @@ pub fn rocketlake_config() -> gpt::state::Config {
         grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
         args: s(&ROCKETLAKE_ARGS),
         initramfs_modules: s(&["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]),
-        softdeps: s(&["i2c_nvidia_gpu", "nouveau", "snd_hda_intel", "xhci_pci"]),
+        softdeps: s(&[
+            "i2c_nvidia_gpu",
+            "nouveau",
+            "nvidia",
+            "nvidiafb",
+            "snd_hda_intel",
+            "ucsi_ccg",
+            "xhci_pci",
+        ]),
         kernels: s(&[DEBIAN_KVER]),
+        boot: gpt::boot::StackId::default(),
     }
 }
 
@@ -365,7 +388,20 @@ pub fn as_full_left_it(t: &mut HostTree, c: &gpt::state::Config, kver: &str, upd
     set_mtime(t, "/etc/initramfs-tools/modules", 0);
     let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
     let initrd = format!("/boot/initrd.img-{kver}");
-    t.file(&initrd, "initramfs image");
+    // In the format of the fake update-initramfs (which the fake lsinitramfs lists): an
+    // updated image holds the modules gpt listed.
+    let mut image = format!("# initramfs written by gpt's fake update-initramfs for {kver}\n");
+    if updated {
+        for m in &c.initramfs_modules {
+            let file = if m == "vfio_pci" {
+                "vfio/pci/vfio-pci.ko".to_string()
+            } else {
+                format!("vfio/{m}.ko")
+            };
+            image.push_str(&format!("module {m} kernel/drivers/{file}\n"));
+        }
+    }
+    t.file(&initrd, &image);
     if updated {
         t.file("/boot/grub/grub.cfg", &grub_cfg(kver, &args));
         set_mtime(t, &initrd, 100);

@@ -5,6 +5,7 @@ pub mod fakes;
 pub mod hosts;
 pub mod synth;
 pub mod tally;
+pub mod transact;
 pub mod tree;
 
 use assert_cmd::Command;
@@ -17,6 +18,15 @@ pub fn gpt(root: &Path) -> Command {
         .env("GPT_PCI_IDS", root.join("usr/share/misc/pci.ids"))
         .arg("--root")
         .arg(root);
+    cmd
+}
+
+/// The real `gpt` binary as [`gpt`] gives it, with the fake commands first on PATH (one set
+/// for the whole test process: for read-only commands such as `gpt check`).
+pub fn gpt_with_fakes(root: &Path) -> Command {
+    static FAKES: std::sync::OnceLock<fakes::Fakes> = std::sync::OnceLock::new();
+    let mut cmd = gpt(root);
+    cmd.env("PATH", FAKES.get_or_init(fakes::Fakes::new).path());
     cmd
 }
 

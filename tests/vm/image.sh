@@ -21,7 +21,8 @@
 # mounts of the image: the root fs is made with `mkfs.ext4 -d`, the ESP with mtools, and the
 # partitions are dd'ed into a sparse file. Needs root (debootstrap).
 #
-# The image holds no gpt and no test logic: run.sh writes the gpt binary and the stage script
+# The image holds no gpt and no test logic: run.sh writes gpt (its binary, or its .deb for the
+# main scenario, which installs it: hence man-db and bash-completion here) and the stage script
 # into a per-run copy with debugfs, so this image is cached on the inputs of this script and
 # tests/vm/guest/ only.
 
@@ -60,7 +61,7 @@ log "debootstrap $suite (minbase)"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
     $([ -r $keyring ] && echo "--keyring=$keyring") \
-    --include=linux-image-amd64,${generator}kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils \
+    --include=linux-image-amd64,${generator}kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils,man-db,bash-completion \
     "$suite" "$root" ${mirror:+"$mirror"} >"$tmp/debootstrap.log" 2>&1 || {
     tail -n 30 "$tmp/debootstrap.log" >&2
     exit 1

@@ -5,7 +5,8 @@
 #
 #   bash tests/vm/run.sh [--scenario NAME]... [--suite bookworm] [--jobs N]
 #
-# Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_VM_MIRROR (default: the
+# Environment: GPT_BIN (default target/release/gpt, built if missing), GPT_DEB (the package the main
+# scenario installs; default: built from GPT_BIN by scripts/deb.sh), GPT_VM_MIRROR (default: the
 # first Debian mirror in this machine's apt sources on a Debian machine, debootstrap's own default
 # elsewhere), GPT_VM_SCENARIOS (the scenarios run when no --scenario is given, space-separated;
 # default: the default set below), GPT_VM_CACHE (the image cache, /var/cache/gpt-vm),
@@ -68,7 +69,7 @@ if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || die "needs root (debootstrap, debugfs on the image); no sudo here"
     args=(--suite "$suite" --jobs "$jobs")
     for s in "${scenarios[@]}"; do args+=(--scenario "$s"); done
-    exec sudo --preserve-env=GPT_BIN,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,GPT_VM_SCENARIOS,GPT_VM_CACHE,CARGO_TARGET_DIR \
+    exec sudo --preserve-env=GPT_BIN,GPT_DEB,GPT_VM_MIRROR,GPT_VM_BOOT_TIMEOUT,GPT_VM_SMP,GPT_VM_KEEP,GPT_VM_JOBS,GPT_VM_SCENARIOS,GPT_VM_CACHE,CARGO_TARGET_DIR \
         bash "${BASH_SOURCE[0]}" "${args[@]}"
 fi
 
@@ -107,6 +108,27 @@ if [ -z "${GPT_BIN:-}" ]; then
 fi
 [ -x "$GPT_BIN" ] || die "GPT_BIN=$GPT_BIN is not an executable"
 GPT_BIN=$(readlink -f "$GPT_BIN")
+
+# --- the package under test: the main scenario installs gpt from it with dpkg -i -----------------
+if [[ " ${scenarios[*]} " == *" main "* ]]; then
+    if [ -z "${GPT_DEB:-}" ]; then
+        note "building the .deb (scripts/deb.sh)"
+        GPT_DEB=$(cd "$repo" && GPT_BIN=$GPT_BIN bash scripts/deb.sh | tail -n 1) || die "scripts/deb.sh failed; or set GPT_DEB"
+    fi
+    [ -f "$GPT_DEB" ] || die "GPT_DEB=$GPT_DEB is not a file"
+    GPT_DEB=$(readlink -f "$GPT_DEB")
+    # The package must hold the binary under test, or main would test another gpt. cargo-deb
+    # strips it, so the bytes differ: compare the linker's build id, which strip keeps.
+    build_id() { readelf -n "$1" 2>/dev/null | sed -n 's/^ *Build ID: //p'; }
+    dpkg-deb --fsys-tarfile "$GPT_DEB" | tar -xOf - ./usr/bin/gpt >"$target/vm-deb-gpt" ||
+        die "$GPT_DEB has no usr/bin/gpt"
+    id_bin=$(build_id "$GPT_BIN")
+    id_deb=$(build_id "$target/vm-deb-gpt")
+    rm -f "$target/vm-deb-gpt"
+    [ -n "$id_bin" ] || die "$GPT_BIN has no build id (readelf -n): cannot tell whether $GPT_DEB holds it"
+    [ "$id_bin" = "$id_deb" ] ||
+        die "$GPT_DEB does not hold $GPT_BIN as usr/bin/gpt (build id ${id_deb:-none}, not $id_bin); rebuild it (scripts/deb.sh) or set GPT_DEB"
+fi
 
 # --- the cached image -------------------------------------------------------------------------------
 # The mirror: the first non-security URI in this machine's apt sources, unless GPT_VM_MIRROR says.
@@ -199,6 +221,8 @@ qemu_devices() {
 }
 
 # prepare SCENARIO DIR IMAGE: a copy of IMAGE with gpt, the stage script and the scenario name in it.
+# main gets gpt's .deb as /usr/local/lib/gpt-test/gpt.deb (its stage installs it); the others
+# get the binary as /usr/local/bin/gpt.
 prepare() {
     local s=$1 dir=$2 image=$3 off
     off=$(cat "$image/root.offset")
@@ -207,20 +231,21 @@ prepare() {
     cp --sparse=always "$image/disk.img" "$dir/disk.img"
     cp "$ovmf_vars" "$dir/vars.fd"
     echo "$s" >"$dir/scenario"
-    local fs="$dir/disk.img?offset=$off"
+    local fs="$dir/disk.img?offset=$off" src=$GPT_BIN dst=/usr/local/bin/gpt mode=0100755
+    if [ "$s" = main ]; then src=$GPT_DEB dst=/usr/local/lib/gpt-test/gpt.deb mode=0100644; fi
     debugfs -w -f - "$fs" >"$dir/debugfs.log" 2>&1 <<EOF
-write $GPT_BIN /usr/local/bin/gpt
-set_inode_field /usr/local/bin/gpt mode 0100755
-set_inode_field /usr/local/bin/gpt uid 0
-set_inode_field /usr/local/bin/gpt gid 0
+write $src $dst
+set_inode_field $dst mode $mode
+set_inode_field $dst uid 0
+set_inode_field $dst gid 0
 write $here/stage.sh /usr/local/lib/gpt-test/stage
 set_inode_field /usr/local/lib/gpt-test/stage mode 0100755
 write $dir/scenario /usr/local/lib/gpt-test/scenario
 EOF
     # debugfs exits 0 whatever happened: read the files back.
-    debugfs -R "dump /usr/local/bin/gpt $dir/gpt.check" "$fs" >/dev/null 2>&1
+    debugfs -R "dump $dst $dir/gpt.check" "$fs" >/dev/null 2>&1
     debugfs -R "dump /usr/local/lib/gpt-test/stage $dir/stage.check" "$fs" >/dev/null 2>&1
-    cmp -s "$GPT_BIN" "$dir/gpt.check" && cmp -s "$here/stage.sh" "$dir/stage.check" || {
+    cmp -s "$src" "$dir/gpt.check" && cmp -s "$here/stage.sh" "$dir/stage.check" || {
         cat "$dir/debugfs.log" >&2
         return 1
     }
@@ -286,8 +311,9 @@ scenario() {
     [ "${GPT_VM_KEEP:-0}" = 1 ] || rm -rf "$dir"
 }
 
-# gpt never runs on this machine, not even --version: only inside the guests.
-note "gpt under test: $GPT_BIN (sha256 $(sha256sum "$GPT_BIN" | cut -c1-16))"
+# gpt never runs on this machine (scripts/deb.sh only has it print its manual pages and completions):
+# it runs inside the guests.
+note "gpt under test: $GPT_BIN (sha256 $(sha256sum "$GPT_BIN" | cut -c1-16))${GPT_DEB:+; main installs $GPT_DEB}"
 note "scenarios: ${scenarios[*]} (main/twin suite $suite, $jobs at a time, boot timeout ${GPT_VM_BOOT_TIMEOUT:-900} s, images in $cache)"
 t_all=$SECONDS
 pids=()

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The VM test's guest side. run.sh writes this file into each run's copy of the image as
-# /usr/local/lib/gpt-test/stage (next to /usr/local/bin/gpt and the scenario name), and
+# /usr/local/lib/gpt-test/stage (next to /usr/local/bin/gpt, or gpt.deb for main, and the scenario name), and
 # gpt-test.service runs it at the end of every boot with its output on the second serial port,
 # then powers the guest off. Editing this file does not rebuild the cached image.
 #
@@ -447,6 +447,75 @@ check_json_names_dracut() {
         jqt check '.boot.loader == "grub" and .boot.initramfs == "dracut"'
 }
 
+# --- gpt's Debian package (main: installed in boot 1, purged in the last boot) ---------------------------
+deb=$lib/gpt.deb
+# bash_completes_fu: bash-completion, as an interactive shell would, loads gpt's script from the
+# package's place on first use; gpt's completion function completes `gpt fu` to `full`, alone.
+bash_completes_fu() {
+    local got
+    got=$(bash -c '
+        . /usr/share/bash-completion/bash_completion || exit 1
+        __load_completion gpt || { echo "(no completion script for gpt found)"; exit 1; }
+        f=$(complete -p gpt | sed -n "s/.* -F \([^ ]*\) .*/\1/p")
+        COMP_WORDS=(gpt fu) COMP_CWORD=1 COMP_LINE="gpt fu" COMP_POINT=6
+        "$f" gpt fu gpt
+        printf "%s\n" "${COMPREPLY[@]}"' 2>&1)
+    [ "$got" = full ] && return 0
+    why="got: $(echo "$got" | tr '\n' ' ' | cut -c1-200)"
+    return 1
+}
+installed_from_deb() {
+    run dpkg-i dpkg -i "$deb"
+    check "dpkg -i gpt.deb exits 0" exited dpkg-i 0 || bail "cannot install gpt from its .deb"
+    dpkg -L gpt >"$state/deb.files"
+    sed 's/^/  dpkg -L gpt| /' "$state/deb.files"
+    check "gpt on PATH is the package's /usr/bin/gpt" \
+        eval 'test "$(command -v gpt)" = /usr/bin/gpt && dpkg -S /usr/bin/gpt | grep -q "^gpt: "'
+    local v
+    v=$(dpkg-query -W -f '${Version}' gpt)
+    check "gpt --version says the package's upstream version (${v%-*} of $v)" \
+        eval 'test "$(gpt --version)" = "gpt ${v%-*}"'
+    check "man -w gpt finds the package's gpt(1); man -w gpt-full its gpt-full(1)" \
+        eval 'test "$(man -w gpt)" = /usr/share/man/man1/gpt.1.gz && test "$(man -w gpt-full)" = /usr/share/man/man1/gpt-full.1.gz'
+    check "man renders gpt(1) without a warning" eval 'test -z "$(man --warnings -l /usr/share/man/man1/gpt.1.gz 2>&1 >/dev/null)"'
+    check "bash completion completes 'gpt fu' to 'full'" bash_completes_fu
+}
+# Purged while configured, the package keeps the journal (gpt's only way back) and says why;
+# installed again, gpt finds its configuration where it was.
+purge_keeps_journal() {
+    sha256sum /var/lib/gpt/state.json >"$W/journal.sum" 2>/dev/null
+    run purge1 dpkg --purge gpt
+    check "dpkg --purge gpt on a configured host exits 0" exited purge1 0
+    check "... keeps /var/lib/gpt/state.json unchanged and says why" \
+        eval 'sha256sum -c --quiet "$W/journal.sum" && grep -q "not deleting /var/lib/gpt" "$W/purge1.err"'
+    run dpkg-i2 dpkg -i "$deb"
+    check "dpkg -i gpt.deb again exits 0" exited dpkg-i2 0 || bail "cannot reinstall gpt from its .deb"
+}
+# leftover: a path of the package's file list that is still there and is not a folder another
+# installed package owns.
+leftovers() {
+    local p bad=
+    while read -r p; do
+        [ -e "$p" ] || [ -L "$p" ] || continue
+        [ -d "$p" ] && [ ! -L "$p" ] && dpkg -S "$p" >/dev/null 2>&1 && continue
+        bad="$bad $p"
+    done <"$state/deb.files"
+    [ -z "$bad" ] && return 0
+    why="left:$(echo "$bad" | cut -c1-300)"
+    return 1
+}
+purged_leaves_nothing() {
+    echo "--- before purge: /var/lib/gpt: $(find /var/lib/gpt 2>/dev/null | tr '\n' ' ' || true)"
+    run purge apt-get purge -y gpt
+    check "apt-get purge -y gpt exits 0" exited purge 0
+    echo "--- after purge: /var/lib/gpt: $(find /var/lib/gpt 2>/dev/null | tr '\n' ' ' || true)"
+    check "dpkg knows no gpt any more" eval '! dpkg-query -W gpt'
+    check "nothing of the package's file list (boot 1's dpkg -L gpt) is left" leftovers
+    check "no /var/lib/gpt is left" test ! -e /var/lib/gpt
+    check "no gpt on PATH, no gpt(1)" eval '! command -v gpt && ! man -w gpt'
+    check "/etc is still byte-identical to boot 1 (before the install)" etc_same_as "$state/etc.before"
+}
+
 # --- scenarios ------------------------------------------------------------------------------------------
 echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
 settle
@@ -456,6 +525,7 @@ case "$scenario:$boot" in
 main:1)
     sanity
     record $GPU $AUDIO
+    installed_from_deb
     iommu_json
     full_configures full 1234
     full_again_is_noop full2 1234
@@ -468,6 +538,7 @@ main:2)
     check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
     check_json_passes
     qemu_names_both
+    purge_keeps_journal
     # The rescue step gpt prints: boot once without vfio-pci.ids= (as if edited at the GRUB prompt).
     cp /boot/grub/grub.cfg "$state/grub.cfg.configured"
     sed -i -E 's/[[:space:]]vfio-pci\.ids=[^[:space:]]*//g' /boot/grub/grub.cfg
@@ -483,6 +554,7 @@ main:3)
     ;;
 main:4)
     restored
+    purged_leaves_nothing
     complete=yes
     ;;
 # twin: two identical GPUs; only the one with --device goes to vfio-pci, by address.

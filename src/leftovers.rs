@@ -11,13 +11,14 @@
 
 use crate::edit::{cmdline, grub, modules};
 use crate::host::Host;
-use crate::plan::FileChange;
+use crate::plan::{FileChange, Plan};
 use crate::state;
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-pub const GRUB: &str = "/etc/default/grub";
-pub const GRUB_BAK: &str = "/etc/default/grub.bak";
+pub use crate::paths::{GRUB_BAK, GRUB_DEFAULT as GRUB};
 /// Where `reset --legacy` moves `grub.bak` (a numeric suffix is added if that is taken).
 pub const GRUB_BAK_ASIDE: &str = "/etc/default/grub.bak.gpt-legacy";
 pub const XHCI_CONF: &str = "/etc/modprobe.d/xhci_hcd.conf";
@@ -65,23 +66,102 @@ pub fn is_legacy_arg(token: &str) -> bool {
         .any(|l| cmdline::key(l) == key && cmdline::value(l).map(|v| v.replace('-', "_")) == value)
 }
 
+/// What the scan looks at, read from the host (or as a plan will leave it).
+#[derive(Debug, Clone, Default)]
+pub struct Files {
+    /// The text of each file the old script wrote to, by path (absent files left out).
+    pub texts: BTreeMap<String, String>,
+    /// `grub.bak`'s bytes and mode, as on the real host.
+    pub grub_bak: Option<(Vec<u8>, u32)>,
+    /// The paths `grub.bak` could be moved to that are taken.
+    pub taken: Vec<String>,
+    /// The kernel arguments gpt's configuration needs (never proposed for removal).
+    pub keep: Vec<String>,
+}
+
+impl Files {
+    /// Read the files from the host, each as `plan` will leave it where the plan changes it.
+    pub fn read(host: &Host, plan: &Plan) -> Result<Files> {
+        let planned = |p: &str| plan.files.iter().find(|f| f.path == Path::new(p));
+        let mut files = Files {
+            keep: state::load_config(host)?
+                .map(|c| c.args)
+                .unwrap_or_default(),
+            ..Files::default()
+        };
+        for path in [GRUB, XHCI_CONF].into_iter().chain(OPTION_FILES) {
+            let text = match planned(path) {
+                Some(c) => c
+                    .after
+                    .clone()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                None => host.read_optional(path)?,
+            };
+            if let Some(t) = text {
+                files.texts.insert(path.to_string(), t);
+            }
+        }
+        files.grub_bak = read_grub_bak(host)?;
+        if let Some(c) = planned(GRUB_BAK) {
+            files.grub_bak = c
+                .after
+                .clone()
+                .map(|b| (b, files.grub_bak.map_or(0o644, |g| g.1)));
+        }
+        files.taken = (1..)
+            .map(aside_name)
+            .take_while(|p| host.exists(p))
+            .collect();
+        Ok(files)
+    }
+
+    fn text(&self, path: &str) -> Option<&String> {
+        self.texts.get(path)
+    }
+}
+
+/// `grub.bak`'s bytes and mode (the real file's: it is moved aside with the same mode).
+fn read_grub_bak(host: &Host) -> Result<Option<(Vec<u8>, u32)>> {
+    let path = host.path(GRUB_BAK);
+    let bytes = match host.read(GRUB_BAK) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mode = std::fs::metadata(host.resolve(GRUB_BAK)?)
+        .with_context(|| format!("cannot read the mode of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    Ok(Some((bytes, mode)))
+}
+
+fn aside_name(n: u32) -> String {
+    match n {
+        1 => GRUB_BAK_ASIDE.to_string(),
+        n => format!("{GRUB_BAK_ASIDE}.{n}"),
+    }
+}
+
 /// Every leftover of the old setup.sh on this host, in a fixed order.
 pub fn scan(host: &Host) -> Result<Vec<Leftover>> {
-    let keep: Vec<String> = state::load_config(host)?
-        .map(|c| c.args)
-        .unwrap_or_default();
+    find(&Files::read(host, &Plan::default())?)
+}
+
+/// Every leftover in `files`, in a fixed order. Pure.
+pub fn find(files: &Files) -> Result<Vec<Leftover>> {
     let mut out = Vec::new();
-    out.extend(grub_args(host, &keep)?);
-    out.extend(grub_bak(host)?);
-    out.extend(xhci_blacklist(host)?);
+    out.extend(grub_args(files.text(GRUB), &files.keep)?);
+    out.extend(grub_bak(files));
+    out.extend(xhci_blacklist(files.text(XHCI_CONF)));
     for path in OPTION_FILES {
-        out.extend(vfio_options(host, path)?);
+        out.extend(vfio_options(files.text(path), path));
     }
     Ok(out)
 }
 
-fn grub_args(host: &Host, keep: &[String]) -> Result<Option<Leftover>> {
-    let Some(before) = host.read_optional(GRUB)? else {
+fn grub_args(before: Option<&String>, keep: &[String]) -> Result<Option<Leftover>> {
+    let Some(before) = before.cloned() else {
         return Ok(None);
     };
     let mut after = before.clone();
@@ -110,65 +190,48 @@ fn grub_args(host: &Host, keep: &[String]) -> Result<Option<Leftover>> {
     }))
 }
 
-fn grub_bak(host: &Host) -> Result<Option<Leftover>> {
-    let path = host.path(GRUB_BAK);
-    let bytes = match host.read(GRUB_BAK) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let mode = std::fs::metadata(host.resolve(GRUB_BAK)?)
-        .with_context(|| format!("cannot read the mode of {}", path.display()))?
-        .permissions()
-        .mode()
-        & 0o7777;
+fn grub_bak(files: &Files) -> Option<Leftover> {
+    let (bytes, mode) = files.grub_bak.clone()?;
     let aside = (1..)
-        .map(|n: u32| match n {
-            1 => GRUB_BAK_ASIDE.to_string(),
-            n => format!("{GRUB_BAK_ASIDE}.{n}"),
-        })
-        .find(|p| !host.exists(p))
-        .unwrap_or_else(|| GRUB_BAK_ASIDE.to_string());
+        .map(aside_name)
+        .find(|p| !files.taken.contains(p))
+        .expect("some name is free");
     let mut copy = FileChange::new(&aside, None, Some(bytes.clone()));
     copy.new_mode = mode;
-    Ok(Some(Leftover {
+    Some(Leftover {
         description: format!(
             "{GRUB_BAK}: a stale copy of {GRUB} saved by the old setup.sh (its reset restored it over later changes); moved aside to {aside}"
         ),
         changes: vec![copy, FileChange::new(GRUB_BAK, Some(bytes), None)],
-    }))
+    })
 }
 
-fn xhci_blacklist(host: &Host) -> Result<Option<Leftover>> {
-    let Some(before) = host.read_optional(XHCI_CONF)? else {
-        return Ok(None);
-    };
+fn xhci_blacklist(before: Option<&String>) -> Option<Leftover> {
+    let before = before?.clone();
     let (after, removed) = modules::remove_lines(&before, |l| {
         l.split_ascii_whitespace().collect::<Vec<_>>() == ["blacklist", "xhci_hcd"]
     });
     if removed.is_empty() {
-        return Ok(None);
+        return None;
     }
     let (after, what) = drop_if_empty(after);
-    Ok(Some(Leftover {
+    Some(Leftover {
         description: format!(
             "{XHCI_CONF}: `blacklist xhci_hcd` keeps every USB 3 controller of the host from its driver; {what}"
         ),
         changes: vec![FileChange::new(XHCI_CONF, Some(before.into_bytes()), after)],
-    }))
+    })
 }
 
-fn vfio_options(host: &Host, path: &str) -> Result<Option<Leftover>> {
-    let Some(before) = host.read_optional(path)? else {
-        return Ok(None);
-    };
+fn vfio_options(before: Option<&String>, path: &str) -> Option<Leftover> {
+    let before = before?.clone();
     let lines: Vec<String> = modules::legacy_option_lines(&before)
         .into_iter()
         .map(|(_, l)| l)
         .filter(|l| l.split_ascii_whitespace().any(|w| w.starts_with("ids=")))
         .collect();
     if lines.is_empty() {
-        return Ok(None);
+        return None;
     }
     let (after, removed) = modules::remove_lines(&before, |l| lines.iter().any(|x| x == l));
     let in_modules = path == OPTION_FILES[0];
@@ -183,10 +246,10 @@ fn vfio_options(host: &Host, path: &str) -> Result<Option<Leftover>> {
         "binds devices to vfio-pci outside gpt's configuration"
     };
     let shown: Vec<String> = removed.iter().map(|l| format!("`{}`", l.trim())).collect();
-    Ok(Some(Leftover {
+    Some(Leftover {
         description: format!("{path}: {} {why}; {what}", shown.join(", ")),
         changes: vec![FileChange::new(path, Some(before.into_bytes()), after)],
-    }))
+    })
 }
 
 /// A modprobe.d file the old script's line was all of goes away; otherwise only the line.

@@ -1,0 +1,342 @@
+//! The boot stack: the one place that knows, for the host's boot loader and initramfs
+//! generator, which file holds the kernel arguments and how it is edited, which file lists the
+//! early modules, which commands regenerate the boot files (in their order), how to verify
+//! that they carry gpt's configuration, and the rescue printed to the user.
+//!
+//! Commands hold a [`Stack`] (a [`Loader`] and a [`Generator`]) and never a concrete one. A new
+//! boot loader or initramfs generator is one new file here implementing one of the traits, one
+//! variant of [`LoaderKind`] or [`InitramfsKind`], and one rule in [`detect`].
+
+pub mod detect;
+pub mod dracut;
+pub mod grub;
+pub mod initramfs_tools;
+
+use crate::facts::Facts;
+use crate::host::Host;
+use crate::plan::{FileChange, Step};
+use crate::state::BindMode;
+use crate::txn::Runner;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use detect::{detect, Probe};
+
+/// The boot loaders gpt knows (what reads the kernel command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoaderKind {
+    Grub,
+}
+
+/// The initramfs generators gpt knows (what puts the early modules into the image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitramfsKind {
+    InitramfsTools,
+    Dracut,
+}
+
+impl LoaderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LoaderKind::Grub => "grub",
+        }
+    }
+}
+
+impl InitramfsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            InitramfsKind::InitramfsTools => "initramfs-tools",
+            InitramfsKind::Dracut => "dracut",
+        }
+    }
+}
+
+/// Which stack a host has, as shown in the plan, `--json` (`"boot"`) and `gpt check`, and as
+/// kept in gpt's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackId {
+    pub loader: LoaderKind,
+    pub initramfs: InitramfsKind,
+}
+
+impl Default for StackId {
+    /// The only stack a gpt without this field in its state file could have configured.
+    fn default() -> Self {
+        StackId {
+            loader: LoaderKind::Grub,
+            initramfs: InitramfsKind::InitramfsTools,
+        }
+    }
+}
+
+impl std::fmt::Display for StackId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "boot loader {}, initramfs by {}",
+            self.loader.name(),
+            self.initramfs.name()
+        )
+    }
+}
+
+/// The change to the file that holds the kernel arguments.
+#[derive(Debug, Clone)]
+pub struct ArgsEdit {
+    pub change: FileChange,
+    /// The file and the setting in it that carry gpt's arguments (kept in the configuration).
+    pub file: String,
+    pub setting: String,
+    /// What a person should know about where the arguments went.
+    pub notes: Vec<String>,
+}
+
+/// What the regenerated boot entries say about a set of arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entries {
+    /// Some entry carries every argument.
+    Carry,
+    /// No entry carries all of them: what the closest entry lacks.
+    Lack(Vec<String>),
+    /// The entries cannot be read: why.
+    Unreadable(String),
+}
+
+/// A boot loader: where the kernel arguments are configured and how they reach the boot
+/// entries.
+pub trait Loader: Sync {
+    fn kind(&self) -> LoaderKind;
+    /// Every kernel argument the host's configuration gives, gpt's own ones left out.
+    fn user_args(&self, f: &Facts) -> Result<Vec<String>>;
+    /// The edit that takes gpt's earlier arguments out and adds `add`.
+    fn edit_args(&self, f: &Facts, add: &[String]) -> Result<ArgsEdit>;
+    /// Whether `path` is one of the files that hold the kernel arguments.
+    fn owns(&self, path: &Path) -> bool;
+    /// The files that can carry gpt's arguments (reset looks for gpt's marks in them).
+    fn files(&self, host: &Host) -> Result<Vec<PathBuf>>;
+    /// Whether `text` (one of [`Loader::files`]) carries gpt's marks.
+    fn has_marks(&self, text: &str) -> bool;
+    /// `text` without gpt's arguments and marks.
+    fn strip(&self, path: &Path, text: &str) -> Result<String>;
+    /// The commands that regenerate the boot entries, in order.
+    fn regenerate(&self) -> Vec<Step>;
+    /// What a person runs to regenerate the entries (`sudo update-grub`).
+    fn regenerate_hint(&self) -> String;
+    /// Where the boot entries are, for messages (`/boot/grub/grub.cfg`).
+    fn entries_name(&self) -> String;
+    /// Whether some boot entry carries every one of `args`.
+    fn entries(&self, host: &Host, args: &[String]) -> Entries;
+    /// How to boot once without gpt's configuration, from the boot menu.
+    fn rescue(&self, bind: BindMode) -> String;
+}
+
+/// An initramfs generator: which file lists the early modules, how the images are rebuilt and
+/// how their content is listed.
+pub trait Generator: Sync {
+    fn kind(&self) -> InitramfsKind;
+    /// The change to the generator's early-modules file that lists exactly `modules` as gpt's
+    /// (`None`: this generator needs no file for them).
+    fn edit_modules(&self, f: &Facts, modules: &[String]) -> Result<Option<FileChange>>;
+    /// Whether `path` is the generator's early-modules file.
+    fn owns(&self, path: &Path) -> bool;
+    /// The files that can carry gpt's modules (reset looks for gpt's marks in them).
+    fn files(&self, host: &Host) -> Result<Vec<PathBuf>>;
+    fn has_marks(&self, text: &str) -> bool;
+    /// `text` without gpt's modules (`None`: the file is gpt's and goes).
+    fn strip(&self, path: &Path, text: &str) -> Result<Option<String>>;
+    /// Files whose content goes into the images (an image older than one of them is stale).
+    fn inputs(&self) -> Vec<&'static str>;
+    /// The commands that rebuild every installed kernel's image, in order.
+    fn regenerate(&self, f: &Facts) -> Vec<Step>;
+    /// What a person runs to rebuild the images.
+    fn regenerate_hint(&self) -> String;
+    /// The image of kernel `kver`, as on the host.
+    fn image(&self, host: &Host, kver: &str) -> String;
+    /// The images present under /boot, as on the host.
+    fn images(&self, host: &Host) -> Vec<String>;
+    /// The file list of one image.
+    fn list(&self, runner: &Runner, image: &str) -> Result<String>;
+}
+
+/// Every loader gpt knows (reset looks for gpt's marks in all of their files).
+pub fn loaders() -> Vec<&'static dyn Loader> {
+    vec![&grub::Grub]
+}
+
+/// Every generator gpt knows.
+pub fn generators() -> Vec<&'static dyn Generator> {
+    vec![&initramfs_tools::InitramfsTools, &dracut::Dracut]
+}
+
+/// The host's boot stack.
+#[derive(Clone, Copy)]
+pub struct Stack {
+    pub loader: &'static dyn Loader,
+    pub initramfs: &'static dyn Generator,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stack({:?})", self.id())
+    }
+}
+
+impl Stack {
+    pub fn of(id: StackId) -> Stack {
+        let loader: &'static dyn Loader = match id.loader {
+            LoaderKind::Grub => &grub::Grub,
+        };
+        let initramfs: &'static dyn Generator = match id.initramfs {
+            InitramfsKind::InitramfsTools => &initramfs_tools::InitramfsTools,
+            InitramfsKind::Dracut => &dracut::Dracut,
+        };
+        Stack { loader, initramfs }
+    }
+
+    pub fn id(&self) -> StackId {
+        StackId {
+            loader: self.loader.kind(),
+            initramfs: self.initramfs.kind(),
+        }
+    }
+
+    /// Whether a change to `path` means the boot entries must be regenerated.
+    pub fn is_args_file(&self, path: &Path) -> bool {
+        self.loader.owns(path)
+    }
+
+    /// Whether a change to `path` means the images must be rebuilt.
+    pub fn is_initramfs_input(&self, path: &Path) -> bool {
+        self.initramfs.inputs().iter().any(|i| Path::new(i) == path) || self.initramfs.owns(path)
+    }
+
+    /// The regeneration commands, each once, in the stack's order: the boot entries when the
+    /// arguments changed, the images when their inputs changed.
+    pub fn regenerate(&self, f: &Facts, args: bool, initramfs: bool) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if args {
+            steps.extend(self.loader.regenerate());
+        }
+        if initramfs {
+            steps.extend(self.initramfs.regenerate(f));
+        }
+        for s in &mut steps {
+            s.regenerates = true;
+        }
+        steps
+    }
+
+    /// The images of `kernels` that do not hold `module` (each with why), skipping kernels
+    /// that build it in.
+    pub fn images_lacking(
+        &self,
+        host: &Host,
+        runner: &Runner,
+        kernels: &[crate::facts::Kernel],
+        module: &str,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for k in kernels {
+            if k.builtin.contains(module) {
+                continue;
+            }
+            let image = self.initramfs.image(host, &k.version);
+            match self.initramfs.list(runner, &image) {
+                Ok(list) if image_holds(&list, module) => {}
+                Ok(_) => problems.push(format!(
+                    "{image} does not contain {module}: it will load too late to claim the GPU; run `{}` and reboot",
+                    self.initramfs.regenerate_hint()
+                )),
+                Err(e) => problems.push(format!("could not list {image}: {e:#}")),
+            }
+        }
+        problems
+    }
+
+    /// After the regeneration: the entries carry `args`, each image holds vfio_pci.
+    pub fn verify(
+        &self,
+        host: &Host,
+        runner: &Runner,
+        kernels: &[crate::facts::Kernel],
+        args: &[String],
+        check_images: bool,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.loader.entries(host, args) {
+            Entries::Carry => {}
+            Entries::Lack(missing) => problems.push(format!(
+                "the regenerated {} has no entry carrying {}; check {} and run `{}`",
+                self.loader.entries_name(),
+                missing.join(" "),
+                self.loader.kind().name(),
+                self.loader.regenerate_hint()
+            )),
+            Entries::Unreadable(why) => problems.push(why),
+        }
+        if check_images {
+            problems.extend(self.images_lacking(host, runner, kernels, crate::facts::VFIO_PCI));
+        }
+        problems
+    }
+}
+
+/// Whether an image's file list holds the module (`…/vfio-pci.ko`, `…/vfio_pci.ko.zst`).
+pub fn image_holds(list: &str, module: &str) -> bool {
+    list.lines().any(|l| {
+        let base = l.trim().rsplit('/').next().unwrap_or_default();
+        crate::facts::module_name(base).is_some_and(|m| m == module)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_hold_a_module_under_either_spelling_and_any_compression() {
+        let list = "usr/lib/modules/6.1.0-13-amd64/kernel/drivers/vfio/pci/vfio-pci.ko\n";
+        assert!(image_holds(list, "vfio_pci"));
+        assert!(image_holds(
+            "lib/modules/6.12/kernel/drivers/vfio/pci/vfio_pci.ko.xz",
+            "vfio_pci"
+        ));
+        assert!(!image_holds(
+            "lib/modules/6.1/kernel/drivers/vfio/pci/vfio-pci-core.ko\n",
+            "vfio_pci"
+        ));
+        assert!(!image_holds("etc/modprobe.d/vfio_pci.conf\n", "vfio_pci"));
+    }
+
+    #[test]
+    fn the_stack_regenerates_entries_first_and_each_command_once() {
+        let s = Stack::of(StackId::default());
+        let kernel = |v: &str| crate::facts::Kernel {
+            version: v.into(),
+            ..Default::default()
+        };
+        let f = Facts {
+            kernels: vec![kernel("6.1.0-13-amd64"), kernel("6.12.0-1-amd64")],
+            ..Facts::default()
+        };
+        let steps = s.regenerate(&f, true, true);
+        let lines: Vec<String> = steps.iter().map(|s| s.shell_line()).collect();
+        assert_eq!(
+            lines,
+            [
+                "update-grub",
+                "depmod -a 6.1.0-13-amd64",
+                "depmod -a 6.12.0-1-amd64",
+                "update-initramfs -u -k all"
+            ]
+        );
+        assert!(steps.iter().all(|s| s.regenerates));
+        assert!(s.regenerate(&f, false, false).is_empty());
+        let json = serde_json::to_string(&s.id()).unwrap();
+        assert_eq!(json, r#"{"loader":"grub","initramfs":"initramfs-tools"}"#);
+    }
+}

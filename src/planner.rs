@@ -1,0 +1,322 @@
+//! The planner: from what the host is (`Facts`) and which devices were chosen (`Selection`),
+//! compute the configuration and the plan that gets the host there. No I/O: the boot stack
+//! (`crate::boot`) says where each part goes, and every file's new content comes from the pure
+//! editors in `edit`.
+
+use crate::boot::Stack;
+use crate::edit::{cmdline, modprobe};
+use crate::facts::{self, Facts, VFIO_PCI};
+use crate::paths::MODPROBE_CONF;
+use crate::pci::PciDevice;
+use crate::plan::{FileChange, Plan, Step};
+use crate::select::Selection;
+use crate::state::{BindMode, Config, Phase};
+use anyhow::{bail, Result};
+use std::collections::BTreeSet;
+pub const PACKAGES: [&str; 7] = [
+    "qemu-system-x86",
+    "qemu-utils",
+    "ovmf",
+    "bridge-utils",
+    "virtinst",
+    "cloud-image-utils",
+    "curl",
+];
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub no_ignore_msrs: bool,
+    pub no_deps: bool,
+    pub no_update: bool,
+    /// Working on a tree under --root: packages are listed, never installed.
+    pub foreign_root: bool,
+}
+
+/// The plan, the configuration it leads to, and what to tell the user.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub plan: Plan,
+    pub config: Config,
+    /// Commands gpt did not put in the plan (`--no-update`, packages under `--root`).
+    pub manual: Vec<String>,
+    pub notes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Which IOMMU arguments this host needs: `intel_iommu=on` when the firmware's IOMMU is Intel
+/// VT-d (ACPI DMAR), none for AMD-Vi (IVRS; `amd_iommu=on` is not a valid option); only without
+/// either table does the CPU vendor decide.
+pub fn iommu_args(f: &Facts) -> Vec<String> {
+    let intel = if f.dmar || f.ivrs {
+        f.dmar
+    } else {
+        f.cpu_vendor.as_deref() == Some("GenuineIntel")
+    };
+    let mut args = vec!["iommu=pt".to_string()];
+    if intel {
+        args.push("intel_iommu=on".to_string());
+    }
+    args
+}
+
+/// The modules that would claim a device if vfio-pci did not come first.
+fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    if let Some(drv) = dev.driver.as_deref().filter(|d| *d != "vfio-pci") {
+        match f.driver_modules.get(drv) {
+            Some(Some(module)) => {
+                out.insert(module.replace('-', "_"));
+            }
+            _ => warnings.push(format!(
+                "{} is driven by {drv}, which is built into the kernel: a softdep cannot hold it off; \
+                 vfio-pci.ids= on the command line must win the race, so check with `gpt check` after \
+                 the reboot",
+                dev.address
+            )),
+        }
+    }
+    if let (Some(v), Some(d), Some(class)) = (dev.vendor, dev.device, dev.class) {
+        let modalias = format!(
+            "pci:v{:08X}d{:08X}sv{:08X}sd{:08X}bc{:02X}sc{:02X}i{:02X}",
+            v,
+            d,
+            dev.subsystem_vendor.unwrap_or(0),
+            dev.subsystem_device.unwrap_or(0),
+            class >> 16,
+            (class >> 8) & 0xff,
+            class & 0xff
+        );
+        out.extend(facts::pci_alias_modules(&f.aliases, &modalias));
+        let known: &[&str] = match (v, class >> 16, class >> 8) {
+            (0x10de, 0x03, _) => &["nouveau", "nvidia", "nvidiafb"],
+            (0x1002, 0x03, _) => &["amdgpu", "radeon"],
+            (0x10de, _, 0x0c80) => &["i2c_nvidia_gpu", "ucsi_ccg"],
+            (_, _, 0x0403) => &["snd_hda_intel"],
+            (_, _, 0x0c03) if class & 0xff == 0x30 => &["xhci_pci"],
+            _ => &[],
+        };
+        out.extend(known.iter().map(|s| s.to_string()));
+    }
+    for never in [VFIO_PCI, "pcieport", "vfio_pci_core"] {
+        out.remove(never);
+    }
+    out
+}
+
+/// What the configuration needs, before it is put into files.
+#[derive(Debug, Default)]
+struct Wanted {
+    args: Vec<String>,
+    initramfs_modules: Vec<String>,
+    softdeps: BTreeSet<String>,
+    /// gpt's modprobe.d file (`None`: no file).
+    conf_text: Option<String>,
+    bind: BindMode,
+    devices: Vec<String>,
+    gpus: Vec<String>,
+    ids: Vec<String>,
+}
+
+/// The user's own kernel arguments must not fight the configuration.
+fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
+    let where_ = stack.loader.kind().name();
+    for t in user_args {
+        if ["intel_iommu=off", "iommu=off", "amd_iommu=off"].contains(&t.as_str()) {
+            bail!(
+                "the kernel command line in the {where_} configuration has {t}, which turns the IOMMU off; \
+                 remove it yourself (gpt will not override your setting) and run this again"
+            );
+        }
+        if cmdline::key(t) == "vfio_pci.ids" {
+            bail!(
+                "the {where_} configuration already has {t}, which gpt did not write (the old setup.sh \
+                 added one; `gpt reset --legacy` removes it); remove it and run this again"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The modules the initramfs must load early: the vfio stack, less what every kernel builds
+/// in (and `vfio_virqfd`, merged into vfio in 6.2, only where a kernel has it).
+fn early_modules(f: &Facts) -> Vec<String> {
+    ["vfio", "vfio_iommu_type1", "vfio_virqfd", VFIO_PCI]
+        .into_iter()
+        .filter(|m| *m != "vfio_virqfd" || f.kernels.iter().any(|k| k.modules.contains(*m)))
+        .filter(|m| f.kernels.is_empty() || !f.kernels.iter().all(|k| k.builtin.contains(*m)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The kernel arguments, modules and softdeps the selection needs.
+fn wanted(
+    f: &Facts,
+    sel: Option<&Selection>,
+    opts: &Options,
+    warnings: &mut Vec<String>,
+) -> Wanted {
+    let mut w = Wanted {
+        args: iommu_args(f),
+        ..Wanted::default()
+    };
+    let Some(sel) = sel else {
+        return w;
+    };
+    w.bind = sel.bind;
+    w.devices = sel.targets.iter().map(|a| a.to_string()).collect();
+    w.gpus = sel.gpus.iter().map(|a| a.to_string()).collect();
+    w.ids = sel.ids.clone();
+    if w.bind == BindMode::Ids {
+        w.args.push(format!("vfio-pci.ids={}", sel.ids.join(",")));
+    }
+    if !opts.no_ignore_msrs {
+        w.args.push("kvm.ignore_msrs=1".into());
+        w.args.push("kvm.report_ignored_msrs=0".into());
+    }
+    let devices: Vec<&PciDevice> = sel
+        .targets
+        .iter()
+        .filter_map(|a| f.topology.device(a))
+        .collect();
+    let old_kernel = f
+        .kernels
+        .iter()
+        .any(|k| k.major_minor().is_some_and(|v| v < (6, 0)));
+    if old_kernel && devices.iter().any(|d| d.boot_vga) {
+        w.args.push("video=efifb:off".into());
+    }
+    w.initramfs_modules = early_modules(f);
+    for d in &devices {
+        w.softdeps.extend(claimants(f, d, warnings));
+    }
+    let bind_targets: Vec<modprobe::BindTarget> = match w.bind {
+        BindMode::Ids => Vec::new(),
+        BindMode::Address => devices
+            .iter()
+            .filter_map(|d| {
+                Some(modprobe::BindTarget {
+                    address: d.address.to_string(),
+                    vendor: d.vendor?,
+                    device: d.device?,
+                })
+            })
+            .collect(),
+    };
+    let softdeps: Vec<String> = w.softdeps.iter().cloned().collect();
+    w.conf_text = Some(modprobe::render(&softdeps, &bind_targets));
+    w
+}
+
+/// gpt's modprobe.d file: refused when someone else's file has its name.
+fn modprobe_change(f: &Facts, text: Option<String>) -> Result<FileChange> {
+    if let Some(existing) = &f.modprobe_conf {
+        if !modprobe::is_gpt_owned(existing) {
+            bail!("{MODPROBE_CONF} exists and was not written by gpt; move it aside and run this again");
+        }
+    }
+    Ok(FileChange::new(
+        MODPROBE_CONF,
+        f.modprobe_conf.clone().map(String::into_bytes),
+        text.map(String::into_bytes),
+    ))
+}
+
+/// apt-get for the packages a VM needs that the host lacks (only listed under `--root`).
+fn package_steps(f: &Facts, opts: &Options, notes: &mut Vec<String>) -> Vec<Step> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !f.installed_packages.contains(*p))
+        .collect();
+    if missing.is_empty() || !f.dpkg_status_found {
+        return Vec::new();
+    }
+    if opts.foreign_root {
+        notes.push(format!(
+            "packages missing under the root, not installed there: {}",
+            missing.join(" ")
+        ));
+        return Vec::new();
+    }
+    let mut install = vec![
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+    ];
+    install.extend(&missing);
+    vec![
+        Step::new("Refreshing package lists", &["apt-get", "update", "-q"]),
+        Step::new("Installing packages", &install),
+    ]
+}
+
+pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planned> {
+    let stack = f.stack()?;
+    let (mut warnings, mut notes) = (Vec::new(), Vec::new());
+    let phase = if sel.is_some() {
+        Phase::Vfio
+    } else {
+        Phase::Iommu
+    };
+    let user_args = stack.loader.user_args(f)?;
+    refuse_conflicts(&user_args, &stack)?;
+    let w = wanted(f, sel, opts, &mut warnings);
+
+    // Kernel arguments: the loader takes gpt's earlier additions out and adds what the user
+    // does not have already, so a re-run with another GPU replaces the ids and a re-run with
+    // the same one changes nothing.
+    let add: Vec<String> = w
+        .args
+        .iter()
+        .filter(|a| !user_args.contains(a))
+        .cloned()
+        .collect();
+    let args_edit = stack.loader.edit_args(f, &add)?;
+    notes.extend(args_edit.notes.iter().cloned());
+    let mut plan = Plan::default();
+    plan.push_file(args_edit.change.clone());
+    if let Some(change) = stack.initramfs.edit_modules(f, &w.initramfs_modules)? {
+        plan.push_file(change);
+    }
+    plan.push_file(modprobe_change(f, w.conf_text.clone())?);
+
+    let args_changed = plan.files.iter().any(|c| stack.is_args_file(&c.path));
+    let images_changed = plan.files.iter().any(|c| stack.is_initramfs_input(&c.path));
+    let mut commands = Vec::new();
+    if phase == Phase::Vfio && !opts.no_deps {
+        commands.extend(package_steps(f, opts, &mut notes));
+    }
+    commands.extend(stack.regenerate(f, args_changed, images_changed));
+    let mut manual = Vec::new();
+    if opts.no_update {
+        let (keep, later): (Vec<Step>, Vec<Step>) =
+            commands.into_iter().partition(|c| !c.regenerates);
+        manual.extend(later.iter().map(Step::shell_line));
+        commands = keep;
+    }
+    plan.commands = commands;
+
+    let config = Config {
+        phase,
+        gpus: w.gpus,
+        devices: w.devices,
+        ids: w.ids,
+        bind: w.bind,
+        grub_file: args_edit.file,
+        grub_var: args_edit.setting,
+        args: w.args,
+        initramfs_modules: w.initramfs_modules,
+        softdeps: w.softdeps.into_iter().collect(),
+        kernels: f.kernels.iter().map(|k| k.version.clone()).collect(),
+        boot: stack.id(),
+    };
+    Ok(Planned {
+        plan,
+        config,
+        manual,
+        notes,
+        warnings,
+    })
+}
