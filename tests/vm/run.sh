@@ -26,7 +26,8 @@ repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 all_scenarios=(main twin dracut dracut-testing)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
-default_scenarios=(main twin dracut)
+# Longest first: with two at a time, dracut beside main then twin ends sooner than after them.
+default_scenarios=(dracut main twin)
 
 usage() {
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
