@@ -35,11 +35,14 @@ pub enum Command {
     #[command(
         long_about = "Configure the host so the GPU and every function of its IOMMU group are \
             bound to vfio-pci on the next boot.\n\n\
-            Edits /etc/default/grub (IOMMU arguments and vfio-pci.ids, which live only on the \
-            kernel command line: removing vfio-pci.ids= at the GRUB prompt gives the GPU back), \
-            adds the vfio modules to /etc/initramfs-tools/modules, writes \
-            /etc/modprobe.d/gpt-vfio.conf, installs missing packages, then runs update-grub, \
-            update-initramfs and depmod. Shows the plan and asks first; --dry-run only shows it.\n\n\
+            Puts the IOMMU arguments and vfio-pci.ids where the boot loader reads them (GRUB: \
+            /etc/default/grub; the ids live only on the kernel command line: removing \
+            vfio-pci.ids= at the boot menu gives the GPU back), the vfio modules where the \
+            initramfs generator reads them (initramfs-tools: /etc/initramfs-tools/modules; \
+            dracut: /etc/dracut.conf.d/gpt-vfio.conf), writes /etc/modprobe.d/gpt-vfio.conf, \
+            installs missing packages, then regenerates the boot files (update-grub, depmod, the \
+            initramfs rebuild) and verifies them. Shows the plan and asks first; --dry-run only \
+            shows it.\n\n\
             When the IOMMU is off, a first run adds only the IOMMU arguments; reboot and run the \
             same command again."
     )]

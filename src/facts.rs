@@ -69,6 +69,8 @@ pub struct Facts {
     pub grub_d: Vec<(String, String)>,
     pub initramfs_modules: Option<String>,
     pub dracut_conf: Option<String>,
+    /// Why gpt's dracut file could not be read (only a dracut host cares).
+    pub dracut_conf_error: Option<String>,
     pub modprobe_conf: Option<String>,
     /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
     /// without a module link are built in.
@@ -156,8 +158,12 @@ impl Facts {
             dracut_conf_d: host.resolve(DRACUT_CONF_D)?.is_dir(),
         };
         f.boot = Some(boot::detect(&f.probe));
-        if f.probe.dracut_conf_d {
-            f.dracut_conf = host.read_optional(DRACUT_CONF)?;
+        if host.exists(DRACUT_CONF_D) {
+            // Kept as an error for the dracut stack to report: other stacks never read it.
+            match host.read_optional(DRACUT_CONF) {
+                Ok(text) => f.dracut_conf = text,
+                Err(e) => f.dracut_conf_error = Some(format!("{e:#}")),
+            }
         }
         let boot = host.resolve("/boot")?;
         if boot.is_dir() {

@@ -13,6 +13,7 @@ use crate::pci::vendor_by_name;
 use crate::planner::{self, Options, Planned};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
+use crate::txn::Runner;
 use crate::ui::Ui;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -140,22 +141,28 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         return Ok(1);
     }
     let lock = session.lock().expect("a real run holds the lock");
-    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config))?;
+    let check = |runner: &crate::txn::Runner| -> Result<()> {
+        let problems = verify(runner, &facts, &stack, &planned);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the regenerated boot files do not carry the configuration: {}",
+            problems.join("; ")
+        )
+    };
+    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config), &check)?;
     let files: Vec<FileJson> = outcome
         .files
         .iter()
         .map(|(path, action)| FileJson::new(path, *action))
         .collect();
     print_manual(ui, &planned);
-    let problems = verify(host, ui, &facts, &stack, &planned, &outcome.commands);
     if ui.json {
         print_json(ui, &planned, true, false, files)?;
     }
-    for p in &problems {
-        ui.warn(p);
-    }
     finish_message(ui, &stack, &planned);
-    Ok(if problems.is_empty() { 0 } else { 1 })
+    Ok(0)
 }
 
 /// The devices for vfio-pci; `None` when the IOMMU is not on yet (this run then only adds
@@ -225,28 +232,16 @@ fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
     Ok(())
 }
 
-/// After the commands ran: the regenerated boot entries carry the arguments, and each
-/// initramfs image holds vfio-pci (unless that kernel builds it in).
-fn verify(
-    host: &Host,
-    ui: &Ui,
-    f: &Facts,
-    stack: &Stack,
-    planned: &Planned,
-    ran: &[Vec<String>],
-) -> Vec<String> {
-    if ran.is_empty() {
-        return Vec::new();
-    }
-    let regenerated = |steps: Vec<crate::plan::Step>| {
-        steps
-            .iter()
-            .any(|s| ran.iter().any(|r| r.first() == s.argv.first()))
-    };
+/// After the commands ran, before the commit: the regenerated boot entries carry the
+/// arguments, and each initramfs image holds vfio-pci (unless that kernel builds it in).
+fn verify(runner: &Runner, f: &Facts, stack: &Stack, planned: &Planned) -> Vec<String> {
+    let ran = &planned.plan.commands;
+    let regenerated =
+        |steps: Vec<crate::plan::Step>| steps.iter().any(|s| ran.iter().any(|r| r.argv == s.argv));
+    let host = runner.host();
     let mut problems = Vec::new();
-    let runner = crate::txn::Runner::new(host, ui);
     if regenerated(stack.loader.regenerate()) {
-        problems.extend(stack.verify(host, &runner, &[], &planned.config.args, false));
+        problems.extend(stack.verify(host, runner, &[], &planned.config.args, false));
     }
     let images = regenerated(stack.initramfs.regenerate(f))
         && planned
@@ -255,7 +250,7 @@ fn verify(
             .iter()
             .any(|m| m == crate::facts::VFIO_PCI);
     if images {
-        problems.extend(stack.images_lacking(host, &runner, &f.kernels, crate::facts::VFIO_PCI));
+        problems.extend(stack.images_lacking(host, runner, &f.kernels, crate::facts::VFIO_PCI));
     }
     problems
 }

@@ -59,20 +59,23 @@ pub fn update_needed(host: &Host) -> Result<bool> {
     Ok(State::load(host)?.is_some_and(|s| s.update_needed))
 }
 
-/// Apply `plan` on `host`, recording `config` (what `gpt full` does).
+/// Apply `plan` on `host`, recording `config`, with `verify` before the commit (what `gpt
+/// full` does).
 pub fn apply(
     host: &Host,
     ui: &Ui,
     lock: &Lock,
     plan: &Plan,
     config: Option<&Config>,
+    verify: Verify,
 ) -> Result<Outcome> {
-    apply_with(
+    apply_verified(
         &Runner::new(host, ui),
         lock,
         plan,
         Finish::Record(config),
         &[],
+        verify,
     )
 }
 
@@ -92,10 +95,26 @@ struct Before {
 /// restored, and the error says what failed and that the host was rolled back.
 pub fn apply_with(
     runner: &Runner,
+    lock: &Lock,
+    plan: &Plan,
+    finish: Finish,
+    metas: &[(PathBuf, Meta)],
+) -> Result<Outcome> {
+    apply_verified(runner, lock, plan, finish, metas, &|_| Ok(()))
+}
+
+/// A check of the regenerated boot files, run after the plan's commands and before the
+/// commit: its error rolls the run back like a failed command.
+pub type Verify<'a> = &'a dyn Fn(&Runner) -> Result<()>;
+
+/// [`apply_with`], with `verify` run after the commands (when there were any).
+pub fn apply_verified(
+    runner: &Runner,
     _lock: &Lock,
     plan: &Plan,
     finish: Finish,
     metas: &[(PathBuf, Meta)],
+    verify: Verify,
 ) -> Result<Outcome> {
     let host = runner.host();
     let ui = runner.ui();
@@ -233,6 +252,10 @@ pub fn apply_with(
             runner.run(step)?;
             outcome.commands.push(step.argv.clone());
             crate::failpoint!("after-command:{}", j + 1);
+        }
+        if !plan.commands.is_empty() {
+            interrupted(&hold)?;
+            verify(runner)?;
         }
         Ok(outcome)
     })();

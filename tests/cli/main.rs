@@ -7,6 +7,7 @@ mod bad_input;
 mod check;
 mod concurrency;
 mod docs;
+mod dracut;
 mod example;
 mod full;
 mod iommu;

@@ -38,6 +38,8 @@ pub const FAKES: &[&str] = &[
     "update-initramfs",
     "depmod",
     "lsinitramfs",
+    "dracut",
+    "lsinitrd",
     "dpkg-query",
     "apt-get",
 ];
@@ -141,6 +143,16 @@ echo "done" >&2
 const UPDATE_INITRAMFS: &str = r##"
 fake_begin update-initramfs yes "$@"
 root=$FAKE_ROOT
+# dracut 107 and later ship their own update-initramfs: it runs dracut for each kernel.
+if [ -e "$root/usr/bin/dracut" ]; then
+  for a in "$@"; do
+    case $a in -u|-c|-k|all|-v) ;; -*) echo "update-initramfs: unknown option $a" >&2; exit 2 ;; esac
+  done
+  for k in $(fake_kernels); do
+    FAKE_QUIET_LOG=1 /bin/bash "$FAKE_BIN/dracut" --force "/boot/initrd.img-$k" "$k" || exit 1
+  done
+  exit 0
+fi
 mode=
 kver=
 while [ $# -gt 0 ]; do
@@ -203,6 +215,79 @@ while read -r kind a b; do
   case $kind in
     module) [ "$b" != - ] && echo "usr/lib/modules/$k/$b" ;;
     conf) echo "$a" ;;
+  esac
+done < "$img"
+"##;
+
+/// dracut: `--force --regenerate-all`, or `--force IMAGE KVER`. The image is in the fake
+/// update-initramfs's format: one `module` line per module of the `force_drivers+=` and
+/// `add_drivers+=` lines of `ROOT/etc/dracut.conf.d/*.conf` (only `.conf` files, as dracut),
+/// one `conf` line per `install_items+=` file (and per modprobe.d file when `hostonly="yes"`).
+const DRACUT: &str = r##"
+if [ -z "${FAKE_QUIET_LOG:-}" ]; then fake_begin dracut yes "$@"; fi
+root=$FAKE_ROOT
+force= all= image= kver=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --force|-f) force=1 ;;
+    --regenerate-all) all=1 ;;
+    -q|--quiet) ;;
+    -*) echo "dracut: unknown option $1" >&2; exit 1 ;;
+    *) if [ -z "$image" ]; then image=$1; else kver=$1; fi ;;
+  esac
+  shift
+done
+[ -n "$force" ] || { echo "dracut: Will not override existing initramfs without --force" >&2; exit 1; }
+conf_value() { # NAME: the words of every NAME+=" … " line, in file order
+  local f
+  for f in "$root"/etc/dracut.conf.d/*.conf; do
+    [ -f "$f" ] || continue
+    sed -n "s/^[[:space:]]*$1+=[[:space:]]*\"\\(.*\\)\"[[:space:]]*$/\\1/p" "$f"
+  done | tr -s ' \t' '\n\n' | sed '/^$/d'
+}
+norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
+build() { # KVER IMAGE
+  local k=$1 img=$root$2 want found f
+  [ -d "$root/lib/modules/$k" ] || { echo "dracut: Cannot find module directory /lib/modules/$k" >&2; return 1; }
+  echo "dracut: *** Creating image file '$2' ***" >&2
+  {
+    echo "# initramfs written by gpt's fake dracut for $k"
+    for want in $(conf_value force_drivers; conf_value add_drivers); do
+      want=$(norm "$want")
+      found=-
+      while read -r f; do
+        [ -n "$f" ] || continue
+        if [ "$(norm "$(basename "$f")")" = "$want" ]; then found=${f#./}; break; fi
+      done < <(cd "$root/lib/modules/$k" && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
+      echo "module $want $found"
+    done
+    for f in $(conf_value install_items); do
+      [ -f "$root$f" ] && echo "conf ${f#/} $(cksum < "$root$f" | cut -d' ' -f1)"
+    done
+  } > "$img.new" && mv -f "$img.new" "$img"
+}
+if [ -n "$all" ]; then
+  for k in $(fake_kernels); do build "$k" "/boot/initrd.img-$k" || exit 1; done
+else
+  [ -n "$image" ] && [ -n "$kver" ] || { echo "dracut: give IMAGE KVER or --regenerate-all" >&2; exit 1; }
+  build "$kver" "$image" || exit 1
+fi
+"##;
+
+/// lsinitrd IMAGE: the image's files, one per line with ls -l's columns before the path, as
+/// the real one prints them.
+const LSINITRD: &str = r##"
+fake_begin lsinitrd no "$@"
+img=${1:-}
+if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
+if [ ! -f "$img" ]; then echo "lsinitrd: $1: No such file or directory" >&2; exit 1; fi
+k=$(sed -n '1s/.* for //p' "$img")
+echo "Image: $1: 12M"
+echo "========================================================================"
+while read -r kind a b; do
+  case $kind in
+    module) [ "$b" != - ] && echo "-rw-r--r--   1 root     root        12345 Jan  1 00:00 usr/lib/modules/$k/$b" ;;
+    conf) echo "-rw-r--r--   1 root     root          123 Jan  1 00:00 $a" ;;
   esac
 done < "$img"
 "##;
@@ -316,6 +401,8 @@ impl Fakes {
             ("update-initramfs", UPDATE_INITRAMFS),
             ("depmod", DEPMOD),
             ("lsinitramfs", LSINITRAMFS),
+            ("dracut", DRACUT),
+            ("lsinitrd", LSINITRD),
             ("dpkg-query", DPKG_QUERY),
             ("apt-get", APT_GET),
         ] {

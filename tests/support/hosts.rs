@@ -478,3 +478,35 @@ pub fn old_setup_sh(t: &mut HostTree) {
         )
         .file("/etc/modprobe.d/xhci_hcd.conf", "blacklist xhci_hcd\n");
 }
+
+/// Which dracut a host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dracut {
+    /// Debian 13's dracut 106: no update-initramfs of its own.
+    Debian13,
+    /// dracut 107 and later (Debian testing, Ubuntu 25.10 and 26.04): its own
+    /// update-initramfs, and initramfs-tools-core left installed with /etc/initramfs-tools.
+    Ubuntu2604,
+}
+
+/// The RocketLake host with dracut building its images instead of initramfs-tools, as the
+/// package database says.
+pub fn rocketlake_dracut(root: &Path, which: Dracut) -> HostTree {
+    let mut t = rocketlake(root);
+    t.file("/usr/bin/dracut", "#!/bin/sh\n").file(
+        "/etc/dracut.conf.d/10-debian.conf",
+        "do_prelink=\"no\"\nhostonly=\"yes\"\n",
+    );
+    match which {
+        Dracut::Debian13 => {
+            std::fs::remove_file(root.join("usr/sbin/update-initramfs")).unwrap();
+            std::fs::remove_dir_all(root.join("etc/initramfs-tools")).unwrap();
+            dpkg_status(&mut t, &["dracut", "dracut-core"]);
+        }
+        Dracut::Ubuntu2604 => {
+            t.file("/etc/os-release", OS_UBUNTU2404);
+            dpkg_status(&mut t, &["dracut", "dracut-core", "initramfs-tools-core"]);
+        }
+    }
+    t
+}
