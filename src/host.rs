@@ -386,11 +386,6 @@ impl Host {
         names.sort();
         Some(names)
     }
-
-    /// Show a path as it is on the target host (`/etc/default/grub`), for messages and JSON.
-    pub fn display(abs: impl AsRef<Path>) -> String {
-        abs.as_ref().display().to_string()
-    }
 }
 
 /// Read from `fd` to its end, appending to `buf`.

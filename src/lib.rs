@@ -6,11 +6,11 @@
 pub mod boot;
 pub mod cli;
 pub mod cmd;
-pub mod describe;
+pub(crate) mod describe;
 pub mod edit;
 pub mod facts;
 pub mod host;
-pub mod ioerr;
+pub(crate) mod ioerr;
 pub mod leftovers;
 pub mod paths;
 pub mod pci;

@@ -120,7 +120,7 @@ struct Wanted {
 fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
     let where_ = stack.loader.kind().name();
     for t in user_args {
-        if ["intel_iommu=off", "iommu=off", "amd_iommu=off"].contains(&t.as_str()) {
+        if !cmdline::iommu_off(&[t.as_str()]).is_empty() {
             bail!(
                 "the kernel command line in the {where_} configuration has {t}, which turns the IOMMU off; \
                  remove it yourself (gpt will not override your setting) and run this again"

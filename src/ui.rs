@@ -71,26 +71,6 @@ impl Ui {
     }
 }
 
-/// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Bail out with a usage error (exit 2).
-#[macro_export]
-macro_rules! usage {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::ui::UsageError(format!($($arg)*))))
-    };
-}
-
 /// Write to stdout. A reader that stopped early (`gpt … | head`) is not an error, and never a
 /// panic as with `print!`; another write error is said on stderr.
 pub fn out(text: &str) {

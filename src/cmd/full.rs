@@ -48,14 +48,14 @@ pub fn parse_positionals(args: &[String]) -> Result<(Option<u16>, Option<Distro>
         })
     };
     let bad_vendor = |s: &str| -> anyhow::Error {
-        anyhow::Error::new(crate::ui::UsageError(format!(
+        anyhow::Error::new(crate::cli::UsageError(format!(
             "'{}' is not a GPU vendor: give nvidia, amd, intel or a 4-digit hex vendor id such as 10de \
              (`gpt iommu --gpu` shows the ids)",
             s.escape_debug()
         )))
     };
     let bad_distro = |s: &str| -> anyhow::Error {
-        anyhow::Error::new(crate::ui::UsageError(format!(
+        anyhow::Error::new(crate::cli::UsageError(format!(
             "'{}' is not a distribution gpt supports: give debian or ubuntu, or leave it out to use /etc/os-release",
             s.escape_debug()
         )))
@@ -381,7 +381,10 @@ mod tests {
         assert_eq!(p(&["ubuntu"]).unwrap(), (None, Some(Distro::Ubuntu)));
         for bad in ["", "nvidia;reboot", "10de0", "ñvidia", "$(id)"] {
             let e = p(&[bad]).unwrap_err();
-            assert!(e.downcast_ref::<crate::ui::UsageError>().is_some(), "{bad}");
+            assert!(
+                e.downcast_ref::<crate::cli::UsageError>().is_some(),
+                "{bad}"
+            );
             assert!(e.to_string().contains("is not a GPU vendor"), "{e}");
         }
         let e = p(&["amd", "fedora"]).unwrap_err();

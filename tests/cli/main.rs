@@ -14,4 +14,4 @@ mod iommu;
 mod legacy;
 mod qemu;
 mod reset;
-mod txn;
+mod synth;
