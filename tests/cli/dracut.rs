@@ -4,7 +4,7 @@
 
 use crate::support::fakes::Fakes;
 use crate::support::hosts::{dpkg_status, rocketlake, rocketlake_dracut, Dracut, DEBIAN_KVER};
-use crate::support::transact::snap;
+use crate::support::transact::{etc, snap};
 use crate::support::{gpt, gpt_with_fakes, run};
 use serde_json::{json, Value};
 use std::fs;
@@ -17,13 +17,6 @@ fn full(root: &Path, fakes: &Fakes, args: &[&str]) -> (i32, String, String) {
         .env("PATH", fakes.path())
         .args(["full", "nvidia", "--no-deps"])
         .args(args))
-}
-
-fn etc(root: &Path) -> Vec<(String, String)> {
-    snap(root)
-        .into_iter()
-        .filter(|(p, _)| p.starts_with("etc"))
-        .collect()
 }
 
 fn read(root: &Path, p: &str) -> String {

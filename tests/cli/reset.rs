@@ -3,7 +3,7 @@
 
 use crate::support::fakes::Fakes;
 use crate::support::hosts::DEBIAN_KVER;
-use crate::support::transact::{primed_host, simulate_full, snap};
+use crate::support::transact::{etc, primed_host, simulate_full, snap};
 use crate::support::tree::HostTree;
 use crate::support::{gpt, run};
 use gpt::host::Host;
@@ -17,13 +17,6 @@ fn reset(root: &Path, fakes: &Fakes) -> assert_cmd::Command {
     let mut c = gpt(root);
     c.env("PATH", fakes.path()).arg("reset");
     c
-}
-
-fn etc(root: &Path) -> Vec<(String, String)> {
-    snap(root)
-        .into_iter()
-        .filter(|(p, _)| p.starts_with("etc"))
-        .collect()
 }
 
 fn read(root: &Path, p: &str) -> String {

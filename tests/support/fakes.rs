@@ -77,6 +77,34 @@ fake_begin() {
   done
 }
 
+# A module name in kmod's spelling: vfio-pci.ko.zst -> vfio_pci.
+fake_norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
+
+# fake_module_file KVER NAME: the module's file under lib/modules/KVER, or - if it has none.
+fake_module_file() {
+  local want f
+  want=$(fake_norm "$2")
+  while read -r f; do
+    [ -n "$f" ] || continue
+    if [ "$(fake_norm "$(basename "$f")")" = "$want" ]; then echo "${f#./}"; return; fi
+  done < <(cd "$FAKE_ROOT/lib/modules/$1" 2>/dev/null && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
+  echo -
+}
+
+# fake_list_image NAME PREFIX IMAGE: the image's files, each line PREFIX then the path.
+fake_list_image() {
+  local img=$3 k kind a b
+  if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
+  if [ ! -f "$img" ]; then echo "$1: $3: No such file or directory" >&2; exit 1; fi
+  k=$(sed -n '1s/.* for //p' "$img")
+  while read -r kind a b; do
+    case $kind in
+      module) [ "$b" != - ] && echo "$2usr/lib/modules/$k/$b" ;;
+      conf) echo "$2$a" ;;
+    esac
+  done < "$img"
+}
+
 # The kernels of the root: lib/modules/KVER with a /boot/vmlinuz-KVER, newest first.
 fake_kernels() {
   local d k
@@ -176,7 +204,6 @@ else
   [ -d "$root/lib/modules/$kver" ] || { echo "update-initramfs: /lib/modules/$kver does not exist" >&2; exit 1; }
   kvers=$kver
 fi
-norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
 for k in $kvers; do
   img="$root/boot/initrd.img-$k"
   if [ "$mode" = d ]; then rm -f "$img"; continue; fi
@@ -186,13 +213,7 @@ for k in $kvers; do
     if [ -f "$root/etc/initramfs-tools/modules" ]; then
       while read -r name _; do
         case $name in ''|'#'*) continue ;; esac
-        want=$(norm "$name")
-        found=-
-        while read -r f; do
-          [ -n "$f" ] || continue
-          if [ "$(norm "$(basename "$f")")" = "$want" ]; then found=${f#./}; break; fi
-        done < <(cd "$root/lib/modules/$k" 2>/dev/null && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
-        echo "module $want $found"
+        echo "module $(fake_norm "$name") $(fake_module_file "$k" "$name")"
       done < "$root/etc/initramfs-tools/modules"
     fi
     for c in "$root"/etc/modprobe.d/*.conf; do
@@ -205,18 +226,8 @@ done
 
 const LSINITRAMFS: &str = r##"
 fake_begin lsinitramfs no "$@"
-img=${1:-}
-if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
-if [ ! -f "$img" ]; then echo "lsinitramfs: $1: No such file or directory" >&2; exit 1; fi
-k=$(sed -n '1s/.* for //p' "$img")
-echo "."
-echo "usr"
-while read -r kind a b; do
-  case $kind in
-    module) [ "$b" != - ] && echo "usr/lib/modules/$k/$b" ;;
-    conf) echo "$a" ;;
-  esac
-done < "$img"
+[ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "." && echo "usr"
+fake_list_image lsinitramfs "" "${1:-}"
 "##;
 
 /// dracut: `--force --regenerate-all`, or `--force IMAGE KVER`. The image is in the fake
@@ -245,21 +256,14 @@ conf_value() { # NAME: the words of every NAME+=" … " line, in file order
     sed -n "s/^[[:space:]]*$1+=[[:space:]]*\"\\(.*\\)\"[[:space:]]*$/\\1/p" "$f"
   done | tr -s ' \t' '\n\n' | sed '/^$/d'
 }
-norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
 build() { # KVER IMAGE
-  local k=$1 img=$root$2 want found f
+  local k=$1 img=$root$2 want f
   [ -d "$root/lib/modules/$k" ] || { echo "dracut: Cannot find module directory /lib/modules/$k" >&2; return 1; }
   echo "dracut: *** Creating image file '$2' ***" >&2
   {
     echo "# initramfs written by gpt's fake dracut for $k"
     for want in $(conf_value force_drivers; conf_value add_drivers); do
-      want=$(norm "$want")
-      found=-
-      while read -r f; do
-        [ -n "$f" ] || continue
-        if [ "$(norm "$(basename "$f")")" = "$want" ]; then found=${f#./}; break; fi
-      done < <(cd "$root/lib/modules/$k" && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
-      echo "module $want $found"
+      echo "module $(fake_norm "$want") $(fake_module_file "$k" "$want")"
     done
     for f in $(conf_value install_items); do
       [ -f "$root$f" ] && echo "conf ${f#/} $(cksum < "$root$f" | cut -d' ' -f1)"
@@ -278,18 +282,8 @@ fi
 /// the real one prints them.
 const LSINITRD: &str = r##"
 fake_begin lsinitrd no "$@"
-img=${1:-}
-if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
-if [ ! -f "$img" ]; then echo "lsinitrd: $1: No such file or directory" >&2; exit 1; fi
-k=$(sed -n '1s/.* for //p' "$img")
-echo "Image: $1: 12M"
-echo "========================================================================"
-while read -r kind a b; do
-  case $kind in
-    module) [ "$b" != - ] && echo "-rw-r--r--   1 root     root        12345 Jan  1 00:00 usr/lib/modules/$k/$b" ;;
-    conf) echo "-rw-r--r--   1 root     root          123 Jan  1 00:00 $a" ;;
-  esac
-done < "$img"
+[ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "Image: $1: 12M" && echo "========================================================================"
+fake_list_image lsinitrd "-rw-r--r--   1 root     root        12345 Jan  1 00:00 " "${1:-}"
 "##;
 
 const DEPMOD: &str = r##"
