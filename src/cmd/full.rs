@@ -106,6 +106,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         no_deps: args.no_deps,
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
+        no_idle_d3: args.no_idle_d3,
     };
     let mut planned = planner::plan(&facts, selection.as_ref(), &opts)?;
     if !args.no_update && crate::txn::update_needed(host)? {

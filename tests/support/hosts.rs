@@ -326,6 +326,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
         ]),
         kernels: s(&[DEBIAN_KVER]),
         boot: gpt::boot::StackId::default(),
+        no_idle_d3: false,
     }
 }
 
