@@ -455,3 +455,19 @@ fn with_vfio_pci_built_in_no_idle_d3_is_also_a_kernel_argument() {
         "{out}"
     );
 }
+
+#[test]
+fn a_function_on_the_root_bus_without_flr_warns_in_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    rocketlake(dir.path());
+    // The iGPU sits on root bus 00; kernel 6.1 lists no method for it.
+    let (code, _, err) = run(gpt(dir.path()).args(["full", "--device", "00:02.0", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(
+        "    0000:00:02.0 WARN: no function-level reset, and it sits on a root bus, which vfio cannot reset"
+    ), "{err}");
+    assert!(
+        err.contains("        driver i915, reset_method none, power_state not reported"),
+        "{err}"
+    );
+}
