@@ -8,7 +8,7 @@ use crate::facts::{Facts, VFIO_PCI};
 use crate::host::Host;
 use crate::pci::PciAddress;
 use crate::resetability::devcap::{self, CONFIG_BYTES};
-use crate::resetability::{reset_bug, DevcapFlr, Env, Function, ResetFacts};
+use crate::resetability::{self, reset_bug, DevcapFlr, Env, Function, ResetFacts};
 use crate::sysfs::PCI_DEVICES;
 use std::io::Read;
 use std::path::Path;
@@ -25,11 +25,19 @@ const UDEV_RULES: [&str; 4] = [
 /// The reset and power facts of `addrs`, and what the host says beyond them.
 pub fn read(host: &Host, facts: &Facts, addrs: &[PciAddress]) -> ResetFacts {
     let kernel = facts.running_kernel.as_deref();
-    let lists_methods = kernel.and_then(major_minor).is_some_and(|v| v >= (5, 15));
-    let functions: Vec<Function> = addrs
-        .iter()
-        .map(|a| read_function(host, *a, lists_methods))
-        .collect();
+    let version = kernel.and_then(major_minor);
+    let mut functions: Vec<Function> = addrs.iter().map(|a| read_function(host, *a)).collect();
+    let lists_methods =
+        resetability::lists_methods(version, functions.iter().any(|f| f.reset_method.is_some()));
+    if !lists_methods {
+        for f in functions.iter_mut().filter(|f| f.reset_method.is_none()) {
+            f.devcap_flr = devcap_flr(
+                host,
+                &format!("{PCI_DEVICES}/{}", f.address),
+                f.power_state.as_deref(),
+            );
+        }
+    }
     let bug_card = addrs.iter().any(|a| {
         facts
             .topology
@@ -73,7 +81,7 @@ fn attr(host: &Host, abs: &str, name: &str) -> Option<String> {
     Some(text.trim().to_string())
 }
 
-fn read_function(host: &Host, addr: PciAddress, lists_methods: bool) -> Function {
+fn read_function(host: &Host, addr: PciAddress) -> Function {
     let abs = format!("{PCI_DEVICES}/{addr}");
     let mut f = Function::new(addr);
     f.reset_method = attr(host, &abs, "reset_method")
@@ -81,9 +89,6 @@ fn read_function(host: &Host, addr: PciAddress, lists_methods: bool) -> Function
     f.power_state = attr(host, &abs, "power_state");
     f.d3cold_allowed = attr(host, &abs, "d3cold_allowed");
     (f.root_bus, f.bus_peers) = bus_of(host, &abs, addr);
-    if !lists_methods && f.reset_method.is_none() {
-        f.devcap_flr = devcap_flr(host, &abs, f.power_state.as_deref());
-    }
     f
 }
 

@@ -113,6 +113,16 @@ impl Report {
     }
 }
 
+/// Whether the running kernel lists reset methods (5.15 and later), so that a function without
+/// `reset_method` has none. When the kernel's version is unknown, any function listing them
+/// tells.
+pub fn lists_methods(kernel: Option<(u32, u32)>, any_listed: bool) -> bool {
+    match kernel {
+        Some(v) => v >= (5, 15),
+        None => any_listed,
+    }
+}
+
 /// The verdict on every function of `facts`, in order. `vfio` holds the functions that go to
 /// vfio-pci: any other device on a function's bus stays on the host.
 pub fn judge_all(facts: &ResetFacts, topo: &Topology, vfio: &BTreeSet<PciAddress>) -> Vec<Report> {

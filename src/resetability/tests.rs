@@ -270,3 +270,12 @@ fn d3cold_warns_and_says_what_no_idle_d3_does() {
         r.reason
     );
 }
+
+#[test]
+fn the_kernel_lists_methods_from_5_15_or_when_a_function_shows_them() {
+    assert!(lists_methods(Some((5, 15)), false));
+    assert!(lists_methods(Some((6, 1)), false));
+    assert!(!lists_methods(Some((5, 10)), false));
+    assert!(!lists_methods(None, false));
+    assert!(lists_methods(None, true));
+}
