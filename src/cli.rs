@@ -139,6 +139,11 @@ pub struct FullArgs {
     /// Leave out kvm.ignore_msrs=1 kvm.report_ignored_msrs=0
     #[arg(long)]
     pub no_ignore_msrs: bool,
+
+    /// Keep idle vfio-pci devices in D0 (options vfio-pci disable_idle_d3=1), for cards that
+    /// do not wake from D3cold; takes effect after the reboot
+    #[arg(long)]
+    pub no_idle_d3: bool,
 }
 
 #[derive(Debug, Args)]

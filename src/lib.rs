@@ -17,6 +17,8 @@ pub mod pci;
 pub mod pciids;
 pub mod plan;
 pub mod planner;
+pub mod reset_facts;
+pub mod resetability;
 pub mod select;
 pub mod state;
 pub mod sysfs;

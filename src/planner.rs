@@ -22,6 +22,9 @@ pub const PACKAGES: [&str; 7] = [
     "cloud-image-utils",
     "curl",
 ];
+/// The kernel argument of `--no-idle-d3`, for kernels that build vfio_pci in.
+pub const NO_IDLE_D3_ARG: &str = "vfio_pci.disable_idle_d3=1";
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub no_ignore_msrs: bool,
@@ -29,6 +32,8 @@ pub struct Options {
     pub no_update: bool,
     /// Working on a tree under --root: packages are listed, never installed.
     pub foreign_root: bool,
+    /// `--no-idle-d3`: vfio-pci keeps idle devices in D0.
+    pub no_idle_d3: bool,
 }
 
 /// The plan, the configuration it leads to, and what to tell the user.
@@ -202,7 +207,15 @@ fn wanted(
             .collect(),
     };
     let softdeps: Vec<String> = w.softdeps.iter().cloned().collect();
-    w.conf_text = Some(modprobe::render(&softdeps, &bind_targets));
+    w.conf_text = Some(modprobe::render_with(
+        &softdeps,
+        &bind_targets,
+        opts.no_idle_d3,
+    ));
+    if opts.no_idle_d3 && f.kernels.iter().any(|k| k.builtin.contains(VFIO_PCI)) {
+        // modprobe.d options never reach a built-in vfio_pci: the kernel argument does.
+        w.args.push(NO_IDLE_D3_ARG.into());
+    }
     w
 }
 
@@ -311,6 +324,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         softdeps: w.softdeps.into_iter().collect(),
         kernels: f.kernels.iter().map(|k| k.version.clone()).collect(),
         boot: stack.id(),
+        no_idle_d3: opts.no_idle_d3 && phase == Phase::Vfio,
     };
     Ok(Planned {
         plan,

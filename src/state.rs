@@ -54,6 +54,9 @@ pub struct Config {
     /// initramfs-tools, which is then what it configured).
     #[serde(default)]
     pub boot: StackId,
+    /// `--no-idle-d3`: vfio-pci keeps idle devices in D0 (`disable_idle_d3=1`).
+    #[serde(default)]
+    pub no_idle_d3: bool,
 }
 
 /// Read the configuration, if gpt has configured this host.

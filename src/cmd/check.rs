@@ -37,6 +37,9 @@ pub struct Check {
     pub name: String,
     pub status: Status,
     pub detail: String,
+    /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<crate::resetability::Report>,
 }
 
 impl Check {
@@ -45,15 +48,16 @@ impl Check {
             name: name.into(),
             status,
             detail: detail.into(),
+            reset: None,
         }
     }
-    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Pass, detail)
     }
-    fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Warn, detail)
     }
-    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Fail, detail)
     }
 
@@ -66,7 +70,7 @@ impl Check {
             Status::Fail => ("FAIL", Style::new().red().bold()),
         };
         let status = match self.status {
-            Status::Pass => style.apply_to(word.to_string()),
+            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
             _ => style.apply_to(format!("{word} ({})", self.detail)),
         };
         format!("{title:<width$} : {status}")
@@ -349,6 +353,13 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         };
         let reboot_pending = !missing_now.is_empty();
         out.extend(device_checks(topo, stack, c, reboot_pending));
+        out.extend(super::reset_checks::checks(
+            host,
+            f,
+            stack,
+            c,
+            reboot_pending,
+        ));
     }
 }
 

@@ -11,6 +11,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::pci::vendor_by_name;
 use crate::planner::{self, Options, Planned};
+use crate::resetability::{self, Level, Report};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
 use crate::txn::Runner;
@@ -29,6 +30,9 @@ struct FullJson<'a> {
     files: Vec<FileJson>,
     commands: Vec<Vec<String>>,
     reboot_required: bool,
+    /// Per device for vfio-pci: can the guest reset it, will it wake up (empty when only the
+    /// IOMMU is configured).
+    reset: &'a [Report],
 }
 
 /// VENDOR and DISTRO: a vendor name or 4-digit hex id, then optionally a distribution.
@@ -107,7 +111,9 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         no_deps: args.no_deps,
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
+        no_idle_d3: args.no_idle_d3,
     };
+    let reset = reset_verdicts(host, ui, &facts, selection.as_ref());
     let mut planned = planner::plan(&facts, selection.as_ref(), &opts)?;
     if !args.no_update && crate::txn::update_needed(host)? {
         owe_updates(ui, &facts, &stack, &mut planned);
@@ -127,12 +133,12 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     if planned.plan.is_empty() {
         ui.ok("already configured: nothing to change");
         if ui.json {
-            print_json(ui, &planned, false, args.dry_run, Vec::new())?;
+            print_json(ui, &planned, &reset, false, args.dry_run, Vec::new())?;
         }
         return Ok(0);
     }
     if session.dry_run() {
-        dry_run(ui, &planned)?;
+        dry_run(ui, &planned, &reset)?;
         return Ok(0);
     }
     session.show(&planned.plan.render());
@@ -159,7 +165,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         .collect();
     print_manual(ui, &planned);
     if ui.json {
-        print_json(ui, &planned, true, false, files)?;
+        print_json(ui, &planned, &reset, true, false, files)?;
     }
     finish_message(ui, &stack, &planned);
     Ok(0)
@@ -215,7 +221,7 @@ fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
     ui.warn("an earlier run did not finish the update commands; running them all now");
 }
 
-fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
+fn dry_run(ui: &Ui, planned: &Planned, reset: &[Report]) -> Result<()> {
     if ui.json {
         let files = planned
             .plan
@@ -223,7 +229,7 @@ fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
             .iter()
             .map(|c| FileJson::new(&c.path, c.action()))
             .collect();
-        print_json(ui, planned, false, true, files)?;
+        print_json(ui, planned, reset, false, true, files)?;
     } else {
         crate::ui::out(&planned.plan.render());
         print_manual(ui, planned);
@@ -291,6 +297,27 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
     }
 }
 
+/// Before the reboot: for each device going to vfio-pci, can the guest reset it, will it wake
+/// up (the facts are there already).
+fn reset_verdicts(host: &Host, ui: &Ui, f: &Facts, sel: Option<&Selection>) -> Vec<Report> {
+    let Some(sel) = sel else {
+        return Vec::new();
+    };
+    let facts = crate::reset_facts::read(host, f, &sel.targets);
+    let vfio = sel.targets.iter().copied().collect();
+    let reports = resetability::judge_all(&facts, &f.topology, &vfio);
+    ui.step("Reset by the guest, and waking up:");
+    for r in &reports {
+        let word = match r.verdict {
+            Level::Pass => "PASS",
+            Level::Warn => "WARN",
+        };
+        ui.info(format!("    {} {word}: {}", r.address, r.reason));
+        ui.info(format!("        {}", r.facts_line()));
+    }
+    reports
+}
+
 /// The generator writes each new image beside the old one: /boot needs room for one more.
 fn check_boot_space(f: &Facts, stack: &Stack, planned: &Planned) -> Result<()> {
     let rebuild = stack.initramfs.regenerate(f).pop();
@@ -340,6 +367,7 @@ fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
 fn print_json(
     ui: &Ui,
     planned: &Planned,
+    reset: &[Report],
     changed: bool,
     dry_run: bool,
     files: Vec<FileJson>,
@@ -360,6 +388,7 @@ fn print_json(
         files,
         commands,
         reboot_required: changed,
+        reset,
     })
 }
 

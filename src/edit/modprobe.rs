@@ -47,6 +47,15 @@ pub fn is_gpt_owned(content: &str) -> bool {
 /// are names that are not plain module names and bind targets whose address is not a full
 /// PCI address; each one left out gets a comment line saying so.
 pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
+    render_with(softdeps, bind, false)
+}
+
+/// The line `gpt full --no-idle-d3` adds: vfio-pci keeps idle devices in D0 (some cards do
+/// not wake from D3cold).
+pub const NO_IDLE_D3: &str = "options vfio-pci disable_idle_d3=1";
+
+/// [`render`], with [`NO_IDLE_D3`] after the softdeps when `no_idle_d3`.
+pub fn render_with(softdeps: &[String], bind: &[BindTarget], no_idle_d3: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER_FIRST_LINE}");
     let mut skipped = Vec::new();
@@ -85,6 +94,10 @@ pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
         for m in &mods {
             let _ = writeln!(s, "softdep {m} pre: vfio-pci");
         }
+    }
+    if no_idle_d3 {
+        s.push_str("\n# Keep idle vfio-pci devices in D0: some cards do not wake from D3cold.\n");
+        let _ = writeln!(s, "{NO_IDLE_D3}");
     }
     if !targets.is_empty() {
         s.push_str(
@@ -255,6 +268,28 @@ mod tests {
             s(&["i2c_nvidia_gpu", "nouveau", "snd_hda_intel", "xhci_pci"])
         );
         assert_eq!(render(&[], &[]), format!("{HEADER_FIRST_LINE}\n"));
+    }
+
+    #[test]
+    fn no_idle_d3_adds_one_options_line_after_the_softdeps() {
+        let plain = render(&s(&["nouveau"]), &two_cards());
+        let with = render_with(&s(&["nouveau"]), &two_cards(), true);
+        assert_eq!(render_with(&s(&["nouveau"]), &two_cards(), false), plain);
+        let line = "\n# Keep idle vfio-pci devices in D0: some cards do not wake from D3cold.\noptions vfio-pci disable_idle_d3=1\n";
+        assert_eq!(with.matches(NO_IDLE_D3).count(), 1);
+        assert!(
+            with.contains(&format!(
+                "softdep nouveau pre: vfio-pci\n{line}\n# Before vfio-pci loads"
+            )),
+            "{with}"
+        );
+        assert_eq!(with.replace(line, ""), plain);
+        assert_eq!(softdeps(&with), softdeps(&plain));
+        assert_eq!(bind_targets(&with), bind_targets(&plain));
+        assert_eq!(
+            render_with(&[], &[], true),
+            format!("{HEADER_FIRST_LINE}\n{line}")
+        );
     }
 
     #[test]

@@ -14,4 +14,5 @@ mod iommu;
 mod legacy;
 mod qemu;
 mod reset;
+mod reset_power;
 mod synth;

@@ -76,13 +76,22 @@ pub fn debian_kernel(t: &mut HostTree, kver: &str) {
 pub fn rocketlake(root: &Path) -> HostTree {
     let mut t = HostTree::new(root);
     let intel = |addr: &str, dev: u16, class: u32| Dev::new(addr, (0x8086, dev), class);
+    // Kernel 6.1 lists reset methods: function 0 has `bus` (probed while it was alone on
+    // the bus), the later functions none; all are in D0.
     let nv = |addr: &str, dev: u16, class: u32, drv: &str| {
-        Dev::new(addr, (0x10de, dev), class)
+        let d = Dev::new(addr, (0x10de, dev), class)
             .rev(0xa1)
             .subsys(0x1043, 0x86f0)
             .group(14)
             .driver(drv)
             .behind("00:01.0")
+            .power_state("D0")
+            .d3cold_allowed(true);
+        if addr.ends_with(".0") {
+            d.reset_method("bus")
+        } else {
+            d
+        }
     };
     t.device(intel("00:00.0", 0x4c43, 0x060000).rev(1).group(1))
         .device(
@@ -326,6 +335,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
         ]),
         kernels: s(&[DEBIAN_KVER]),
         boot: gpt::boot::StackId::default(),
+        no_idle_d3: false,
     }
 }
 
