@@ -83,10 +83,31 @@ pub struct ManArgs {
     pub command: Option<String>,
 }
 
+/// The boot loader `--boot-loader` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootLoader {
+    Grub,
+    SystemdBoot,
+    Proxmox,
+    Kernelstub,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Distro {
     Debian,
     Ubuntu,
+}
+
+impl BootLoader {
+    pub fn choice(self) -> crate::boot::Choice {
+        use crate::boot::Choice;
+        match self {
+            BootLoader::Grub => Choice::Grub,
+            BootLoader::SystemdBoot => Choice::SystemdBoot,
+            BootLoader::Proxmox => Choice::Proxmox,
+            BootLoader::Kernelstub => Choice::Kernelstub,
+        }
+    }
 }
 
 impl Distro {
@@ -136,6 +157,11 @@ pub struct FullArgs {
     /// Leave out kvm.ignore_msrs=1 kvm.report_ignored_msrs=0
     #[arg(long)]
     pub no_ignore_msrs: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +181,11 @@ pub struct ResetArgs {
     /// Also remove what the old setup.sh left behind (asks for each one unless --yes)
     #[arg(long)]
     pub legacy: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +200,12 @@ pub struct IommuArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
+}
 
 #[derive(Debug, Args)]
 pub struct QemuArgs {

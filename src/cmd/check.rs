@@ -80,8 +80,8 @@ struct ChecksJson<'a> {
     checks: &'a [Check],
 }
 
-pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
-    let facts = Facts::read(host);
+pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()));
     let checks = collect(host, ui, &facts);
     if ui.json {
         let boot = facts
@@ -338,7 +338,7 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         )),
     }
     let missing_now = missing(&cmdline_tokens(f), &c.args);
-    let entries = stack.loader.entries(host, &c.args);
+    let entries = stack.loader.entries(host, f, &c.args);
     out.push(cmdline_check(f, stack, c, &missing_now, &entries));
     out.push(entries_check(stack, c, entries));
     if c.phase == Phase::Vfio {

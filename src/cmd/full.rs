@@ -89,7 +89,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         args.yes,
         "changing this host's boot configuration needs root: run it with sudo (or add --dry-run to see the plan)",
     )?;
-    let facts = Facts::read(host)?;
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     check_distro(&facts, distro)?;
     let stack = facts.stack()?;
     facts.topology()?;
@@ -140,7 +140,30 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         return Ok(1);
     }
     let lock = session.lock().expect("a real run holds the lock");
-    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config))?;
+    let regenerates_entries = planned.plan.commands.iter().any(|c| {
+        stack
+            .loader
+            .regenerate(&facts)
+            .iter()
+            .any(|r| r.argv == c.argv)
+    });
+    let confirm = || {
+        if regenerates_entries {
+            stack
+                .loader
+                .confirm(host, &facts, &planned.config.args, &[])
+        } else {
+            Ok(())
+        }
+    };
+    let outcome = crate::txn::apply_checked(
+        &crate::txn::Runner::new(host, ui),
+        lock,
+        &planned.plan,
+        crate::txn::Finish::Record(Some(&planned.config)),
+        &[],
+        &confirm,
+    )?;
     let files: Vec<FileJson> = outcome
         .files
         .iter()
@@ -154,7 +177,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     for p in &problems {
         ui.warn(p);
     }
-    finish_message(ui, &stack, &planned);
+    finish_message(ui, &facts, &stack, &planned);
     Ok(if problems.is_empty() { 0 } else { 1 })
 }
 
@@ -245,8 +268,8 @@ fn verify(
     };
     let mut problems = Vec::new();
     let runner = crate::txn::Runner::new(host, ui);
-    if regenerated(stack.loader.regenerate()) {
-        problems.extend(stack.verify(host, &runner, &[], &planned.config.args, false));
+    if regenerated(stack.loader.regenerate(f)) {
+        problems.extend(stack.verify(host, &runner, f, &planned.config.args, false));
     }
     let images = regenerated(stack.initramfs.regenerate(f))
         && planned
@@ -328,7 +351,7 @@ fn print_manual(ui: &Ui, planned: &Planned) {
     }
 }
 
-fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
+fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
     use crate::state::Phase;
     match planned.config.phase {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
@@ -336,7 +359,7 @@ fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
             ui.ok("configured. Reboot, then run `gpt check`.");
             ui.info(format!(
                 "If the host does not come up right: {}, then run `sudo gpt reset`.",
-                stack.loader.rescue(planned.config.bind)
+                stack.loader.rescue_on(facts, planned.config.bind)
             ));
         }
     }

@@ -26,7 +26,7 @@ pub use lock::Lock;
 pub use run::{spawned, Captured, Runner};
 
 use crate::host::Host;
-use crate::plan::{FileAction, Plan};
+use crate::plan::{FileAction, FileChange, Plan};
 use crate::state::{Config, STATE_DIR, STATE_FILE};
 use crate::ui::Ui;
 use anyhow::{bail, Result};
@@ -92,12 +92,38 @@ struct Before {
 /// restored, and the error says what failed and that the host was rolled back.
 pub fn apply_with(
     runner: &Runner,
-    _lock: &Lock,
+    lock: &Lock,
     plan: &Plan,
     finish: Finish,
     metas: &[(PathBuf, Meta)],
 ) -> Result<Outcome> {
+    apply_checked(runner, lock, plan, finish, metas, &|| Ok(()))
+}
+
+/// [`apply_with`], with `check` run after the commands and before `plan.after_commands` and
+/// the commit: its error rolls the run back like a failed command (a boot loader's
+/// regeneration that silently wrote nothing).
+pub fn apply_checked(
+    runner: &Runner,
+    _lock: &Lock,
+    plan: &Plan,
+    finish: Finish,
+    metas: &[(PathBuf, Meta)],
+    check: &dyn Fn() -> Result<()>,
+) -> Result<Outcome> {
     let host = runner.host();
+    for late in &plan.after_commands {
+        if !plan
+            .files
+            .iter()
+            .any(|f| f.path == late.path && !f.is_noop())
+        {
+            bail!(
+                "internal error: {} changes after the commands but not before",
+                late.path.display()
+            );
+        }
+    }
     let ui = runner.ui();
     let hold = signals::hold()?;
     let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
@@ -233,6 +259,29 @@ pub fn apply_with(
             runner.run(step)?;
             outcome.commands.push(step.argv.clone());
             crate::failpoint!("after-command:{}", j + 1);
+        }
+        if !plan.commands.is_empty() {
+            check()?;
+        }
+        for late in &plan.after_commands {
+            interrupted(&hold)?;
+            match &late.after {
+                Some(bytes) => {
+                    fs::write(host, &late.path, bytes, None, late.new_mode)?;
+                }
+                None => {
+                    fs::remove(host, &late.path)?;
+                }
+            }
+            if let Some(entry) = outcome.files.iter_mut().find(|(p, _)| *p == late.path) {
+                let first = files.iter().find(|f| f.path == late.path);
+                entry.1 = FileChange::new(
+                    &late.path,
+                    first.and_then(|f| f.before.clone()),
+                    late.after.clone(),
+                )
+                .action();
+            }
         }
         Ok(outcome)
     })();

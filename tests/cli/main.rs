@@ -13,4 +13,5 @@ mod iommu;
 mod legacy;
 mod qemu;
 mod reset;
+mod sdboot;
 mod txn;

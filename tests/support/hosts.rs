@@ -314,6 +314,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
         grub_file: "/etc/default/grub".into(),
         grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
         args: s(&ROCKETLAKE_ARGS),
+        added_args: s(&ROCKETLAKE_ARGS),
         initramfs_modules: s(&["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]),
         softdeps: s(&[
             "i2c_nvidia_gpu",
@@ -477,4 +478,65 @@ pub fn old_setup_sh(t: &mut HostTree) {
             &format!("options vfio-pci ids={ids}\n"),
         )
         .file("/etc/modprobe.d/xhci_hcd.conf", "blacklist xhci_hcd\n");
+}
+
+pub const MACHINE_ID: &str = "4d1e6a1b0c2f4e7a9b3c5d7e9f0a1b2c";
+
+/// The bytes of a Boot Loader Interface EFI variable: attributes, then UTF-16LE and a NUL.
+pub fn efi_var(s: &str) -> Vec<u8> {
+    let mut v = vec![6, 0, 0, 0];
+    for u in s.encode_utf16().chain([0]) {
+        v.extend(u.to_le_bytes());
+    }
+    v
+}
+
+/// The RocketLake host booting systemd-boot (Debian 13's `systemd-boot` package, the ESP at
+/// /boot/efi, entries written by kernel-install): with `/etc/kernel/cmdline` when `cmdline`
+/// is given, GRUB's package and settings too with `grub`, and the LoaderInfo EFI variable
+/// when `loader_info` is given.
+pub fn sdboot(
+    root: &Path,
+    cmdline: Option<&str>,
+    grub: bool,
+    loader_info: Option<&str>,
+) -> HostTree {
+    let mut t = rocketlake(root);
+    let mut pkgs = vec![
+        "initramfs-tools",
+        "systemd-boot",
+        "systemd-boot-efi",
+        "systemd",
+    ];
+    if grub {
+        pkgs.push("grub-efi-amd64");
+    } else {
+        std::fs::remove_file(root.join("etc/default/grub")).unwrap();
+    }
+    dpkg_status(&mut t, &pkgs);
+    t.file("/usr/bin/kernel-install", "#!/bin/sh\n")
+        .file("/usr/bin/bootctl", "#!/bin/sh\n")
+        .file("/etc/kernel/postinst.d/zz-systemd-boot", "#!/bin/sh\n")
+        .file("/etc/machine-id", &format!("{MACHINE_ID}\n"))
+        .file("/boot/efi/EFI/systemd/systemd-bootx64.efi", "MZ")
+        .file("/boot/efi/EFI/BOOT/BOOTX64.EFI", "MZ")
+        .file("/boot/efi/loader/entries.srel", "type1\n")
+        .file(
+            "/boot/efi/loader/loader.conf",
+            "#timeout 3\n#console-mode keep\n",
+        );
+    std::fs::create_dir_all(root.join(format!("boot/efi/{MACHINE_ID}"))).unwrap();
+    if let Some(line) = cmdline {
+        t.file("/etc/kernel/cmdline", line);
+    }
+    if let Some(info) = loader_info {
+        let dir = root.join("sys/firmware/efi/efivars");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+            efi_var(info),
+        )
+        .unwrap();
+    }
+    t
 }
