@@ -115,6 +115,10 @@ pub trait Loader: Sync {
     fn kind(&self) -> LoaderKind;
     /// Every kernel argument the host's configuration gives, gpt's own ones left out.
     fn user_args(&self, f: &Facts) -> Result<Vec<String>>;
+    /// Refuse an argument file the loader cannot edit, before anything else is decided.
+    fn validate(&self, _f: &Facts) -> Result<()> {
+        Ok(())
+    }
     /// The edit that takes gpt's earlier arguments out and adds `add`.
     fn edit_args(&self, f: &Facts, add: &[String]) -> Result<ArgsEdit>;
     /// Whether `path` is one of the files that hold the kernel arguments.
@@ -154,6 +158,11 @@ pub trait Loader: Sync {
     /// holds gpt's arguments while the host runs with them).
     fn remove_after_regeneration(&self) -> bool {
         false
+    }
+    /// The boot entries whose command line has a token with parameter name `key` (`_`
+    /// spelling); `None` when this loader does not tell.
+    fn carrying(&self, _host: &Host, _f: &Facts, _key: &str) -> Option<Vec<String>> {
+        None
     }
     /// How to boot once without gpt's configuration, from the boot menu.
     fn rescue(&self, bind: BindMode) -> String;

@@ -235,6 +235,10 @@ impl Loader for SystemdBoot {
         LoaderKind::SystemdBoot
     }
 
+    fn validate(&self, f: &Facts) -> Result<()> {
+        self.current(f).map(drop)
+    }
+
     fn user_args(&self, f: &Facts) -> Result<Vec<String>> {
         let (_, line, _) = self.current(f)?;
         let own = remove_tokens(&line, &f.gpt_added);
@@ -403,6 +407,17 @@ impl Loader for SystemdBoot {
 
     fn remove_after_regeneration(&self) -> bool {
         true
+    }
+
+    fn carrying(&self, host: &Host, f: &Facts, key: &str) -> Option<Vec<String>> {
+        let all = kernel_entries(host, f).ok()?;
+        Some(
+            all.into_iter()
+                .flat_map(|(_, entries)| entries)
+                .filter(|(_, text)| entry_options(text).iter().any(|t| cmdline::key(t) == key))
+                .map(|(name, _)| name)
+                .collect(),
+        )
     }
 
     fn rescue(&self, bind: BindMode) -> String {
