@@ -376,13 +376,7 @@ fn loader(p: &Probe) -> Result<LoaderKind, String> {
         ),
         Choice::Grub => Ok(LoaderKind::Grub),
         Choice::SystemdBoot => systemd_boot(p),
-        Choice::Proxmox => Err(
-            "this Proxmox VE host's ESPs are managed by proxmox-boot-tool (/etc/kernel/proxmox-boot-uuids), \
-             and gpt does not configure them yet: editing /etc/default/grub would change nothing \
-             that boots; add the arguments to the first line of /etc/kernel/cmdline and run \
-             `proxmox-boot-tool refresh` yourself"
-                .into(),
-        ),
+        Choice::Proxmox => Ok(LoaderKind::Proxmox),
         Choice::Kernelstub => Err(
             "this host's boot entries are written by kernelstub (Pop!_OS), which gpt does not \
              configure yet; add the arguments with `sudo kernelstub -a ARG` yourself"
@@ -600,28 +594,24 @@ mod tests {
     }
 
     #[test]
-    fn proxmox_kernelstub_and_snapd_fde_are_refused_with_the_reason() {
+    fn proxmox_wins_over_its_unused_grub_file_kernelstub_and_snapd_fde_are_refused() {
         // A ZFS Proxmox host keeps an unused /etc/default/grub: never configured through it.
         let pve = Probe {
             proxmox_tool: true,
             proxmox_uuids: true,
+            update_initramfs: true,
             ..grub()
         };
-        let e = detect(&pve).unwrap_err();
-        assert!(
-            e.contains("proxmox-boot-tool") && e.contains("would change nothing"),
-            "{e}"
-        );
+        assert_eq!(detect(&pve).unwrap().loader, LoaderKind::Proxmox);
         let by_sd = Probe {
             loader_info: Some("systemd-boot 252.33-1~deb12u1".into()),
             entry_selected: Some("proxmox-6.8.12-4-pve.conf".into()),
             ..pve.clone()
         };
-        assert!(detect(&by_sd).unwrap_err().contains("proxmox-boot-tool"));
+        assert_eq!(detect(&by_sd).unwrap().loader, LoaderKind::Proxmox);
         // Without the ESP list, proxmox-boot-tool manages nothing: plain GRUB (ext4/LVM).
         let ext4 = Probe {
             proxmox_uuids: false,
-            update_initramfs: true,
             ..pve
         };
         assert_eq!(detect(&ext4).unwrap().loader, LoaderKind::Grub);

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod dracut;
 pub mod grub;
 pub mod initramfs_tools;
+pub mod proxmox;
 pub mod systemd_boot;
 
 use crate::facts::Facts;
@@ -30,6 +31,9 @@ pub use detect::{detect, Choice, Probe};
 pub enum LoaderKind {
     Grub,
     SystemdBoot,
+    /// Proxmox VE's proxmox-boot-tool, which copies kernels and the command line to the ESPs
+    /// it manages (systemd-boot or GRUB on them).
+    Proxmox,
 }
 
 /// The initramfs generators gpt knows (what puts the early modules into the image).
@@ -45,6 +49,7 @@ impl LoaderKind {
         match self {
             LoaderKind::Grub => "grub",
             LoaderKind::SystemdBoot => "systemd-boot",
+            LoaderKind::Proxmox => "proxmox",
         }
     }
 }
@@ -107,6 +112,9 @@ pub enum Entries {
     Lack(Vec<String>),
     /// The entries cannot be read: why.
     Unreadable(String),
+    /// The entries are out of gpt's reach by design (on ESPs that are not mounted): what to
+    /// do to see them.
+    Unchecked(String),
 }
 
 /// A boot loader: where the kernel arguments are configured and how they reach the boot
@@ -202,7 +210,7 @@ pub trait Generator: Sync {
 
 /// Every loader gpt knows (reset looks for gpt's marks in all of their files).
 pub fn loaders() -> Vec<&'static dyn Loader> {
-    vec![&grub::Grub, &systemd_boot::SystemdBoot]
+    vec![&grub::Grub, &systemd_boot::SystemdBoot, &proxmox::Proxmox]
 }
 
 /// Every generator gpt knows.
@@ -228,6 +236,7 @@ impl Stack {
         let loader: &'static dyn Loader = match id.loader {
             LoaderKind::Grub => &grub::Grub,
             LoaderKind::SystemdBoot => &systemd_boot::SystemdBoot,
+            LoaderKind::Proxmox => &proxmox::Proxmox,
         };
         let initramfs: &'static dyn Generator = match id.initramfs {
             InitramfsKind::InitramfsTools => &initramfs_tools::InitramfsTools,
@@ -327,6 +336,7 @@ impl Stack {
                 self.loader.regenerate_hint()
             )),
             Entries::Unreadable(why) => problems.push(why),
+            Entries::Unchecked(_) => {}
         }
         if check_images {
             problems.extend(self.images_lacking(host, runner, &f.kernels, crate::facts::VFIO_PCI));

@@ -393,7 +393,7 @@ fn cmdline_check(
 fn entries_check(stack: &Stack, c: &Config, entries: Entries) -> Check {
     let name = format!("gpt's kernel arguments in {}", stack.loader.entries_name());
     match entries {
-        Entries::Unreadable(why) => Check::warn(name, why),
+        Entries::Unreadable(why) | Entries::Unchecked(why) => Check::warn(name, why),
         Entries::Carry => Check::pass(name, c.args.join(" ")),
         Entries::Lack(m) => Check::warn(
             name,

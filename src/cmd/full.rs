@@ -270,6 +270,11 @@ fn verify(
     let mut problems = Vec::new();
     let runner = crate::txn::Runner::new(host, ui);
     if regenerated(stack.loader.regenerate(f)) {
+        if let crate::boot::Entries::Unchecked(why) =
+            stack.loader.entries(host, f, &planned.config.args)
+        {
+            ui.info(format!("note: {why}"));
+        }
         problems.extend(stack.verify(host, &runner, f, &planned.config.args, false));
     }
     let images = regenerated(stack.initramfs.regenerate(f))

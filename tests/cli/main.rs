@@ -11,6 +11,7 @@ mod example;
 mod full;
 mod iommu;
 mod legacy;
+mod proxmox;
 mod qemu;
 mod reset;
 mod sdboot;

@@ -32,6 +32,12 @@
 //!   `systemd.machine_id=` when the token is the machine id; other layouts write nothing and
 //!   exit 0. `KERNEL_INSTALL_CONF_ROOT` makes it read those files from that folder only.
 //!   `FAKE_ESP_UNMOUNTED=1` makes `add` see no ESP (as when it is not mounted).
+//! - `proxmox-boot-tool refresh` syncs every ESP listed in `ROOT/etc/kernel/proxmox-boot-uuids`;
+//!   the fake keeps ESP `UUID` at `ROOT/var/tmp/espmounts/UUID` (the real one mounts it only
+//!   while it works). An ESP with `EFI/proxmox/grubx64.efi` gets `grub/grub.cfg` from
+//!   `/etc/default/grub`; the others get `loader/entries/proxmox-KVER.conf` whose `options`
+//!   are the first line of `/etc/kernel/cmdline`, else `/proc/cmdline` less `initrd=`, and it
+//!   fails without `root=` there, as the real one.
 //! - `FAKE_FAIL=name` makes that fake print to stderr and exit 1; `FAKE_FAIL=name:N` only on
 //!   its N-th call (since [`Fakes::new`] or [`Fakes::reset_log`]); several, comma-separated.
 //!   `FAKE_SLEEP=name:SECS` makes it sleep first; `FAKE_SIGNAL_PARENT=name:INT` makes it send
@@ -53,6 +59,7 @@ pub const FAKES: &[&str] = &[
     "dpkg-query",
     "apt-get",
     "kernel-install",
+    "proxmox-boot-tool",
 ];
 
 const COMMON: &str = r##"
@@ -283,6 +290,57 @@ case $verb in
 esac
 "##;
 
+const PROXMOX_BOOT_TOOL: &str = r##"
+fake_begin proxmox-boot-tool yes "$@"
+root=$FAKE_ROOT
+[ "${1:-}" = refresh ] || { echo "fake proxmox-boot-tool: only refresh" >&2; exit 2; }
+echo "Running hook script 'proxmox-auto-removal'.." >&2
+uuids=$(grep -v '^#' "$root/etc/kernel/proxmox-boot-uuids" 2>/dev/null | awk '{print $1}')
+if [ -z "$uuids" ]; then
+  echo "No /etc/kernel/proxmox-boot-uuids found, skipping ESP sync." >&2
+  exit 0
+fi
+if [ -f "$root/etc/kernel/cmdline" ]; then
+  opts=$(head -n1 "$root/etc/kernel/cmdline")
+else
+  opts=
+  for t in $(cat "$root/proc/cmdline"); do
+    case $t in initrd=*) ;; *) opts="$opts $t" ;; esac
+  done
+  opts=$(echo $opts)
+fi
+for u in $uuids; do
+  esp="$root/var/tmp/espmounts/$u"
+  echo "Copying and configuring kernels on /dev/disk/by-uuid/$u" >&2
+  if [ -f "$esp/EFI/proxmox/grubx64.efi" ]; then
+    vals=$(
+      set +u
+      . "$root/etc/default/grub" || exit 1
+      printf '%s %s
+' "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"
+    ) || { echo "syntax error in /etc/default/grub" >&2; exit 1; }
+    mkdir -p "$esp/grub"
+    for k in $(fake_kernels); do
+      printf '	linux	/vmlinuz-%s root=ZFS=rpool/ROOT/pve-1 ro %s
+' "$k" "$vals"
+    done > "$esp/grub/grub.cfg"
+  else
+    if [[ " $opts " != *" root="* ]]; then
+      echo "No root= parameter in /etc/kernel/cmdline found!" >&2
+      exit 1
+    fi
+    mkdir -p "$esp/loader/entries"
+    rm -f "$esp"/loader/entries/proxmox-*.conf
+    for k in $(fake_kernels); do
+      mkdir -p "$esp/EFI/proxmox/$k"
+      [ -f "$root/boot/initrd.img-$k" ] && cp "$root/boot/initrd.img-$k" "$esp/EFI/proxmox/$k/"
+      printf 'title    Proxmox Virtual Environment\nversion  %s\noptions  %s\nlinux    /EFI/proxmox/%s/vmlinuz-%s\ninitrd   /EFI/proxmox/%s/initrd.img-%s\n' \
+        "$k" "$opts" "$k" "$k" "$k" "$k" > "$esp/loader/entries/proxmox-$k.conf"
+    done
+  fi
+done
+"##;
+
 const LSINITRAMFS: &str = r##"
 fake_begin lsinitramfs no "$@"
 img=${1:-}
@@ -411,6 +469,7 @@ impl Fakes {
             ("dpkg-query", DPKG_QUERY),
             ("apt-get", APT_GET),
             ("kernel-install", KERNEL_INSTALL),
+            ("proxmox-boot-tool", PROXMOX_BOOT_TOOL),
         ] {
             let script = format!(
                 "#!/bin/bash\n# {name}: a fake for gpt's tests (tests/support/fakes.rs)\nset -u\n\
