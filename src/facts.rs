@@ -91,6 +91,8 @@ pub struct Facts {
     /// as bytes: a file that is not text is refused with its name.
     pub kernel_cmdline: Option<Vec<u8>>,
     pub usr_kernel_cmdline: Option<Vec<u8>>,
+    /// kernelstub's `/etc/kernelstub/configuration`.
+    pub kernelstub_config: Option<Vec<u8>>,
     /// The kernel arguments gpt added to the argument file in its last run (from its state):
     /// for files that can hold no mark of gpt's.
     pub gpt_added: Vec<String>,
@@ -291,6 +293,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
     }
     f.kernel_cmdline = read_bytes(host, "/etc/kernel/cmdline")?;
     f.usr_kernel_cmdline = read_bytes(host, "/usr/lib/kernel/cmdline")?;
+    f.kernelstub_config = read_bytes(host, "/etc/kernelstub/configuration")?;
     if let Some(Ok(i)) = &f.probe.inspect {
         let conf = host
             .read_optional(format!("{}/loader/loader.conf", i.boot_root))

@@ -377,11 +377,7 @@ fn loader(p: &Probe) -> Result<LoaderKind, String> {
         Choice::Grub => Ok(LoaderKind::Grub),
         Choice::SystemdBoot => systemd_boot(p),
         Choice::Proxmox => Ok(LoaderKind::Proxmox),
-        Choice::Kernelstub => Err(
-            "this host's boot entries are written by kernelstub (Pop!_OS), which gpt does not \
-             configure yet; add the arguments with `sudo kernelstub -a ARG` yourself"
-                .into(),
-        ),
+        Choice::Kernelstub => Ok(LoaderKind::Kernelstub),
     }
 }
 
@@ -594,7 +590,7 @@ mod tests {
     }
 
     #[test]
-    fn proxmox_wins_over_its_unused_grub_file_kernelstub_and_snapd_fde_are_refused() {
+    fn proxmox_and_kernelstub_win_over_the_loader_files_snapd_fde_is_refused() {
         // A ZFS Proxmox host keeps an unused /etc/default/grub: never configured through it.
         let pve = Probe {
             proxmox_tool: true,
@@ -619,7 +615,7 @@ mod tests {
             kernelstub_conf: true,
             ..sdboot("bls")
         };
-        assert!(detect(&pop).unwrap_err().contains("kernelstub"));
+        assert_eq!(detect(&pop).unwrap().loader, LoaderKind::Kernelstub);
         let fde = Probe {
             snapd_fde: true,
             ..grub()

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod dracut;
 pub mod grub;
 pub mod initramfs_tools;
+pub mod kernelstub;
 pub mod proxmox;
 pub mod systemd_boot;
 
@@ -34,6 +35,8 @@ pub enum LoaderKind {
     /// Proxmox VE's proxmox-boot-tool, which copies kernels and the command line to the ESPs
     /// it manages (systemd-boot or GRUB on them).
     Proxmox,
+    /// Pop!_OS's kernelstub, which writes systemd-boot entries from its JSON configuration.
+    Kernelstub,
 }
 
 /// The initramfs generators gpt knows (what puts the early modules into the image).
@@ -50,6 +53,7 @@ impl LoaderKind {
             LoaderKind::Grub => "grub",
             LoaderKind::SystemdBoot => "systemd-boot",
             LoaderKind::Proxmox => "proxmox",
+            LoaderKind::Kernelstub => "kernelstub",
         }
     }
 }
@@ -161,6 +165,11 @@ pub trait Loader: Sync {
     fn confirm(&self, _host: &Host, _f: &Facts, _want: &[String], _gone: &[String]) -> Result<()> {
         Ok(())
     }
+    /// Whether the regeneration rewrites the argument file itself (kernelstub): gpt then
+    /// writes its own bytes back after it.
+    fn rewritten_by_regeneration(&self) -> bool {
+        false
+    }
     /// Whether removing a file gpt created must wait until the entries were regenerated from
     /// the cleaned file (without the file, the generator falls back to `/proc/cmdline`, which
     /// holds gpt's arguments while the host runs with them).
@@ -210,7 +219,12 @@ pub trait Generator: Sync {
 
 /// Every loader gpt knows (reset looks for gpt's marks in all of their files).
 pub fn loaders() -> Vec<&'static dyn Loader> {
-    vec![&grub::Grub, &systemd_boot::SystemdBoot, &proxmox::Proxmox]
+    vec![
+        &grub::Grub,
+        &systemd_boot::SystemdBoot,
+        &proxmox::Proxmox,
+        &kernelstub::Kernelstub,
+    ]
 }
 
 /// Every generator gpt knows.
@@ -237,6 +251,7 @@ impl Stack {
             LoaderKind::Grub => &grub::Grub,
             LoaderKind::SystemdBoot => &systemd_boot::SystemdBoot,
             LoaderKind::Proxmox => &proxmox::Proxmox,
+            LoaderKind::Kernelstub => &kernelstub::Kernelstub,
         };
         let initramfs: &'static dyn Generator = match id.initramfs {
             InitramfsKind::InitramfsTools => &initramfs_tools::InitramfsTools,

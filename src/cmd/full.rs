@@ -10,6 +10,7 @@ use crate::describe::lspci_nn;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::pci::vendor_by_name;
+use crate::plan::FileChange;
 use crate::planner::{self, Options, Planned};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
@@ -157,10 +158,23 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
             Ok(())
         }
     };
+    // A regeneration that rewrites the argument file (kernelstub) gets gpt's bytes back after it.
+    let mut plan = planned.plan.clone();
+    if stack.loader.rewritten_by_regeneration() && regenerates_entries {
+        for c in &planned.plan.files {
+            if stack.loader.owns(&c.path) {
+                plan.after_commands.push(FileChange::new(
+                    &c.path,
+                    c.after.clone(),
+                    c.after.clone(),
+                ));
+            }
+        }
+    }
     let outcome = crate::txn::apply_checked(
         &crate::txn::Runner::new(host, ui),
         lock,
-        &planned.plan,
+        &plan,
         crate::txn::Finish::Record(Some(&planned.config)),
         &[],
         &confirm,

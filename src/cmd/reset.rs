@@ -165,7 +165,18 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     // written first, the entries are regenerated and checked from it, and only then does
     // the file go.
     let mut trap = Vec::new();
+    let mut rewritten = Vec::new();
     for change in plan.files.iter_mut() {
+        if let Some(after) = &change.after {
+            if args_owner(&change.path).is_some_and(|l| l.rewritten_by_regeneration()) {
+                // The regeneration (kernelstub) rewrites the file: these bytes go back after it.
+                rewritten.push(FileChange::new(
+                    &change.path,
+                    Some(after.clone()),
+                    Some(after.clone()),
+                ));
+            }
+        }
         let Some(loader) = args_owner(&change.path).filter(|l| l.remove_after_regeneration())
         else {
             continue;
@@ -188,6 +199,9 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         }
     }
 
+    if !run_now.is_empty() {
+        plan.after_commands.extend(rewritten);
+    }
     let lock = session.lock().expect("a real run holds the lock");
     plan.commands = run_now;
     let loader_steps = stack.loader.regenerate(&facts);

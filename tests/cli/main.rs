@@ -10,6 +10,7 @@ mod docs;
 mod example;
 mod full;
 mod iommu;
+mod kernelstub;
 mod legacy;
 mod proxmox;
 mod qemu;

@@ -38,6 +38,11 @@
 //!   `/etc/default/grub`; the others get `loader/entries/proxmox-KVER.conf` whose `options`
 //!   are the first line of `/etc/kernel/cmdline`, else `/proc/cmdline` less `initrd=`, and it
 //!   fails without `root=` there, as the real one.
+//! - `kernelstub [-a OPTS] [-d OPTS]` edits `user.kernel_options` of
+//!   `ROOT/etc/kernelstub/configuration` (`-a` appends what is absent; `-d` removes and sorts
+//!   the rest, as its set does), rewrites the whole file without a final newline (json.dump),
+//!   and writes `{esp_path}/loader/entries/Pop_OS-current.conf` with `root=` from
+//!   `ROOT/proc/cmdline`, `ro` and the options.
 //! - `FAKE_FAIL=name` makes that fake print to stderr and exit 1; `FAKE_FAIL=name:N` only on
 //!   its N-th call (since [`Fakes::new`] or [`Fakes::reset_log`]); several, comma-separated.
 //!   `FAKE_SLEEP=name:SECS` makes it sleep first; `FAKE_SIGNAL_PARENT=name:INT` makes it send
@@ -60,6 +65,7 @@ pub const FAKES: &[&str] = &[
     "apt-get",
     "kernel-install",
     "proxmox-boot-tool",
+    "kernelstub",
 ];
 
 const COMMON: &str = r##"
@@ -341,6 +347,63 @@ for u in $uuids; do
 done
 "##;
 
+const KERNELSTUB: &str = r##"
+fake_begin kernelstub yes "$@"
+root=$FAKE_ROOT
+conf="$root/etc/kernelstub/configuration"
+[ -f "$conf" ] || { echo "kernelstub: no configuration" >&2; exit 1; }
+add= del=
+while [ $# -gt 0 ]; do
+  case $1 in
+    -a|--add-options) add=$2; shift ;;
+    -d|--delete-options) del=$2; shift ;;
+    -v|-l|--verbose) ;;
+    *) echo "kernelstub: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+# user.kernel_options, one per line (kernelstub's own layout: one item per line).
+mapfile -t opts < <(awk '
+  /^  "user": \{/ { user=1 }
+  user && /"kernel_options": \[/ { inlist=1; next }
+  inlist && /^ *\]/ { exit }
+  inlist { gsub(/^ *"|",? *$/, ""); print }
+' "$conf")
+for a in $add; do
+  found=
+  for o in "${opts[@]}"; do [ "$o" = "$a" ] && found=1; done
+  [ -n "$found" ] || opts+=("$a")
+done
+if [ -n "$del" ]; then
+  keep=()
+  for o in "${opts[@]}"; do
+    [[ " $del " == *" $o "* ]] || keep+=("$o")
+  done
+  mapfile -t opts < <(printf '%s\n' "${keep[@]}" | sort)
+fi
+list=$(for k in "${!opts[@]}"; do
+  sep=,; [ "$k" -eq $(( ${#opts[@]} - 1 )) ] && sep=
+  printf '      "%s"%s\n' "${opts[$k]}" "$sep"
+done)
+new=$(awk -v list="$list" '
+  /^  "user": \{/ { user=1 }
+  user && /"kernel_options": \[/ && !done { print "    \"kernel_options\": ["; if (list != "") print list; skip=1; next }
+  skip && /^ *\]/ { sub(/^ */, "    "); print; skip=0; done=1; next }
+  skip { next }
+  { print }
+' "$conf")
+printf '%s' "$new" > "$conf.new" && mv -f "$conf.new" "$conf"
+esp=$(awk '/^  "user": \{/ { user=1 } user && /"esp_path"/ { gsub(/.*: *"|",?$/, ""); print; exit }' "$conf")
+esp=${esp:-/boot/efi}
+rootarg=
+for t in $(cat "$root/proc/cmdline"); do case $t in root=*) rootarg=$t ;; esac; done
+k=$(fake_kernels | head -n1)
+mkdir -p "$root$esp/loader/entries" "$root$esp/EFI/Pop_OS-fake"
+[ -f "$root/boot/initrd.img-$k" ] && cp "$root/boot/initrd.img-$k" "$root$esp/EFI/Pop_OS-fake/initrd.img"
+printf 'title Pop!_OS\nlinux /EFI/Pop_OS-fake/vmlinuz.efi\ninitrd /EFI/Pop_OS-fake/initrd.img\noptions %s ro %s\n' \
+  "$rootarg" "${opts[*]}" > "$root$esp/loader/entries/Pop_OS-current.conf"
+"##;
+
 const LSINITRAMFS: &str = r##"
 fake_begin lsinitramfs no "$@"
 img=${1:-}
@@ -470,6 +533,7 @@ impl Fakes {
             ("apt-get", APT_GET),
             ("kernel-install", KERNEL_INSTALL),
             ("proxmox-boot-tool", PROXMOX_BOOT_TOOL),
+            ("kernelstub", KERNELSTUB),
         ] {
             let script = format!(
                 "#!/bin/bash\n# {name}: a fake for gpt's tests (tests/support/fakes.rs)\nset -u\n\

@@ -582,3 +582,28 @@ pub fn pve_zfs(root: &Path, sdboot: bool) -> HostTree {
     }
     t
 }
+
+/// kernelstub's configuration on Pop!_OS 22.04, as kernelstub writes it (json.dump, indent 2,
+/// no final newline), with the user's options.
+pub const KERNELSTUB_CONF: &str = "{\n  \"default\": {\n    \"kernel_options\": [\n      \"quiet\",\n      \"splash\"\n    ],\n    \"esp_path\": \"/boot/efi\",\n    \"setup_loader\": false,\n    \"manage_mode\": false,\n    \"force_update\": false,\n    \"live_mode\": false,\n    \"config_rev\": 3\n  },\n  \"user\": {\n    \"kernel_options\": [\n      \"quiet\",\n      \"loglevel=0\",\n      \"systemd.show_status=false\",\n      \"splash\"\n    ],\n    \"esp_path\": \"/boot/efi\",\n    \"setup_loader\": true,\n    \"manage_mode\": true,\n    \"force_update\": false,\n    \"live_mode\": false,\n    \"config_rev\": 3\n  }\n}";
+
+/// The RocketLake host as Pop!_OS: kernelstub writes systemd-boot's entries on /boot/efi.
+pub fn pop_os(root: &Path) -> HostTree {
+    let mut t = rocketlake(root);
+    std::fs::remove_file(root.join("etc/default/grub")).unwrap();
+    dpkg_status(&mut t, &["initramfs-tools", "kernelstub", "systemd"]);
+    t.file(
+        "/etc/os-release",
+        "NAME=\"Pop!_OS\"\nVERSION=\"22.04 LTS\"\nID=pop\nID_LIKE=\"ubuntu debian\"\nPRETTY_NAME=\"Pop!_OS 22.04 LTS\"\n",
+    )
+    .file("/etc/kernelstub/configuration", KERNELSTUB_CONF)
+    .file("/boot/efi/EFI/systemd/systemd-bootx64.efi", "MZ");
+    let dir = root.join("sys/firmware/efi/efivars");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+        efi_var("systemd-boot 251.3"),
+    )
+    .unwrap();
+    t
+}
