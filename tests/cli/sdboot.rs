@@ -390,3 +390,25 @@ fn check_flags_an_entry_that_still_carries_the_ids_after_a_reset() {
         "{out}"
     );
 }
+
+#[test]
+fn a_failing_kernel_install_rolls_back_and_the_entries_come_back() {
+    let (dir, fakes) = host(None, false, None);
+    let r = dir.path();
+    let before = snap(r);
+    let (code, _, err) = run(gpt(r)
+        .env("PATH", fakes.path())
+        // The first add fails; the rollback's re-run (from the restored /etc) succeeds.
+        .env("FAKE_FAIL", "kernel-install:2")
+        .args(["full", "nvidia", "--yes", "--no-deps"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("kernel-install") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(
+        !r.join("etc/kernel/cmdline").exists(),
+        "the created file is gone again"
+    );
+    assert_eq!(snap(r), before, "the tree as it was, the entry included");
+}
