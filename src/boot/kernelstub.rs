@@ -205,6 +205,14 @@ impl Loader for Kernelstub {
         })
     }
 
+    fn marks_in_file(&self) -> bool {
+        false
+    }
+
+    fn entries_source(&self) -> String {
+        CONFIG.into()
+    }
+
     fn owns(&self, path: &Path) -> bool {
         path == Path::new(CONFIG)
     }

@@ -165,6 +165,14 @@ pub trait Loader: Sync {
     fn confirm(&self, _host: &Host, _f: &Facts, _want: &[String], _gone: &[String]) -> Result<()> {
         Ok(())
     }
+    /// Whether the argument file carries gpt's marks (so reset can work without the journal).
+    fn marks_in_file(&self) -> bool {
+        true
+    }
+    /// The file the kernel arguments are configured in, for messages.
+    fn entries_source(&self) -> String {
+        "the boot loader's configuration".into()
+    }
     /// Whether the regeneration rewrites the argument file itself (kernelstub): gpt then
     /// writes its own bytes back after it.
     fn rewritten_by_regeneration(&self) -> bool {

@@ -162,6 +162,14 @@ impl Loader for Proxmox {
         })
     }
 
+    fn marks_in_file(&self) -> bool {
+        false
+    }
+
+    fn entries_source(&self) -> String {
+        KERNEL_CMDLINE.into()
+    }
+
     fn owns(&self, path: &Path) -> bool {
         path == Path::new(KERNEL_CMDLINE) || Grub.owns(path)
     }

@@ -287,6 +287,14 @@ impl Loader for SystemdBoot {
         })
     }
 
+    fn marks_in_file(&self) -> bool {
+        false
+    }
+
+    fn entries_source(&self) -> String {
+        KERNEL_CMDLINE.into()
+    }
+
     fn owns(&self, path: &Path) -> bool {
         path == Path::new(KERNEL_CMDLINE)
     }

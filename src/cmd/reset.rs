@@ -103,6 +103,15 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
             items.push(item);
         }
     }
+    if state.is_none() && !stack.loader.marks_in_file() {
+        ui.warn(format!(
+            "no journal ({STATE_FILE}): gpt cannot tell the arguments it may have added to {} \
+             from yours, since that file can hold no mark of gpt's; if `gpt check` or the file \
+             shows vfio-pci.ids= or IOMMU arguments you did not add, remove them yourself and run `{}`",
+            stack.loader.entries_source(),
+            stack.loader.regenerate_hint()
+        ));
+    }
     if state.is_none() && items.iter().any(Item::changes) {
         ui.info(format!(
             "no journal ({STATE_FILE}): undoing what gpt marked as its own in the files themselves"

@@ -412,3 +412,24 @@ fn a_failing_kernel_install_rolls_back_and_the_entries_come_back() {
     );
     assert_eq!(snap(r), before, "the tree as it was, the entry included");
 }
+
+#[test]
+fn reset_without_the_journal_says_it_cannot_tell_gpts_arguments_apart() {
+    let (dir, fakes) = host(Some(CMDLINE), false, None);
+    let r = dir.path();
+    let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(r.join("var/lib/gpt")).unwrap();
+    let line = read(r, "/etc/kernel/cmdline");
+    let (code, _, err) = gpt_f(r, &fakes, &["reset", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("cannot tell the arguments") && err.contains("/etc/kernel/cmdline"),
+        "{err}"
+    );
+    assert_eq!(
+        read(r, "/etc/kernel/cmdline"),
+        line,
+        "no guess: the file is left as it is"
+    );
+}
