@@ -86,10 +86,31 @@ pub struct ManArgs {
     pub command: Option<String>,
 }
 
+/// The boot loader `--boot-loader` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootLoader {
+    Grub,
+    SystemdBoot,
+    Proxmox,
+    Kernelstub,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Distro {
     Debian,
     Ubuntu,
+}
+
+impl BootLoader {
+    pub fn choice(self) -> crate::boot::Choice {
+        use crate::boot::Choice;
+        match self {
+            BootLoader::Grub => Choice::Grub,
+            BootLoader::SystemdBoot => Choice::SystemdBoot,
+            BootLoader::Proxmox => Choice::Proxmox,
+            BootLoader::Kernelstub => Choice::Kernelstub,
+        }
+    }
 }
 
 impl Distro {
@@ -144,6 +165,11 @@ pub struct FullArgs {
     /// do not wake from D3cold; takes effect after the reboot
     #[arg(long)]
     pub no_idle_d3: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +189,11 @@ pub struct ResetArgs {
     /// Also remove what the old setup.sh left behind (asks for each one unless --yes)
     #[arg(long)]
     pub legacy: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +208,12 @@ pub struct IommuArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
+}
 
 #[derive(Debug, Args)]
 pub struct QemuArgs {

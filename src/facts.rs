@@ -87,12 +87,30 @@ pub struct Facts {
     /// Free bytes on the filesystem holding /boot, and the size of the largest initrd there.
     pub boot_free: Option<u64>,
     pub largest_initrd: u64,
+    /// The names in /boot (`vmlinuz-KVER`, `initrd.img-KVER`, …).
+    pub boot_names: Vec<String>,
+    /// `/etc/kernel/cmdline` and `/usr/lib/kernel/cmdline` (kernel-install's command line),
+    /// as bytes: a file that is not text is refused with its name.
+    pub kernel_cmdline: Option<Vec<u8>>,
+    pub usr_kernel_cmdline: Option<Vec<u8>>,
+    /// kernelstub's `/etc/kernelstub/configuration`.
+    pub kernelstub_config: Option<Vec<u8>>,
+    /// The kernel arguments gpt added to the argument file in its last run (from its state):
+    /// for files that can hold no mark of gpt's.
+    pub gpt_added: Vec<String>,
+    /// systemd-boot's `loader.conf` says `editor no`: the command line cannot be edited at boot.
+    pub editor_off: bool,
 }
 
 impl Facts {
     /// Everything, in one pass. The PCI devices not being readable is kept in
     /// `topology_error` (`gpt check` reports it; [`Facts::topology`] makes it an error).
     pub fn read(host: &Host) -> Result<Facts> {
+        Facts::read_for(host, None)
+    }
+
+    /// [`Facts::read`], with the boot loader the user named (`--boot-loader`).
+    pub fn read_for(host: &Host, chosen: Option<boot::Choice>) -> Result<Facts> {
         let mut f = Facts::default();
         match sysfs::read_topology(host) {
             Ok(t) => f.topology = t,
@@ -156,7 +174,9 @@ impl Facts {
                 || host.exists("/sbin/update-initramfs"),
             dracut_bin: host.exists("/usr/bin/dracut") || host.exists("/bin/dracut"),
             dracut_conf_d: host.resolve(DRACUT_CONF_D)?.is_dir(),
+            ..Probe::default()
         };
+        read_loader_probe(host, &mut f, chosen)?;
         f.boot = Some(boot::detect(&f.probe));
         if host.exists(DRACUT_CONF_D) {
             // Kept as an error for the dracut stack to report: other stacks never read it.
@@ -170,9 +190,10 @@ impl Facts {
             f.boot_free = nix::sys::statvfs::statvfs(&boot)
                 .ok()
                 .map(|s| s.blocks_available() * s.fragment_size());
-            for name in host.list_dir("/boot")? {
+            f.boot_names = host.list_dir("/boot")?;
+            for name in &f.boot_names {
                 if name.starts_with("initrd.img-") {
-                    let size = std::fs::metadata(boot.join(&name))
+                    let size = std::fs::metadata(boot.join(name))
                         .map(|m| m.len())
                         .unwrap_or(0);
                     f.largest_initrd = f.largest_initrd.max(size);
@@ -210,6 +231,98 @@ impl Facts {
         } else {
             None
         }
+    }
+}
+
+/// What tells the boot loaders apart: the EFI variables of the loader that booted, the files
+/// of systemd-boot, Proxmox and kernelstub, and what `kernel-install inspect` says.
+fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -> Result<()> {
+    use crate::boot::detect::{efi_string, parse_inspect, LOADER_GUID};
+    let p = &mut f.probe;
+    p.chosen = chosen;
+    let efivar = |name: &str| {
+        host.read(format!("/sys/firmware/efi/efivars/{name}-{LOADER_GUID}"))
+            .ok()
+            .and_then(|b| efi_string(&b))
+    };
+    p.loader_info = efivar("LoaderInfo");
+    p.entry_selected = efivar("LoaderEntrySelected");
+    p.grub_cfg = host.exists(crate::paths::GRUB_CFG);
+    p.sdboot_hook = host.exists("/etc/kernel/postinst.d/zz-systemd-boot");
+    p.kernel_install = host.exists("/usr/bin/kernel-install") || host.exists("/bin/kernel-install");
+    p.proxmox_tool = host.exists("/usr/sbin/proxmox-boot-tool");
+    p.proxmox_uuids = host
+        .read_optional("/etc/kernel/proxmox-boot-uuids")?
+        .is_some_and(|t| {
+            t.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        });
+    p.kernelstub_conf = host.exists("/etc/kernelstub/configuration");
+    p.snapd_fde = host.exists("/var/lib/snapd/device/fde")
+        || crate::edit::cmdline::split(&f.cmdline)
+            .iter()
+            .any(|t| crate::edit::cmdline::key(t) == "snapd_recovery_mode");
+    let mounts = host.read_optional("/proc/mounts")?.unwrap_or_default();
+    for line in mounts.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if let [_, target, "vfat", ..] = cols.as_slice() {
+            if ["/efi", "/boot", "/boot/efi"].contains(target)
+                && !p.vfat_mounts.contains(&target.to_string())
+            {
+                p.vfat_mounts.push(target.to_string());
+            }
+        }
+    }
+    let sdboot_possible = p
+        .packages
+        .as_ref()
+        .is_some_and(|k| k.contains("systemd-boot"))
+        || p.sdboot_hook
+        || p.loader_info
+            .as_deref()
+            .is_some_and(|i| i.starts_with("systemd-boot"))
+        || chosen == Some(boot::Choice::SystemdBoot);
+    if p.kernel_install && sdboot_possible {
+        let ui = crate::ui::Ui {
+            json: true,
+            interactive: false,
+        };
+        let runner = crate::txn::Runner::new(host, &ui);
+        p.inspect = Some(match runner.query(&["kernel-install", "inspect"]) {
+            Ok(c) if c.status.success() => parse_inspect(&c.stdout_str()),
+            Ok(c) => Err(format!(
+                "`kernel-install inspect` failed: {}",
+                String::from_utf8_lossy(&c.stderr).trim()
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        });
+    }
+    f.kernel_cmdline = read_bytes(host, "/etc/kernel/cmdline")?;
+    f.usr_kernel_cmdline = read_bytes(host, "/usr/lib/kernel/cmdline")?;
+    f.kernelstub_config = read_bytes(host, "/etc/kernelstub/configuration")?;
+    if let Some(Ok(i)) = &f.probe.inspect {
+        let conf = host
+            .read_optional(format!("{}/loader/loader.conf", i.boot_root))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        f.editor_off = conf.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some("editor")
+                && matches!(w.next(), Some("no" | "0" | "false" | "off" | "n"))
+        });
+    }
+    if let Ok(Some(c)) = crate::state::load_config(host) {
+        f.gpt_added = c.added_args;
+    }
+    Ok(())
+}
+
+fn read_bytes(host: &Host, abs: &str) -> Result<Option<Vec<u8>>> {
+    match host.read(abs) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::ioerr::error("read", Path::new(abs), &e)),
     }
 }
 

@@ -320,6 +320,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         grub_file: args_edit.file,
         grub_var: args_edit.setting,
         args: w.args,
+        added_args: add,
         initramfs_modules: w.initramfs_modules,
         softdeps: w.softdeps.into_iter().collect(),
         kernels: f.kernels.iter().map(|k| k.version.clone()).collect(),

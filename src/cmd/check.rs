@@ -84,8 +84,8 @@ struct ChecksJson<'a> {
     checks: &'a [Check],
 }
 
-pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
-    let facts = Facts::read(host);
+pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()));
     let checks = collect(host, ui, &facts);
     if ui.json {
         let boot = facts
@@ -149,10 +149,13 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     out.push(vfio_driver(seen, &stack, vfio_configured));
     match &config {
         Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
-        Ok(None) => out.push(Check::warn(
-            "gpt's configuration",
-            format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
-        )),
+        Ok(None) => {
+            out.push(Check::warn(
+                "gpt's configuration",
+                format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
+            ));
+            out.extend(stray_entries(host, seen, &stack));
+        }
         Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
     }
     out.push(leftovers(host));
@@ -334,15 +337,16 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         Phase::Vfio => out.push(Check::pass(
             name,
             format!(
-                "{} device(s) for vfio-pci ({}), GPU(s) {}",
+                "{} device(s) for vfio-pci ({}), GPU(s) {}; to boot without them: {}",
                 c.devices.len(),
                 c.ids.join(","),
-                c.gpus.join(", ")
+                c.gpus.join(", "),
+                stack.loader.rescue_on(f, c.bind)
             ),
         )),
     }
     let missing_now = missing(&cmdline_tokens(f), &c.args);
-    let entries = stack.loader.entries(host, &c.args);
+    let entries = stack.loader.entries(host, f, &c.args);
     out.push(cmdline_check(f, stack, c, &missing_now, &entries));
     out.push(entries_check(stack, c, entries));
     if c.phase == Phase::Vfio {
@@ -400,7 +404,7 @@ fn cmdline_check(
 fn entries_check(stack: &Stack, c: &Config, entries: Entries) -> Check {
     let name = format!("gpt's kernel arguments in {}", stack.loader.entries_name());
     match entries {
-        Entries::Unreadable(why) => Check::warn(name, why),
+        Entries::Unreadable(why) | Entries::Unchecked(why) => Check::warn(name, why),
         Entries::Carry => Check::pass(name, c.args.join(" ")),
         Entries::Lack(m) => Check::warn(
             name,
@@ -555,6 +559,27 @@ fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: boo
         }
     }
     out
+}
+
+/// With nothing configured, boot entries that still carry vfio-pci.ids= (a reset before the
+/// reboot, then a kernel update that read /proc/cmdline): only loaders that can tell.
+fn stray_entries(host: &Host, f: &Facts, stack: &Stack) -> Option<Check> {
+    let found = stack.loader.carrying(host, f, "vfio_pci.ids")?;
+    let name = "boot entries without vfio-pci.ids";
+    Some(if found.is_empty() {
+        Check::pass(name, "none carries it")
+    } else {
+        Check::warn(
+            name,
+            format!(
+                "{} still carr{} vfio-pci.ids= although gpt configures nothing: a kernel or initramfs \
+                 update after `gpt reset` and before the reboot read /proc/cmdline; reboot, then run `{}`",
+                found.join(", "),
+                if found.len() == 1 { "ies" } else { "y" },
+                stack.loader.regenerate_hint()
+            ),
+        )
+    })
 }
 
 fn leftovers(host: &Host) -> Check {

@@ -10,6 +10,7 @@ use crate::describe::lspci_nn;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::pci::vendor_by_name;
+use crate::plan::FileChange;
 use crate::planner::{self, Options, Planned};
 use crate::resetability::{self, Level, Report};
 use crate::select::{self, Request, Selection};
@@ -94,9 +95,10 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         args.yes,
         "changing this host's boot configuration needs root: run it with sudo (or add --dry-run to see the plan)",
     )?;
-    let facts = Facts::read(host)?;
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     check_distro(&facts, distro)?;
     let stack = facts.stack()?;
+    stack.loader.validate(&facts)?;
     facts.topology()?;
     ui.info(format!("boot stack: {}", stack.id()));
     let names = sysfs::load_names(host, &facts.topology);
@@ -147,17 +149,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         return Ok(1);
     }
     let lock = session.lock().expect("a real run holds the lock");
-    let check = |runner: &crate::txn::Runner| -> Result<()> {
-        let problems = verify(runner, &facts, &stack, &planned);
-        if problems.is_empty() {
-            return Ok(());
-        }
-        bail!(
-            "the regenerated boot files do not carry the configuration: {}",
-            problems.join("; ")
-        )
-    };
-    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config), &check)?;
+    let outcome = apply(host, ui, lock, &facts, &stack, &planned)?;
     let files: Vec<FileJson> = outcome
         .files
         .iter()
@@ -167,8 +159,63 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     if ui.json {
         print_json(ui, &planned, &reset, true, false, files)?;
     }
-    finish_message(ui, &stack, &planned);
+    finish_message(ui, &facts, &stack, &planned);
     Ok(0)
+}
+
+/// Apply the plan in one transaction, verified before the commit: the loader's own check
+/// that the entries were regenerated, then [`verify`]. A loader whose regeneration rewrites
+/// the argument file (kernelstub) gets gpt's bytes back after it.
+fn apply(
+    host: &Host,
+    ui: &Ui,
+    lock: &crate::txn::Lock,
+    facts: &Facts,
+    stack: &Stack,
+    planned: &Planned,
+) -> Result<crate::txn::Outcome> {
+    let regenerates_entries = planned.plan.commands.iter().any(|c| {
+        stack
+            .loader
+            .regenerate(facts)
+            .iter()
+            .any(|r| r.argv == c.argv)
+    });
+    let check = |runner: &Runner| -> Result<()> {
+        if regenerates_entries {
+            stack
+                .loader
+                .confirm(host, facts, &planned.config.args, &[])?;
+        }
+        let problems = verify(runner, facts, stack, planned);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the regenerated boot files do not carry the configuration: {}",
+            problems.join("; ")
+        )
+    };
+    let mut plan = planned.plan.clone();
+    if stack.loader.rewritten_by_regeneration() && regenerates_entries {
+        for c in planned
+            .plan
+            .files
+            .iter()
+            .filter(|c| stack.loader.owns(&c.path))
+        {
+            plan.after_commands
+                .push(FileChange::new(&c.path, c.after.clone(), c.after.clone()));
+        }
+    }
+    crate::txn::apply_verified(
+        &Runner::new(host, ui),
+        lock,
+        &plan,
+        crate::txn::Finish::Record(Some(&planned.config)),
+        &[],
+        &check,
+    )
 }
 
 /// The devices for vfio-pci; `None` when the IOMMU is not on yet (this run then only adds
@@ -246,8 +293,13 @@ fn verify(runner: &Runner, f: &Facts, stack: &Stack, planned: &Planned) -> Vec<S
         |steps: Vec<crate::plan::Step>| steps.iter().any(|s| ran.iter().any(|r| r.argv == s.argv));
     let host = runner.host();
     let mut problems = Vec::new();
-    if regenerated(stack.loader.regenerate()) {
-        problems.extend(stack.verify(host, runner, &[], &planned.config.args, false));
+    if regenerated(stack.loader.regenerate(f)) {
+        if let crate::boot::Entries::Unchecked(why) =
+            stack.loader.entries(host, f, &planned.config.args)
+        {
+            runner.ui().info(format!("note: {why}"));
+        }
+        problems.extend(stack.verify(host, runner, f, &planned.config.args, false));
     }
     let images = regenerated(stack.initramfs.regenerate(f))
         && planned
@@ -350,7 +402,7 @@ fn print_manual(ui: &Ui, planned: &Planned) {
     }
 }
 
-fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
+fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
     use crate::state::Phase;
     match planned.config.phase {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
@@ -358,7 +410,7 @@ fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
             ui.ok("configured. Reboot, then run `gpt check`.");
             ui.info(format!(
                 "If the host does not come up right: {}, then run `sudo gpt reset`.",
-                stack.loader.rescue(planned.config.bind)
+                stack.loader.rescue_on(facts, planned.config.bind)
             ));
         }
     }

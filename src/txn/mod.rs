@@ -26,7 +26,7 @@ pub use lock::Lock;
 pub use runner::{spawned, Captured, Runner};
 
 use crate::host::Host;
-use crate::plan::{FileAction, Plan};
+use crate::plan::{FileAction, FileChange, Plan};
 use crate::state::{Config, STATE_DIR, STATE_FILE};
 use crate::ui::Ui;
 use anyhow::{bail, Result};
@@ -103,8 +103,9 @@ pub fn apply_with(
     apply_verified(runner, lock, plan, finish, metas, &|_| Ok(()))
 }
 
-/// A check of the regenerated boot files, run after the plan's commands and before the
-/// commit: its error rolls the run back like a failed command.
+/// A check of the regenerated boot files, run after the plan's commands and before
+/// `plan.after_commands` and the commit: its error rolls the run back like a failed command
+/// (an image without vfio-pci, a boot loader's regeneration that silently wrote nothing).
 pub type Verify<'a> = &'a dyn Fn(&Runner) -> Result<()>;
 
 /// [`apply_with`], with `verify` run after the commands (when there were any).
@@ -117,6 +118,18 @@ pub fn apply_verified(
     verify: Verify,
 ) -> Result<Outcome> {
     let host = runner.host();
+    for late in &plan.after_commands {
+        if !plan
+            .files
+            .iter()
+            .any(|f| f.path == late.path && !f.is_noop())
+        {
+            bail!(
+                "internal error: {} changes after the commands but not before",
+                late.path.display()
+            );
+        }
+    }
     let ui = runner.ui();
     let hold = signals::hold()?;
     let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
@@ -179,6 +192,26 @@ pub fn apply_verified(
         if !plan.commands.is_empty() {
             interrupted(&hold)?;
             verify(runner)?;
+        }
+        for late in &plan.after_commands {
+            interrupted(&hold)?;
+            match &late.after {
+                Some(bytes) => {
+                    fs::write(host, &late.path, bytes, None, late.new_mode)?;
+                }
+                None => {
+                    fs::remove(host, &late.path)?;
+                }
+            }
+            if let Some(entry) = outcome.files.iter_mut().find(|(p, _)| *p == late.path) {
+                let first = files.iter().find(|f| f.path == late.path);
+                entry.1 = FileChange::new(
+                    &late.path,
+                    first.and_then(|f| f.before.clone()),
+                    late.after.clone(),
+                )
+                .action();
+            }
         }
         Ok(outcome)
     })();
