@@ -172,6 +172,8 @@ fn select_devices(
         devices: args.devices.clone(),
         all: args.all,
         force: args.force,
+        gpu_group_only: args.gpu_group_only,
+        cpu_maker: crate::pci::cpu_maker(facts.cpu_vendor.as_deref()),
     };
     if facts.topology.iommu_enabled() {
         let sel = select::select(&facts.topology, names, &req, &facts.protected)?;
