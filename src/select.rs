@@ -67,6 +67,9 @@ fn role(dev: &PciDevice) -> &'static str {
         Some((0x03, _)) => "the host loses the screens on it",
         Some((0x04, _)) => "the host loses this sound device",
         Some((0x0c, 0x03)) => "the host loses the USB ports on it",
+        Some((0x10, _)) => {
+            "the host loses this encryption device (on an AMD APU, the PSP behind its firmware TPM)"
+        }
         Some((0x0c, 0x05)) => "the host loses this SMBus controller (sensors, memory SPD)",
         _ => "the host loses what it does there",
     }

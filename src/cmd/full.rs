@@ -19,14 +19,24 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct FullJson<'a> {
+    ok: bool,
     changed: bool,
     dry_run: bool,
     phase: crate::state::Phase,
     boot: StackId,
     devices: &'a [String],
     ids: &'a [String],
+    /// How vfio-pci gets the devices: `ids` (vfio-pci.ids=) or `address` (driver_override).
+    binding: crate::state::BindMode,
+    /// Devices taken from the host that are not functions of the card (`--force`).
+    taken_from_host: Vec<String>,
+    /// Functions of the card left on the host (`--gpu-group-only`).
+    left_on_host: Vec<String>,
     files: Vec<FileJson>,
     commands: Vec<Vec<String>>,
+    /// Commands the user still has to run before rebooting (`--no-update`).
+    manual_commands: &'a [String],
+    warnings: Vec<String>,
     reboot_required: bool,
 }
 
@@ -126,12 +136,19 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     if planned.plan.is_empty() {
         ui.ok("already configured: nothing to change");
         if ui.json {
-            print_json(ui, &planned, false, args.dry_run, Vec::new())?;
+            print_json(
+                ui,
+                selection.as_ref(),
+                &planned,
+                false,
+                args.dry_run,
+                Vec::new(),
+            )?;
         }
         return Ok(0);
     }
     if session.dry_run() {
-        dry_run(ui, &planned)?;
+        dry_run(ui, selection.as_ref(), &planned)?;
         return Ok(0);
     }
     session.show(&planned.plan.render());
@@ -149,7 +166,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     print_manual(ui, &planned);
     let problems = verify(host, ui, &facts, &stack, &planned, &outcome.commands);
     if ui.json {
-        print_json(ui, &planned, true, false, files)?;
+        print_json(ui, selection.as_ref(), &planned, true, false, files)?;
     }
     for p in &problems {
         ui.warn(p);
@@ -210,7 +227,7 @@ fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
     ui.warn("an earlier run did not finish the update commands; running them all now");
 }
 
-fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
+fn dry_run(ui: &Ui, sel: Option<&Selection>, planned: &Planned) -> Result<()> {
     if ui.json {
         let files = planned
             .plan
@@ -218,7 +235,7 @@ fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
             .iter()
             .map(|c| FileJson::new(&c.path, c.action()))
             .collect();
-        print_json(ui, planned, false, true, files)?;
+        print_json(ui, sel, planned, false, true, files)?;
     } else {
         crate::ui::out(&planned.plan.render());
         print_manual(ui, planned);
@@ -284,7 +301,13 @@ fn check_distro(f: &Facts, wanted: Option<Distro>) -> Result<()> {
 }
 
 fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Selection) {
-    ui.step("Devices for vfio-pci:");
+    ui.step(format!(
+        "Devices for vfio-pci (bound by {}):",
+        match sel.bind {
+            crate::state::BindMode::Ids => "vfio-pci.ids=",
+            crate::state::BindMode::Address => "address",
+        }
+    ));
     for a in &sel.targets {
         if let Some(d) = f.topology.device(a) {
             ui.info(format!(
@@ -295,6 +318,9 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
                 d.driver.as_deref().unwrap_or("none")
             ));
         }
+    }
+    for n in &sel.notes {
+        ui.info(format!("note: {n}"));
     }
 }
 
@@ -346,6 +372,7 @@ fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
 
 fn print_json(
     ui: &Ui,
+    sel: Option<&Selection>,
     planned: &Planned,
     changed: bool,
     dry_run: bool,
@@ -357,15 +384,27 @@ fn print_json(
         .iter()
         .map(|c| c.argv.clone())
         .collect();
+    let list = |v: &[crate::pci::PciAddress]| v.iter().map(|a| a.to_string()).collect();
     ui.print_json(&FullJson {
+        ok: true,
         changed,
         dry_run,
         phase: planned.config.phase,
         boot: planned.config.boot,
         devices: &planned.config.devices,
         ids: &planned.config.ids,
+        binding: planned.config.bind,
+        taken_from_host: sel.map(|s| list(&s.taken)).unwrap_or_default(),
+        left_on_host: sel.map(|s| list(&s.left)).unwrap_or_default(),
         files,
         commands,
+        manual_commands: &planned.manual,
+        warnings: sel
+            .iter()
+            .flat_map(|s| s.warnings.iter())
+            .chain(&planned.warnings)
+            .cloned()
+            .collect(),
         reboot_required: changed,
     })
 }

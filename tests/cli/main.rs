@@ -10,6 +10,7 @@ mod docs;
 mod example;
 mod full;
 mod iommu;
+mod layouts;
 mod legacy;
 mod qemu;
 mod reset;

@@ -1,0 +1,222 @@
+//! Layouts people posted, through the real binary: which devices gpt takes (the whole card,
+//! never a bridge), each through a dry run, the apply, a second run and `gpt reset`.
+
+use crate::support::fakes::Fakes;
+use crate::support::hosts::{apu_laptop, arc_a770, rx6800_four_groups};
+use crate::support::transact::snap;
+use crate::support::{gpt, run};
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn doc(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
+}
+
+fn etc(root: &Path) -> Vec<(String, String)> {
+    snap(root)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("etc"))
+        .collect()
+}
+
+fn full(root: &Path, fakes: &Fakes, args: &[&str]) -> (i32, String, String) {
+    run(gpt(root).env("PATH", fakes.path()).arg("full").args(args))
+}
+
+/// Dry run, apply, second run, reset: returns the dry run's JSON document (and checks the
+/// apply reports the same devices, the second run changes nothing, reset restores /etc).
+fn cycle(root: &Path, args: &[&str]) -> (Value, String) {
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let pristine = etc(root);
+    let before = snap(root);
+    let mut a = args.to_vec();
+    a.extend(["--no-deps", "--json"]);
+    let (code, out, err) = full(root, &fakes, &[a.as_slice(), &["--dry-run"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(snap(root), before, "the dry run changed the tree");
+    let dry = doc(&out);
+    assert_eq!(dry["ok"], true);
+
+    let (code, out, err) = full(root, &fakes, &[a.as_slice(), &["--yes"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let applied = doc(&out);
+    assert_eq!(applied["changed"], true);
+    assert_eq!(applied["devices"], dry["devices"]);
+    assert_eq!(applied["ids"], dry["ids"]);
+
+    fakes.reset_log();
+    let configured = snap(root);
+    let (code, out, err2) = full(root, &fakes, &[a.as_slice(), &["--yes"]].concat());
+    assert_eq!(code, 0, "{err2}");
+    assert_eq!(doc(&out)["changed"], false);
+    assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
+    assert_eq!(snap(root), configured);
+
+    let (code, _, rerr) = run(gpt(root).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{rerr}");
+    assert_eq!(
+        etc(root),
+        pristine,
+        "reset must give /etc back byte for byte"
+    );
+    (dry, err)
+}
+
+fn read(root: &Path, p: &str) -> String {
+    std::fs::read_to_string(root.join(p.trim_start_matches('/'))).unwrap_or_default()
+}
+
+#[test]
+fn an_arc_card_takes_its_audio_behind_its_switch_in_one_group_or_two() {
+    for audio_group in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        arc_a770(dir.path(), audio_group);
+        let (dry, err) = cycle(dir.path(), &["--device", "03:00.0"]);
+        assert_eq!(
+            dry["devices"],
+            json!(["0000:03:00.0", "0000:04:00.0"]),
+            "{err}"
+        );
+        assert_eq!(dry["ids"], json!(["8086:56a0", "8086:4f90"]));
+        assert_eq!(dry["binding"], "ids");
+        assert_eq!(dry["taken_from_host"], json!([]));
+        assert!(!err.contains("not functions of the card"), "{err}");
+        assert!(
+            !err.contains("4fa1") && !err.contains("4fa4"),
+            "no bridge: {err}"
+        );
+        if audio_group == 2 {
+            assert!(
+                err.contains("functions in IOMMU groups of their own"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_arc_card_with_gpu_group_only_leaves_its_audio_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    arc_a770(dir.path(), 2);
+    let (dry, err) = cycle(dir.path(), &["--device", "03:00.0", "--gpu-group-only"]);
+    assert_eq!(dry["devices"], json!(["0000:03:00.0"]));
+    assert_eq!(dry["left_on_host"], json!(["0000:04:00.0"]));
+    assert!(
+        err.contains("0000:04:00.0") && err.contains("stays on the host"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_rx_6000_card_goes_whole_from_its_four_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    rx6800_four_groups(dir.path());
+    let (dry, err) = cycle(dir.path(), &["--device", "0c:00.0"]);
+    assert_eq!(
+        dry["devices"],
+        json!([
+            "0000:0c:00.0",
+            "0000:0c:00.1",
+            "0000:0c:00.2",
+            "0000:0c:00.3"
+        ])
+    );
+    assert_eq!(
+        dry["ids"],
+        json!(["1002:73bf", "1002:ab28", "1002:73a6", "1002:73a4"])
+    );
+    assert!(
+        err.contains("(group 16, driver i2c-designware-pci)"),
+        "{err}"
+    );
+    // The UCSI function's driver is held off like the others.
+    let dir = tempfile::tempdir().unwrap();
+    rx6800_four_groups(dir.path());
+    let fakes = Fakes::new();
+    let (code, out, err) = full(
+        dir.path(),
+        &fakes,
+        &["--device", "0c:00.0", "--dry-run", "--no-deps"],
+    );
+    assert_eq!(code, 0, "{err}");
+    for m in ["amdgpu", "snd_hda_intel", "xhci_pci", "i2c_designware_pci"] {
+        assert!(
+            out.contains(&format!("+softdep {m} pre: vfio-pci")),
+            "{m}: {out}"
+        );
+    }
+    assert!(
+        out.contains("vfio-pci.ids=1002:73bf,1002:ab28,1002:73a6,1002:73a4"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_laptop_apu_group_is_refused_in_one_json_document_and_force_never_takes_a_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    apu_laptop(dir.path());
+    let root = dir.path();
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let before = snap(root);
+    let (code, out, err) = full(root, &fakes, &["--device", "05:00.0", "--yes", "--json"]);
+    assert_eq!(code, 1, "{err}");
+    let d = doc(&out);
+    assert_eq!(d["ok"], false);
+    assert_eq!(d["kind"], "shared_group");
+    assert_eq!(d["devices"], json!(["0000:05:00.2", "0000:05:00.3"]));
+    assert_eq!(d["todo"], "--force takes the whole group anyway.");
+    assert!(d["message"].as_str().unwrap().contains("driver ccp"), "{d}");
+    assert!(
+        err.contains("error: IOMMU group 5 of 0000:05:00.0 also holds:"),
+        "{err}"
+    );
+    assert_eq!(snap(root), before, "a refusal changes nothing");
+
+    let (dry, err) = cycle(root, &["--device", "05:00.0", "--force"]);
+    assert_eq!(
+        dry["devices"],
+        json!([
+            "0000:05:00.0",
+            "0000:05:00.1",
+            "0000:05:00.2",
+            "0000:05:00.3"
+        ])
+    );
+    let ids = dry["ids"].to_string();
+    assert!(
+        !ids.contains("1022:1632") && !ids.contains("1022:1635"),
+        "{ids}"
+    );
+    assert_eq!(
+        dry["taken_from_host"],
+        json!(["0000:05:00.2", "0000:05:00.3"])
+    );
+    assert!(
+        err.contains("(driver xhci_hcd: the host loses the USB ports on it)"),
+        "{err}"
+    );
+    assert!(!read(root, "/boot/grub/grub.cfg").contains("1022:1632"));
+}
+
+#[test]
+fn a_refusal_that_is_not_about_devices_is_one_json_document_too() {
+    let dir = tempfile::tempdir().unwrap();
+    rx6800_four_groups(dir.path());
+    let (code, out, err) = run(gpt(dir.path()).args(["full", "amd", "--dry-run", "--json"]));
+    assert_eq!(code, 1, "{err}");
+    let d = doc(&out);
+    assert_eq!(d["kind"], "several_gpus");
+    assert_eq!(d["devices"], json!(["0000:0c:00.0", "0000:10:00.0"]));
+    assert!(
+        d["todo"]
+            .as_str()
+            .unwrap()
+            .contains("--device 0000:0c:00.0"),
+        "{d}"
+    );
+    let (code, out, _) = run(gpt(dir.path()).args(["full", "matrox", "--json"]));
+    assert_eq!(code, 2);
+    assert_eq!(doc(&out)["kind"], "usage");
+}
