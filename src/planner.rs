@@ -40,6 +40,8 @@ pub struct Planned {
     pub manual: Vec<String>,
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
+    /// Passthrough configuration gpt did not write (a guide's), found on this host.
+    pub existing: Vec<crate::passthrough::Found>,
 }
 
 /// Which IOMMU arguments this host needs: `intel_iommu=on` when the firmware's IOMMU is Intel
@@ -127,10 +129,15 @@ fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
             );
         }
         if cmdline::key(t) == "vfio_pci.ids" {
-            bail!(
-                "the {where_} configuration already has {t}, which gpt did not write (the old setup.sh \
-                 added one; `gpt reset --legacy` removes it); remove it and run this again"
-            );
+            return Err(crate::ui::Refusal::new(
+                "existing_vfio_ids",
+                Vec::<String>::new(),
+                format!(
+                    "the {where_} configuration already has {t}, which gpt did not write (the old setup.sh \
+                     or a guide added it; `gpt reset --legacy` removes setup.sh's);"
+                ),
+                "remove it and run this again",
+            ));
         }
     }
     Ok(())
@@ -263,6 +270,28 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     let user_args = stack.loader.user_args(f)?;
     refuse_conflicts(&user_args, &stack)?;
     let w = wanted(f, sel, opts, &mut warnings);
+    let where_ = format!("{} configuration", stack.loader.kind().name());
+    let existing = crate::passthrough::find(
+        &f.modprobe_d,
+        &f.module_lists,
+        &user_args
+            .iter()
+            .map(|a| (where_.clone(), a.clone()))
+            .collect::<Vec<_>>(),
+        &w.ids,
+        &w.softdeps,
+    );
+    for e in &existing {
+        warnings.push(format!(
+            "passthrough configuration gpt did not write: {}{}",
+            crate::passthrough::describe(e),
+            if e.defeats_rescue {
+                " (gpt leaves it alone; the rescue must undo it too)"
+            } else {
+                ""
+            }
+        ));
+    }
 
     // Kernel arguments: the loader takes gpt's earlier additions out and adds what the user
     // does not have already, so a re-run with another GPU replaces the ids and a re-run with
@@ -318,5 +347,6 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         manual,
         notes,
         warnings,
+        existing,
     })
 }

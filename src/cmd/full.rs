@@ -36,6 +36,8 @@ struct FullJson<'a> {
     commands: Vec<Vec<String>>,
     /// Commands the user still has to run before rebooting (`--no-update`).
     manual_commands: &'a [String],
+    /// Passthrough configuration gpt did not write, and whether the rescue must undo it.
+    existing_passthrough: &'a [crate::passthrough::Found],
     warnings: Vec<String>,
     reboot_required: bool,
 }
@@ -362,10 +364,25 @@ fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
         Phase::Vfio => {
             ui.ok("configured. Reboot, then run `gpt check`.");
+            let undo: Vec<String> = planned
+                .existing
+                .iter()
+                .filter(|e| e.defeats_rescue)
+                .map(|e| format!("`{}` ({})", e.text, e.path))
+                .collect();
             ui.info(format!(
                 "If the host does not come up right: {}, then run `sudo gpt reset`.",
                 stack.loader.rescue(planned.config.bind)
             ));
+            if !undo.is_empty() {
+                ui.warn(format!(
+                    "that rescue alone does not give the card back to the host here: this host has \
+                     passthrough configuration gpt did not write. Also take out {}, then run \
+                     `sudo update-initramfs -u -k all` (or `sudo dracut --regenerate-all --force`) and \
+                     `sudo update-grub`, and reboot",
+                    undo.join(", ")
+                ));
+            }
         }
     }
 }
@@ -399,6 +416,7 @@ fn print_json(
         files,
         commands,
         manual_commands: &planned.manual,
+        existing_passthrough: &planned.existing,
         warnings: sel
             .iter()
             .flat_map(|s| s.warnings.iter())

@@ -220,3 +220,85 @@ fn a_refusal_that_is_not_about_devices_is_one_json_document_too() {
     assert_eq!(code, 2);
     assert_eq!(doc(&out)["kind"], "usage");
 }
+
+/// The README host after a guide: its own `options vfio-pci ids=` file, and vfio in
+/// /etc/modules.
+fn guided(root: &Path) {
+    let mut t = crate::support::hosts::rocketlake(root);
+    t.file(
+        "/etc/modprobe.d/vfio.conf",
+        "# from a passthrough guide\noptions vfio-pci ids=10de:1f08,10de:10f9\nsoftdep nouveau pre: vfio-pci\n",
+    )
+    .file("/etc/modules", "# /etc/modules\nvfio_pci\n");
+}
+
+#[test]
+fn a_guides_options_line_is_shown_and_the_rescue_says_to_undo_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    guided(root);
+    let guide = read(root, "/etc/modprobe.d/vfio.conf");
+    let (dry, err) = cycle(root, &["nvidia"]);
+    assert_eq!(
+        read(root, "/etc/modprobe.d/vfio.conf"),
+        guide,
+        "gpt leaves it alone"
+    );
+    let found = dry["existing_passthrough"].as_array().unwrap();
+    assert_eq!(found.len(), 2, "{dry}");
+    assert_eq!(found[0]["path"], "/etc/modprobe.d/vfio.conf");
+    assert_eq!(found[0]["line"], 2);
+    assert_eq!(found[0]["defeats_rescue"], true);
+    assert_eq!(found[1]["path"], "/etc/modules");
+    assert_eq!(found[1]["defeats_rescue"], false);
+    assert!(
+        err.contains("/etc/modprobe.d/vfio.conf:2: `options vfio-pci ids=10de:1f08,10de:10f9`"),
+        "{err}"
+    );
+
+    // The apply's rescue text names what else to undo.
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let (code, _, err) = full(root, &fakes, &["nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("that rescue alone does not give the card back")
+            && err
+                .contains("`options vfio-pci ids=10de:1f08,10de:10f9` (/etc/modprobe.d/vfio.conf)"),
+        "{err}"
+    );
+    // `gpt check` warns about it.
+    let (_, out, cerr) = run(crate::support::gpt_with_fakes(root).arg("check"));
+    let all = format!("{out}{cerr}");
+    assert!(
+        all.contains("passthrough configuration gpt did not write"),
+        "{all}"
+    );
+    assert!(all.contains("the rescue must undo it too"), "{all}");
+}
+
+#[test]
+fn no_update_lists_the_commands_left_to_run_in_the_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    crate::support::hosts::rocketlake(root);
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let (code, out, err) = full(
+        root,
+        &fakes,
+        &["nvidia", "--yes", "--no-deps", "--no-update", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let d = doc(&out);
+    assert_eq!(d["commands"], json!([]));
+    assert_eq!(
+        d["manual_commands"],
+        json!([
+            "update-grub",
+            "depmod -a 6.1.0-13-amd64",
+            "update-initramfs -u -k all"
+        ])
+    );
+    assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
+}
