@@ -160,6 +160,7 @@ fn wanted(
     sel: Option<&Selection>,
     opts: &Options,
     warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> Wanted {
     let mut w = Wanted {
         args: iommu_args(f),
@@ -173,7 +174,8 @@ fn wanted(
     w.gpus = sel.gpus.iter().map(|a| a.to_string()).collect();
     w.ids = sel.ids.clone();
     if w.bind == BindMode::Ids {
-        w.args.push(format!("vfio-pci.ids={}", sel.ids.join(",")));
+        w.args
+            .push(format!("vfio-pci.ids={}", sel.kernel_ids.join(",")));
     }
     if !opts.no_ignore_msrs {
         w.args.push("kvm.ignore_msrs=1".into());
@@ -193,7 +195,44 @@ fn wanted(
     }
     w.initramfs_modules = early_modules(f);
     for d in &devices {
-        w.softdeps.extend(claimants(f, d, warnings));
+        let c = claimants(f, d, warnings);
+        // A claimant built into a kernel binds its function before any userspace runs:
+        // neither a softdep nor an install hook nor vfio-pci.ids= (with vfio-pci a module)
+        // holds it off.
+        for m in &c {
+            let kernels: Vec<&str> = f
+                .kernels
+                .iter()
+                .filter(|k| k.builtin.contains(m))
+                .map(|k| k.version.as_str())
+                .collect();
+            if !kernels.is_empty() {
+                warnings.push(format!(
+                    "{m} is built into kernel {}: it can take {} at boot before vfio-pci does, and gpt \
+                     cannot hold it off; `gpt check` after the reboot says whether it did",
+                    kernels.join(", "),
+                    d.address
+                ));
+            }
+        }
+        w.softdeps.extend(c);
+    }
+    if w.bind == BindMode::Address {
+        let builtin: Vec<&str> = f
+            .kernels
+            .iter()
+            .filter(|k| k.builtin.contains(VFIO_PCI))
+            .map(|k| k.version.as_str())
+            .collect();
+        if !builtin.is_empty() {
+            notes.push(format!(
+                "vfio-pci is built into kernel {}: kmod never runs an install command for it there, so \
+                 the hooks on the drivers that could claim the devices ({}) set the overrides and have \
+                 the PCI core probe the devices again",
+                builtin.join(", "),
+                w.softdeps.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
     let bind_targets: Vec<modprobe::BindTarget> = match w.bind {
         BindMode::Ids => Vec::new(),
@@ -269,7 +308,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     };
     let user_args = stack.loader.user_args(f)?;
     refuse_conflicts(&user_args, &stack)?;
-    let w = wanted(f, sel, opts, &mut warnings);
+    let w = wanted(f, sel, opts, &mut warnings, &mut notes);
     let where_ = format!("{} configuration", stack.loader.kind().name());
     let existing = crate::passthrough::find(
         &f.modprobe_d,

@@ -32,6 +32,9 @@ pub struct Selection {
     pub targets: Vec<PciAddress>,
     /// `vendor:device` of the targets, in address order, without repeats.
     pub ids: Vec<String>,
+    /// What goes into `vfio-pci.ids=`: `ids`, but `vendor:device:subvendor:subdevice` for a
+    /// device whose twin on the host is of another board maker (other subsystem ids).
+    pub kernel_ids: Vec<String>,
     pub bind: BindMode,
     /// Devices taken from the host that are not functions of a chosen card (`--force`).
     pub taken: Vec<PciAddress>,
@@ -349,18 +352,58 @@ pub fn select(
         .filter(|d| !targets.contains(&d.address))
         .filter(|d| d.id().is_some_and(|id| ids.contains(&id)))
         .collect();
+    // Twins of another board maker differ in their subsystem ids, which vfio-pci.ids= can
+    // name: no hook, built in or modular, and the same rescue. Only truly identical cards
+    // need binding by address.
+    let long =
+        |d: &PciDevice| -> Option<String> { Some(format!("{}:{}", d.id()?, d.subsystem()?)) };
+    let twin_ids: Vec<String> = twins.iter().filter_map(|d| d.id()).collect();
+    let told_apart = twins.iter().all(|t| {
+        long(t).is_some_and(|tl| {
+            targets
+                .iter()
+                .filter_map(|a| topo.device(a))
+                .filter(|d| d.id() == t.id())
+                .all(|d| long(d).is_some_and(|dl| dl != tl))
+        })
+    });
+    let mut kernel_ids: Vec<String> = Vec::new();
+    for a in &targets {
+        let dev = topo.device(a).expect("targets come from the topology");
+        let id = dev.id().expect("checked above");
+        let k = if twin_ids.contains(&id) {
+            long(dev).unwrap_or(id)
+        } else {
+            id
+        };
+        if !kernel_ids.contains(&k) {
+            kernel_ids.push(k);
+        }
+    }
+    let (have, it) = if twins.len() == 1 {
+        ("has", "stays")
+    } else {
+        ("have", "stay")
+    };
+    let twin_list = twins
+        .iter()
+        .map(|d| d.address.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let bind = if twins.is_empty() {
         BindMode::Ids
+    } else if told_apart {
+        notes.push(format!(
+            "{twin_list} {have} the same vendor:device id as a passed device and {it} on the host; \
+             its subsystem ids differ, so vfio-pci.ids= names the passed devices by \
+             vendor:device:subvendor:subdevice"
+        ));
+        BindMode::Ids
     } else {
-        let (have, it) = if twins.len() == 1 {
-            ("has", "stays")
-        } else {
-            ("have", "stay")
-        };
+        kernel_ids = ids.clone();
         warnings.push(format!(
-            "{} {have} the same vendor:device id as a passed device and {it} on the host, so gpt binds \
-             by address instead of vfio-pci.ids= (the kernel argument gpt.bind=off switches it off)",
-            twins.iter().map(|d| d.address.to_string()).collect::<Vec<_>>().join(", ")
+            "{twin_list} {have} the same vendor:device id as a passed device and {it} on the host, so gpt binds \
+             by address instead of vfio-pci.ids= (the kernel argument gpt.bind=off switches it off)"
         ));
         BindMode::Address
     };
@@ -368,6 +411,7 @@ pub fn select(
         gpus,
         targets,
         ids,
+        kernel_ids,
         bind,
         taken,
         left,
@@ -657,6 +701,65 @@ mod tests {
         let s = select(&t, &Names::default(), &r, &none()).unwrap();
         assert_eq!(s.bind, BindMode::Address);
         assert!(s.warnings[0].contains("0000:02:00.0"), "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("0000:02:00.0 has the same"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn twins_of_another_board_maker_are_told_apart_by_subsystem_ids() {
+        let sub = |mut d: PciDevice, v: u16, dv: u16| {
+            d.subsystem_vendor = Some(v);
+            d.subsystem_device = Some(dv);
+            d
+        };
+        let t = topo(vec![
+            sub(
+                dev("0000:01:00.0", (0x10de, 0x2484), 0x030000, 1),
+                0x1043,
+                0x87b3,
+            ),
+            sub(
+                dev("0000:01:00.1", (0x10de, 0x228b), 0x040300, 1),
+                0x1043,
+                0x87b3,
+            ),
+            sub(
+                dev("0000:02:00.0", (0x10de, 0x2484), 0x030000, 2),
+                0x3842,
+                0x3755,
+            ),
+            sub(
+                dev("0000:02:00.1", (0x10de, 0x228b), 0x040300, 2),
+                0x3842,
+                0x3755,
+            ),
+        ]);
+        let r = Request {
+            devices: vec!["01:00.0".into()],
+            ..Request::default()
+        };
+        let s = select(&t, &Names::default(), &r, &none()).unwrap();
+        assert_eq!(s.bind, BindMode::Ids);
+        assert_eq!(s.ids, ["10de:2484", "10de:228b"]);
+        assert_eq!(s.kernel_ids, ["10de:2484:1043:87b3", "10de:228b:1043:87b3"]);
+        assert!(
+            s.notes[0].contains("0000:02:00.0, 0000:02:00.1 have the same"),
+            "{:?}",
+            s.notes
+        );
+        // Same board maker, same subsystem ids: only an address tells them apart.
+        let mut same = t.clone();
+        for a in ["0000:02:00.0", "0000:02:00.1"] {
+            let d = same.devices.get_mut(&a.parse().unwrap()).unwrap();
+            d.subsystem_vendor = Some(0x1043);
+            d.subsystem_device = Some(0x87b3);
+        }
+        let s = select(&same, &Names::default(), &r, &none()).unwrap();
+        assert_eq!(s.bind, BindMode::Address);
+        assert_eq!(s.kernel_ids, s.ids);
     }
 
     #[test]

@@ -302,3 +302,77 @@ fn no_update_lists_the_commands_left_to_run_in_the_json() {
     );
     assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
 }
+
+#[test]
+fn identical_twins_bind_by_address_through_every_claimants_hook_where_vfio_pci_is_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    crate::support::hosts::twin_cards(root, false, false);
+    let (dry, err) = cycle(root, &["--device", "01:00.0"]);
+    assert_eq!(dry["binding"], "address", "{err}");
+    assert_eq!(dry["devices"], json!(["0000:01:00.0", "0000:01:00.1"]));
+    assert_eq!(dry["ids"], json!(["10de:2504", "10de:228e"]));
+    assert!(
+        err.contains("0000:02:00.0, 0000:02:00.1 have the same vendor:device id"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vfio-pci is built into kernel 5.4.0-150-generic"),
+        "{err}"
+    );
+    // What the apply writes: the hooks on vfio_pci and on each driver that could claim them.
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let (code, _, err) = full(root, &fakes, &["--device", "01:00.0", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let conf = read(root, "/etc/modprobe.d/gpt-vfio.conf");
+    for m in ["vfio_pci", "nouveau", "snd_hda_intel"] {
+        let line = conf
+            .lines()
+            .find(|l| l.starts_with(&format!("install {m} ")))
+            .unwrap_or_else(|| panic!("no hook for {m}: {conf}"));
+        assert!(
+            line.contains("echo 0000:01:00.1 > /sys/bus/pci/drivers_probe"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("0000:02:00"),
+            "the twin is never named: {line}"
+        );
+        assert!(
+            line.ends_with(&format!("--ignore-install {m} $CMDLINE_OPTS")),
+            "{line}"
+        );
+    }
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert!(!cfg.contains("vfio-pci.ids"), "{cfg}");
+    assert!(
+        err.contains("gpt.bind=off"),
+        "the rescue for binding by address: {err}"
+    );
+}
+
+#[test]
+fn twins_of_two_board_makers_are_named_by_subsystem_ids_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    crate::support::hosts::twin_cards(root, true, true);
+    let (dry, err) = cycle(root, &["--device", "01:00.0"]);
+    assert_eq!(dry["binding"], "ids", "{err}");
+    assert_eq!(dry["ids"], json!(["10de:2504", "10de:228e"]));
+    // A claimant built into one kernel is said, with the kernel.
+    assert!(
+        !err.contains("xhci_pci is built into"),
+        "no USB function here: {err}"
+    );
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let (code, _, err) = full(root, &fakes, &["--device", "01:00.0", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let cfg = read(root, "/boot/grub/grub.cfg");
+    assert!(
+        cfg.contains("vfio-pci.ids=10de:2504:1043:87f3,10de:228e:1043:87f3"),
+        "{cfg}"
+    );
+    assert!(!read(root, "/etc/modprobe.d/gpt-vfio.conf").contains("install "));
+}

@@ -695,3 +695,70 @@ pub fn apu_laptop(root: &Path) -> HostTree {
         );
     t
 }
+
+/// Two RTX 3060 cards (GPU and HDMI audio each, own groups) of one board maker, or of two
+/// when `makers_differ`, on a host with two kernels: Debian's 6.1 (vfio-pci a module) and a
+/// 5.4 that builds vfio-pci in (as Ubuntu 20.04's did) and, with `xhci_builtin`, xhci_pci.
+pub fn twin_cards(root: &Path, makers_differ: bool, xhci_builtin: bool) -> HostTree {
+    let mut t = layout_base(root, "GenuineIntel");
+    let second = if makers_differ {
+        (0x3842, 0x3657)
+    } else {
+        (0x1043, 0x87f3)
+    };
+    let card = |slot: &str, port: &str, g: u32, sub: (u16, u16)| {
+        [
+            Dev::new(&format!("{slot}.0"), (0x10de, 0x2504), 0x030000)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("nouveau")
+                .behind(port),
+            Dev::new(&format!("{slot}.1"), (0x10de, 0x228e), 0x040300)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("snd_hda_intel")
+                .behind(port),
+        ]
+    };
+    t.device(
+        Dev::new("00:02.0", (0x8086, 0x4680), 0x030000)
+            .group(0)
+            .boot_vga()
+            .driver("i915"),
+    )
+    .device(
+        Dev::new("00:01.0", (0x8086, 0x460d), 0x060400)
+            .group(1)
+            .driver("pcieport"),
+    )
+    .device(
+        Dev::new("00:06.0", (0x8086, 0x464d), 0x060400)
+            .group(2)
+            .driver("pcieport"),
+    );
+    for d in card("01:00", "00:01.0", 11, (0x1043, 0x87f3)) {
+        t.device(d);
+    }
+    for d in card("02:00", "00:06.0", 12, second) {
+        t.device(d);
+    }
+    let mut builtin = vec![
+        "kernel/drivers/vfio/pci/vfio-pci.ko",
+        "kernel/drivers/vfio/vfio.ko",
+    ];
+    if xhci_builtin {
+        builtin.push("kernel/drivers/usb/host/xhci-pci.ko");
+    }
+    t.kernel(
+        "5.4.0-150-generic",
+        &[
+            "kernel/drivers/vfio/vfio_iommu_type1.ko",
+            "kernel/drivers/vfio/vfio_virqfd.ko",
+            "kernel/drivers/gpu/drm/nouveau/nouveau.ko",
+            "kernel/sound/pci/hda/snd-hda-intel.ko",
+        ],
+        &builtin,
+        "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n",
+    );
+    t
+}
