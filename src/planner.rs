@@ -129,7 +129,7 @@ fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
             );
         }
         if cmdline::key(t) == "vfio_pci.ids" {
-            return Err(crate::ui::Refusal::new(
+            return Err(crate::ui::Refusal::error(
                 "existing_vfio_ids",
                 Vec::<String>::new(),
                 format!(

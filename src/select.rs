@@ -119,7 +119,7 @@ pub fn select(
     let mut left: Vec<PciAddress> = Vec::new();
     for gpu in &gpus {
         let Some((gpu_group, _)) = topo.group_of(gpu) else {
-            return Err(Refusal::new(
+            return Err(Refusal::error(
                 "no_iommu_group",
                 [gpu],
                 format!("{gpu} is in no IOMMU group, so vfio-pci cannot take it;"),
@@ -196,7 +196,7 @@ pub fn select(
                         )
                     })
                     .collect();
-                return Err(Refusal::new(
+                return Err(Refusal::error(
                     "bridge_with_driver",
                     busy_bridges.iter().map(|d| d.address),
                     format!(
@@ -240,7 +240,7 @@ pub fn select(
                     list.join("\n")
                 );
                 if !req.force {
-                    return Err(Refusal::new(
+                    return Err(Refusal::error(
                         "shared_group",
                         foreign.iter().map(|d| d.address),
                         msg,
@@ -291,7 +291,7 @@ pub fn select(
             .iter()
             .map(|a| format!("  {a}: {}", protected[a]))
             .collect();
-        return Err(Refusal::new(
+        return Err(Refusal::error(
             "host_critical",
             fatal.iter().copied(),
             format!(
@@ -321,7 +321,7 @@ pub fn select(
                 bv.address
             );
             if !req.force {
-                return Err(Refusal::new(
+                return Err(Refusal::error(
                     "only_display",
                     [bv.address],
                     format!("refusing: {msg}."),
@@ -457,7 +457,7 @@ pub fn pick_gpus(
                     lspci_nn(dev, names)
                 );
                 if !req.force {
-                    return Err(Refusal::new(
+                    return Err(Refusal::error(
                         "not_a_gpu",
                         [dev.address],
                         format!("{msg}; `gpt iommu --gpu` lists the GPUs."),
@@ -483,7 +483,7 @@ pub fn pick_gpus(
         .filter(|d| d.vendor == Some(vendor) && d.is_gpu())
         .collect();
     match found.as_slice() {
-        [] => Err(Refusal::new(
+        [] => Err(Refusal::error(
             "no_gpu",
             Vec::<String>::new(),
             format!("no GPU of {} on this host;", vendor_label(vendor)),
@@ -507,7 +507,7 @@ pub fn pick_gpus(
                     )
                 })
                 .collect();
-            Err(Refusal::new(
+            Err(Refusal::error(
                 "several_gpus",
                 many.iter().map(|d| d.address),
                 format!(

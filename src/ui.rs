@@ -109,7 +109,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn new(
+    /// The refusal as an error to return.
+    pub fn error(
         kind: &'static str,
         devices: impl IntoIterator<Item = impl ToString>,
         message: impl Into<String>,
