@@ -153,13 +153,13 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     }
     out.push(leftovers(host));
     let cfg = config.as_ref().ok().and_then(Option::as_ref);
-    out.push(foreign_passthrough(seen, &stack, cfg));
+    out.extend(foreign_passthrough(seen, &stack, cfg));
     out
 }
 
 /// A guide's passthrough lines (`options vfio-pci ids=`, `pci-stub.ids=`, blacklists, …):
-/// a warning naming each, and whether gpt's rescue must undo it too.
-fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Check {
+/// a warning naming each, and whether gpt's rescue must undo it too (no line when none).
+fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<Check> {
     let name = "passthrough configuration gpt did not write";
     let where_ = format!("{} configuration", stack.loader.kind().name());
     let args: Vec<(String, String)> = stack
@@ -175,7 +175,7 @@ fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Check {
     };
     let found = crate::passthrough::find(&f.modprobe_d, &f.module_lists, &args, &ids, &softdeps);
     if found.is_empty() {
-        return Check::pass(name, "none found");
+        return None;
     }
     let lines: Vec<String> = found
         .iter()
@@ -191,7 +191,7 @@ fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Check {
             )
         })
         .collect();
-    Check::warn(name, lines.join("; "))
+    Some(Check::warn(name, lines.join("; ")))
 }
 
 /// The boot stack found, and the one to check with: the host's; if it cannot be told, the
