@@ -376,3 +376,19 @@ fn twins_of_two_board_makers_are_named_by_subsystem_ids_on_the_command_line() {
     );
     assert!(!read(root, "/etc/modprobe.d/gpt-vfio.conf").contains("install "));
 }
+
+#[test]
+fn gpt_qemu_passes_the_arc_cards_audio_behind_its_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    arc_a770(root, 2);
+    let fakes = Fakes::new();
+    fakes.prime(root);
+    let (code, _, err) = full(root, &fakes, &["--device", "03:00.0", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(gpt(root).env("PATH", fakes.path()).arg("qemu"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("host=0000:03:00.0"), "{out}");
+    assert!(out.contains("host=0000:04:00.0"), "{out}");
+    assert!(!err.contains("left out of the VM"), "{err}");
+}
