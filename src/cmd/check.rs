@@ -369,9 +369,11 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         Phase::Vfio => out.push(Check::pass(
             name,
             format!(
-                "{} device(s) for vfio-pci ({}), GPU(s) {}",
+                "{} {} for vfio-pci ({}), {} {}",
                 c.devices.len(),
+                if c.devices.len() == 1 { "device" } else { "devices" },
                 c.ids.join(","),
+                if c.gpus.len() == 1 { "GPU" } else { "GPUs" },
                 c.gpus.join(", ")
             ),
         )),
