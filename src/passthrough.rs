@@ -98,12 +98,21 @@ pub fn find(
                 ["install", m, cmd @ ..] if norm(m) == "vfio_pci" || claims(m) => {
                     let cmd = cmd.join(" ");
                     let disabled = cmd.contains("/bin/false") || cmd.contains("/bin/true");
+                    // kmod reads the files in name order and keeps the first install
+                    // command of a module.
+                    let first = path.rsplit('/').next().unwrap_or("") < "gpt-vfio.conf";
                     push(
                         if disabled {
                             format!("{m} never loads: without gpt, the card is left without a host driver")
+                        } else if first {
+                            format!(
+                                "kmod runs only the first install command of {m}, and this file is read before \
+                                 gpt's: where gpt binds by address, its hook for {m} does not run"
+                            )
                         } else {
                             format!(
-                                "kmod runs only the first install command of {m}: this one runs instead of any other"
+                                "kmod runs only the first install command of {m}: where gpt binds by address, \
+                                 gpt's file is read first and this line no longer runs"
                             )
                         },
                         disabled,
@@ -246,5 +255,31 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert!(!found[0].defeats_rescue);
         assert!(find(&[], &[], &[], &s(&["10de:1f08"]), &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn another_install_line_is_said_with_which_one_kmod_runs() {
+        let line = "install nouveau /sbin/modprobe --ignore-install nouveau; echo hi\n";
+        let conf = vec![
+            ("/etc/modprobe.d/a-guide.conf".to_string(), line.to_string()),
+            (
+                "/etc/modprobe.d/zz-local.conf".to_string(),
+                line.to_string(),
+            ),
+        ];
+        let claimants: BTreeSet<String> = ["nouveau".to_string()].into();
+        let found = find(&conf, &[], &[], &[], &claimants);
+        assert_eq!(found.len(), 2);
+        assert!(
+            found[0].effect.contains("read before gpt's"),
+            "{:?}",
+            found[0]
+        );
+        assert!(
+            found[1].effect.contains("gpt's file is read first"),
+            "{:?}",
+            found[1]
+        );
+        assert!(!found[0].defeats_rescue && !found[1].defeats_rescue);
     }
 }
