@@ -450,6 +450,18 @@ pub fn pick_gpus(
                     dev.problems.join("; ")
                 );
             }
+            if dev.is_bridge() {
+                return Err(Refusal::error(
+                    "bridge",
+                    [dev.address],
+                    format!(
+                        "{} is a bridge ({}): gpt never gives a bridge to vfio-pci, --force or not;",
+                        dev.address,
+                        lspci_nn(dev, names)
+                    ),
+                    "pass the GPU behind it (`gpt iommu --gpu` lists them)",
+                ));
+            }
             if !dev.is_gpu() {
                 let msg = format!(
                     "{} is not a display controller ({})",
@@ -1088,6 +1100,14 @@ mod tests {
         assert!(
             !s.ids.contains(&"1022:1632".to_string()) && !s.ids.contains(&"1022:1635".to_string())
         );
+        // Nor when named: a bridge is never a device to pass.
+        let bridge = Request {
+            devices: vec!["00:08.0".into()],
+            ..forced.clone()
+        };
+        let err = select(&t, &Names::default(), &bridge, &none()).unwrap_err();
+        assert_eq!(err.downcast_ref::<Refusal>().unwrap().kind, "bridge");
+        assert!(err.to_string().contains("never gives a bridge"), "{err}");
         assert_eq!(addrs(&s.taken), ["0000:05:00.2", "0000:05:00.3"]);
         let w = &s.warnings[0];
         assert!(
