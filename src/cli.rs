@@ -153,9 +153,17 @@ pub struct FullArgs {
     #[arg(long)]
     pub no_update: bool,
 
-    /// Override refusals that are safe to override (shared IOMMU group, headless host, non-GPU device)
+    /// Override refusals that are safe to override (shared IOMMU group, headless host, non-GPU
+    /// device); gpt lists every device it then takes from the host. Never a bridge, a host
+    /// bridge's group on a driver, the root disk or the network the host is reached by
     #[arg(long)]
     pub force: bool,
+
+    /// Pass only the GPU's IOMMU group: functions of the card in groups of their own (HDMI
+    /// audio, USB-C and its UCSI controller on many RX 6000/7000 boards) stay on the host.
+    /// By default gpt takes every function of the card, each of its groups checked like the GPU's
+    #[arg(long)]
+    pub gpu_group_only: bool,
 
     /// Leave out kvm.ignore_msrs=1 kvm.report_ignored_msrs=0
     #[arg(long)]

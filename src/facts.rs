@@ -6,7 +6,7 @@ use crate::boot::{self, Probe, Stack, StackId};
 use crate::host::Host;
 use crate::paths::{
     DPKG_STATUS, DRACUT_CONF, DRACUT_CONF_D, GRUB_D, GRUB_DEFAULT, INITRAMFS_MODULES,
-    MODPROBE_CONF, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
+    MODPROBE_CONF, MODPROBE_D, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
 };
 use crate::pci::{PciAddress, Topology};
 use crate::sysfs;
@@ -72,6 +72,10 @@ pub struct Facts {
     /// Why gpt's dracut file could not be read (only a dracut host cares).
     pub dracut_conf_error: Option<String>,
     pub modprobe_conf: Option<String>,
+    /// The other `/etc/modprobe.d/*.conf` files, in name order (path, text).
+    pub modprobe_d: Vec<(String, String)>,
+    /// `/etc/modules` and `/etc/modules-load.d/*.conf` (path, text).
+    pub module_lists: Vec<(String, String)>,
     /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
     /// without a module link are built in.
     pub driver_modules: BTreeMap<String, Option<String>>,
@@ -156,6 +160,25 @@ impl Facts {
         }
         f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
         f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
+        for name in host.list_dir(MODPROBE_D)? {
+            let path = format!("{MODPROBE_D}/{name}");
+            if name.ends_with(".conf") && path != MODPROBE_CONF {
+                if let Some(text) = host.read_optional(&path).ok().flatten() {
+                    f.modprobe_d.push((path, text));
+                }
+            }
+        }
+        if let Some(text) = host.read_optional("/etc/modules").ok().flatten() {
+            f.module_lists.push(("/etc/modules".into(), text));
+        }
+        for name in host.list_dir("/etc/modules-load.d")? {
+            let path = format!("/etc/modules-load.d/{name}");
+            if name.ends_with(".conf") {
+                if let Some(text) = host.read_optional(&path).ok().flatten() {
+                    f.module_lists.push((path, text));
+                }
+            }
+        }
         for drv in host.list_dir("/sys/bus/pci/drivers")? {
             let module = host.link_name(format!("/sys/bus/pci/drivers/{drv}/module"));
             f.driver_modules.insert(drv, module);
@@ -283,10 +306,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
             .is_some_and(|i| i.starts_with("systemd-boot"))
         || chosen == Some(boot::Choice::SystemdBoot);
     if p.kernel_install && sdboot_possible {
-        let ui = crate::ui::Ui {
-            json: true,
-            interactive: false,
-        };
+        let ui = crate::ui::Ui::new(true);
         let runner = crate::txn::Runner::new(host, &ui);
         p.inspect = Some(match runner.query(&["kernel-install", "inspect"]) {
             Ok(c) if c.status.success() => parse_inspect(&c.stdout_str()),

@@ -12,6 +12,7 @@ pub mod facts;
 pub mod host;
 pub(crate) mod ioerr;
 pub mod leftovers;
+pub mod passthrough;
 pub mod paths;
 pub mod pci;
 pub mod pciids;

@@ -29,9 +29,7 @@ fn plan(f: &Facts, opts: &Options) -> Planned {
     let sel = f.topology.iommu_enabled().then(|| {
         let req = Request {
             vendor: Some(0x10de),
-            devices: Vec::new(),
-            all: false,
-            force: false,
+            ..Request::default()
         };
         select::select(&f.topology, &Default::default(), &req, &f.protected).unwrap()
     });
@@ -205,9 +203,7 @@ fn a_host_whose_stack_is_unknown_is_refused_before_anything_is_planned() {
         &Default::default(),
         &Request {
             vendor: Some(0x10de),
-            devices: Vec::new(),
-            all: false,
-            force: false,
+            ..Request::default()
         },
         &facts.protected,
     )

@@ -159,7 +159,46 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
         Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
     }
     out.push(leftovers(host));
+    let cfg = config.as_ref().ok().and_then(Option::as_ref);
+    out.extend(foreign_passthrough(seen, &stack, cfg));
     out
+}
+
+/// A guide's passthrough lines (`options vfio-pci ids=`, `pci-stub.ids=`, blacklists, …):
+/// a warning naming each, and whether gpt's rescue must undo it too (no line when none).
+fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<Check> {
+    let name = "passthrough configuration gpt did not write";
+    let where_ = format!("{} configuration", stack.loader.kind().name());
+    let args: Vec<(String, String)> = stack
+        .loader
+        .user_args(f)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (where_.clone(), a))
+        .collect();
+    let (ids, softdeps) = match c {
+        Some(c) => (c.ids.clone(), c.softdeps.iter().cloned().collect()),
+        None => (Vec::new(), Default::default()),
+    };
+    let found = crate::passthrough::find(&f.modprobe_d, &f.module_lists, &args, &ids, &softdeps);
+    if found.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = found
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                crate::passthrough::describe(e),
+                if e.defeats_rescue {
+                    " (the rescue must undo it too)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    Some(Check::warn(name, lines.join("; ")))
 }
 
 /// The boot stack found, and the one to check with: the host's; if it cannot be told, the
@@ -337,9 +376,11 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         Phase::Vfio => out.push(Check::pass(
             name,
             format!(
-                "{} device(s) for vfio-pci ({}), GPU(s) {}; to boot without them: {}",
+                "{} {} for vfio-pci ({}), {} {}; to boot without them: {}",
                 c.devices.len(),
+                if c.devices.len() == 1 { "device" } else { "devices" },
                 c.ids.join(","),
+                if c.gpus.len() == 1 { "GPU" } else { "GPUs" },
                 c.gpus.join(", "),
                 stack.loader.rescue_on(f, c.bind)
             ),

@@ -22,14 +22,26 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct FullJson<'a> {
+    ok: bool,
     changed: bool,
     dry_run: bool,
     phase: crate::state::Phase,
     boot: StackId,
     devices: &'a [String],
     ids: &'a [String],
+    /// How vfio-pci gets the devices: `ids` (vfio-pci.ids=) or `address` (driver_override).
+    binding: crate::state::BindMode,
+    /// Devices taken from the host that are not functions of the card (`--force`).
+    taken_from_host: Vec<String>,
+    /// Functions of the card left on the host (`--gpu-group-only`).
+    left_on_host: Vec<String>,
     files: Vec<FileJson>,
     commands: Vec<Vec<String>>,
+    /// Commands the user still has to run before rebooting (`--no-update`).
+    manual_commands: &'a [String],
+    /// Passthrough configuration gpt did not write, and whether the rescue must undo it.
+    existing_passthrough: &'a [crate::passthrough::Found],
+    warnings: Vec<String>,
     reboot_required: bool,
     /// Per device for vfio-pci: can the guest reset it, will it wake up (empty when only the
     /// IOMMU is configured).
@@ -135,12 +147,20 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     if planned.plan.is_empty() {
         ui.ok("already configured: nothing to change");
         if ui.json {
-            print_json(ui, &planned, &reset, false, args.dry_run, Vec::new())?;
+            print_json(
+                ui,
+                selection.as_ref(),
+                &planned,
+                &reset,
+                false,
+                args.dry_run,
+                Vec::new(),
+            )?;
         }
         return Ok(0);
     }
     if session.dry_run() {
-        dry_run(ui, &planned, &reset)?;
+        dry_run(ui, selection.as_ref(), &planned, &reset)?;
         return Ok(0);
     }
     session.show(&planned.plan.render());
@@ -157,7 +177,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         .collect();
     print_manual(ui, &planned);
     if ui.json {
-        print_json(ui, &planned, &reset, true, false, files)?;
+        print_json(ui, selection.as_ref(), &planned, &reset, true, false, files)?;
     }
     finish_message(ui, &facts, &stack, &planned);
     Ok(0)
@@ -232,6 +252,8 @@ fn select_devices(
         devices: args.devices.clone(),
         all: args.all,
         force: args.force,
+        gpu_group_only: args.gpu_group_only,
+        cpu_maker: crate::pci::cpu_maker(facts.cpu_vendor.as_deref()),
     };
     if facts.topology.iommu_enabled() {
         let sel = select::select(&facts.topology, names, &req, &facts.protected)?;
@@ -268,7 +290,7 @@ fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
     ui.warn("an earlier run did not finish the update commands; running them all now");
 }
 
-fn dry_run(ui: &Ui, planned: &Planned, reset: &[Report]) -> Result<()> {
+fn dry_run(ui: &Ui, sel: Option<&Selection>, planned: &Planned, reset: &[Report]) -> Result<()> {
     if ui.json {
         let files = planned
             .plan
@@ -276,7 +298,7 @@ fn dry_run(ui: &Ui, planned: &Planned, reset: &[Report]) -> Result<()> {
             .iter()
             .map(|c| FileJson::new(&c.path, c.action()))
             .collect();
-        print_json(ui, planned, reset, false, true, files)?;
+        print_json(ui, sel, planned, reset, false, true, files)?;
     } else {
         crate::ui::out(&planned.plan.render());
         print_manual(ui, planned);
@@ -335,7 +357,13 @@ fn check_distro(f: &Facts, wanted: Option<Distro>) -> Result<()> {
 }
 
 fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Selection) {
-    ui.step("Devices for vfio-pci:");
+    ui.step(format!(
+        "Devices for vfio-pci (bound by {}):",
+        match sel.bind {
+            crate::state::BindMode::Ids => "vfio-pci.ids=",
+            crate::state::BindMode::Address => "address",
+        }
+    ));
     for a in &sel.targets {
         if let Some(d) = f.topology.device(a) {
             ui.info(format!(
@@ -346,6 +374,9 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
                 d.driver.as_deref().unwrap_or("none")
             ));
         }
+    }
+    for n in &sel.notes {
+        ui.info(format!("note: {n}"));
     }
 }
 
@@ -408,16 +439,32 @@ fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
         Phase::Vfio => {
             ui.ok("configured. Reboot, then run `gpt check`.");
+            let undo: Vec<String> = planned
+                .existing
+                .iter()
+                .filter(|e| e.defeats_rescue)
+                .map(|e| format!("`{}` ({})", e.text, e.path))
+                .collect();
             ui.info(format!(
                 "If the host does not come up right: {}, then run `sudo gpt reset`.",
                 stack.loader.rescue_on(facts, planned.config.bind)
             ));
+            if !undo.is_empty() {
+                ui.warn(format!(
+                    "that rescue alone does not give the card back to the host here: this host has \
+                     passthrough configuration gpt did not write. Also take out {}, then run \
+                     `sudo update-initramfs -u -k all` (or `sudo dracut --regenerate-all --force`) and \
+                     `sudo update-grub`, and reboot",
+                    undo.join(", ")
+                ));
+            }
         }
     }
 }
 
 fn print_json(
     ui: &Ui,
+    sel: Option<&Selection>,
     planned: &Planned,
     reset: &[Report],
     changed: bool,
@@ -430,15 +477,28 @@ fn print_json(
         .iter()
         .map(|c| c.argv.clone())
         .collect();
+    let list = |v: &[crate::pci::PciAddress]| v.iter().map(|a| a.to_string()).collect();
     ui.print_json(&FullJson {
+        ok: true,
         changed,
         dry_run,
         phase: planned.config.phase,
         boot: planned.config.boot,
         devices: &planned.config.devices,
         ids: &planned.config.ids,
+        binding: planned.config.bind,
+        taken_from_host: sel.map(|s| list(&s.taken)).unwrap_or_default(),
+        left_on_host: sel.map(|s| list(&s.left)).unwrap_or_default(),
         files,
         commands,
+        manual_commands: &planned.manual,
+        existing_passthrough: &planned.existing,
+        warnings: sel
+            .iter()
+            .flat_map(|s| s.warnings.iter())
+            .chain(&planned.warnings)
+            .cloned()
+            .collect(),
         reboot_required: changed,
         reset,
     })

@@ -12,6 +12,7 @@ mod example;
 mod full;
 mod iommu;
 mod kernelstub;
+mod layouts;
 mod legacy;
 mod proxmox;
 mod qemu;

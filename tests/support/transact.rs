@@ -50,6 +50,7 @@ pub fn planned(root: &Path) -> Planned {
         devices: Vec::new(),
         all: false,
         force: false,
+        ..Request::default()
     };
     let sel = select::select(&facts.topology, &names, &req, &facts.protected).unwrap();
     let opts = Options {

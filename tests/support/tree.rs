@@ -130,6 +130,8 @@ pub fn module_of(driver: &str) -> Option<&'static str> {
         "e1000e" => "e1000e",
         "r8169" => "r8169",
         "ucsi_ccg" => "ucsi_ccg",
+        "i2c-designware-pci" => "i2c_designware_pci",
+        "ccp" => "ccp",
         _ => return None,
     })
 }
