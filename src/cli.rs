@@ -35,11 +35,14 @@ pub enum Command {
     #[command(
         long_about = "Configure the host so the GPU and every function of its IOMMU group are \
             bound to vfio-pci on the next boot.\n\n\
-            Edits /etc/default/grub (IOMMU arguments and vfio-pci.ids, which live only on the \
-            kernel command line: removing vfio-pci.ids= at the GRUB prompt gives the GPU back), \
-            adds the vfio modules to /etc/initramfs-tools/modules, writes \
-            /etc/modprobe.d/gpt-vfio.conf, installs missing packages, then runs update-grub, \
-            update-initramfs and depmod. Shows the plan and asks first; --dry-run only shows it.\n\n\
+            Puts the IOMMU arguments and vfio-pci.ids where the boot loader reads them (GRUB: \
+            /etc/default/grub; the ids live only on the kernel command line: removing \
+            vfio-pci.ids= at the boot menu gives the GPU back), the vfio modules where the \
+            initramfs generator reads them (initramfs-tools: /etc/initramfs-tools/modules; \
+            dracut: /etc/dracut.conf.d/gpt-vfio.conf), writes /etc/modprobe.d/gpt-vfio.conf, \
+            installs missing packages, then regenerates the boot files (update-grub, depmod, the \
+            initramfs rebuild) and verifies them. Shows the plan and asks first; --dry-run only \
+            shows it.\n\n\
             When the IOMMU is off, a first run adds only the IOMMU arguments; reboot and run the \
             same command again."
     )]
@@ -83,10 +86,31 @@ pub struct ManArgs {
     pub command: Option<String>,
 }
 
+/// The boot loader `--boot-loader` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootLoader {
+    Grub,
+    SystemdBoot,
+    Proxmox,
+    Kernelstub,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Distro {
     Debian,
     Ubuntu,
+}
+
+impl BootLoader {
+    pub fn choice(self) -> crate::boot::Choice {
+        use crate::boot::Choice;
+        match self {
+            BootLoader::Grub => Choice::Grub,
+            BootLoader::SystemdBoot => Choice::SystemdBoot,
+            BootLoader::Proxmox => Choice::Proxmox,
+            BootLoader::Kernelstub => Choice::Kernelstub,
+        }
+    }
 }
 
 impl Distro {
@@ -129,13 +153,31 @@ pub struct FullArgs {
     #[arg(long)]
     pub no_update: bool,
 
-    /// Override refusals that are safe to override (shared IOMMU group, headless host, non-GPU device)
+    /// Override refusals that are safe to override (shared IOMMU group, headless host, non-GPU
+    /// device); gpt lists every device it then takes from the host. Never a bridge, a host
+    /// bridge's group on a driver, the root disk or the network the host is reached by
     #[arg(long)]
     pub force: bool,
+
+    /// Pass only the GPU's IOMMU group: functions of the card in groups of their own (HDMI
+    /// audio, USB-C and its UCSI controller on many RX 6000/7000 boards) stay on the host.
+    /// By default gpt takes every function of the card, each of its groups checked like the GPU's
+    #[arg(long)]
+    pub gpu_group_only: bool,
 
     /// Leave out kvm.ignore_msrs=1 kvm.report_ignored_msrs=0
     #[arg(long)]
     pub no_ignore_msrs: bool,
+
+    /// Keep idle vfio-pci devices in D0 (options vfio-pci disable_idle_d3=1), for cards that
+    /// do not wake from D3cold; takes effect after the reboot
+    #[arg(long)]
+    pub no_idle_d3: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +197,11 @@ pub struct ResetArgs {
     /// Also remove what the old setup.sh left behind (asks for each one unless --yes)
     #[arg(long)]
     pub legacy: bool,
+
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
 }
 
 #[derive(Debug, Args)]
@@ -169,7 +216,12 @@ pub struct IommuArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {}
+pub struct CheckArgs {
+    /// The boot loader that boots this host, when gpt cannot tell (GRUB and systemd-boot both
+    /// installed, and no LoaderInfo EFI variable)
+    #[arg(long, value_enum, value_name = "LOADER")]
+    pub boot_loader: Option<BootLoader>,
+}
 
 #[derive(Debug, Args)]
 pub struct QemuArgs {
@@ -180,4 +232,24 @@ pub struct QemuArgs {
     /// Print libvirt <hostdev> XML instead of a QEMU command line
     #[arg(long)]
     pub libvirt: bool,
+}
+
+/// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Bail out with a usage error (exit 2).
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
+    };
 }

@@ -6,7 +6,7 @@ use crate::boot::{self, Probe, Stack, StackId};
 use crate::host::Host;
 use crate::paths::{
     DPKG_STATUS, DRACUT_CONF, DRACUT_CONF_D, GRUB_D, GRUB_DEFAULT, INITRAMFS_MODULES,
-    MODPROBE_CONF, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
+    MODPROBE_CONF, MODPROBE_D, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
 };
 use crate::pci::{PciAddress, Topology};
 use crate::sysfs;
@@ -69,7 +69,13 @@ pub struct Facts {
     pub grub_d: Vec<(String, String)>,
     pub initramfs_modules: Option<String>,
     pub dracut_conf: Option<String>,
+    /// Why gpt's dracut file could not be read (only a dracut host cares).
+    pub dracut_conf_error: Option<String>,
     pub modprobe_conf: Option<String>,
+    /// The other `/etc/modprobe.d/*.conf` files, in name order (path, text).
+    pub modprobe_d: Vec<(String, String)>,
+    /// `/etc/modules` and `/etc/modules-load.d/*.conf` (path, text).
+    pub module_lists: Vec<(String, String)>,
     /// sysfs driver name → the module that provides it (`xhci_hcd` → `xhci_pci`); drivers
     /// without a module link are built in.
     pub driver_modules: BTreeMap<String, Option<String>>,
@@ -85,12 +91,30 @@ pub struct Facts {
     /// Free bytes on the filesystem holding /boot, and the size of the largest initrd there.
     pub boot_free: Option<u64>,
     pub largest_initrd: u64,
+    /// The names in /boot (`vmlinuz-KVER`, `initrd.img-KVER`, …).
+    pub boot_names: Vec<String>,
+    /// `/etc/kernel/cmdline` and `/usr/lib/kernel/cmdline` (kernel-install's command line),
+    /// as bytes: a file that is not text is refused with its name.
+    pub kernel_cmdline: Option<Vec<u8>>,
+    pub usr_kernel_cmdline: Option<Vec<u8>>,
+    /// kernelstub's `/etc/kernelstub/configuration`.
+    pub kernelstub_config: Option<Vec<u8>>,
+    /// The kernel arguments gpt added to the argument file in its last run (from its state):
+    /// for files that can hold no mark of gpt's.
+    pub gpt_added: Vec<String>,
+    /// systemd-boot's `loader.conf` says `editor no`: the command line cannot be edited at boot.
+    pub editor_off: bool,
 }
 
 impl Facts {
     /// Everything, in one pass. The PCI devices not being readable is kept in
     /// `topology_error` (`gpt check` reports it; [`Facts::topology`] makes it an error).
     pub fn read(host: &Host) -> Result<Facts> {
+        Facts::read_for(host, None)
+    }
+
+    /// [`Facts::read`], with the boot loader the user named (`--boot-loader`).
+    pub fn read_for(host: &Host, chosen: Option<boot::Choice>) -> Result<Facts> {
         let mut f = Facts::default();
         match sysfs::read_topology(host) {
             Ok(t) => f.topology = t,
@@ -136,6 +160,25 @@ impl Facts {
         }
         f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
         f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
+        for name in host.list_dir(MODPROBE_D)? {
+            let path = format!("{MODPROBE_D}/{name}");
+            if name.ends_with(".conf") && path != MODPROBE_CONF {
+                if let Some(text) = host.read_optional(&path).ok().flatten() {
+                    f.modprobe_d.push((path, text));
+                }
+            }
+        }
+        if let Some(text) = host.read_optional("/etc/modules").ok().flatten() {
+            f.module_lists.push(("/etc/modules".into(), text));
+        }
+        for name in host.list_dir("/etc/modules-load.d")? {
+            let path = format!("/etc/modules-load.d/{name}");
+            if name.ends_with(".conf") {
+                if let Some(text) = host.read_optional(&path).ok().flatten() {
+                    f.module_lists.push((path, text));
+                }
+            }
+        }
         for drv in host.list_dir("/sys/bus/pci/drivers")? {
             let module = host.link_name(format!("/sys/bus/pci/drivers/{drv}/module"));
             f.driver_modules.insert(drv, module);
@@ -154,19 +197,26 @@ impl Facts {
                 || host.exists("/sbin/update-initramfs"),
             dracut_bin: host.exists("/usr/bin/dracut") || host.exists("/bin/dracut"),
             dracut_conf_d: host.resolve(DRACUT_CONF_D)?.is_dir(),
+            ..Probe::default()
         };
+        read_loader_probe(host, &mut f, chosen)?;
         f.boot = Some(boot::detect(&f.probe));
-        if f.probe.dracut_conf_d {
-            f.dracut_conf = host.read_optional(DRACUT_CONF)?;
+        if host.exists(DRACUT_CONF_D) {
+            // Kept as an error for the dracut stack to report: other stacks never read it.
+            match host.read_optional(DRACUT_CONF) {
+                Ok(text) => f.dracut_conf = text,
+                Err(e) => f.dracut_conf_error = Some(format!("{e:#}")),
+            }
         }
         let boot = host.resolve("/boot")?;
         if boot.is_dir() {
             f.boot_free = nix::sys::statvfs::statvfs(&boot)
                 .ok()
                 .map(|s| s.blocks_available() * s.fragment_size());
-            for name in host.list_dir("/boot")? {
+            f.boot_names = host.list_dir("/boot")?;
+            for name in &f.boot_names {
                 if name.starts_with("initrd.img-") {
-                    let size = std::fs::metadata(boot.join(&name))
+                    let size = std::fs::metadata(boot.join(name))
                         .map(|m| m.len())
                         .unwrap_or(0);
                     f.largest_initrd = f.largest_initrd.max(size);
@@ -204,6 +254,95 @@ impl Facts {
         } else {
             None
         }
+    }
+}
+
+/// What tells the boot loaders apart: the EFI variables of the loader that booted, the files
+/// of systemd-boot, Proxmox and kernelstub, and what `kernel-install inspect` says.
+fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -> Result<()> {
+    use crate::boot::detect::{efi_string, parse_inspect, LOADER_GUID};
+    let p = &mut f.probe;
+    p.chosen = chosen;
+    let efivar = |name: &str| {
+        host.read(format!("/sys/firmware/efi/efivars/{name}-{LOADER_GUID}"))
+            .ok()
+            .and_then(|b| efi_string(&b))
+    };
+    p.loader_info = efivar("LoaderInfo");
+    p.entry_selected = efivar("LoaderEntrySelected");
+    p.grub_cfg = host.exists(crate::paths::GRUB_CFG);
+    p.sdboot_hook = host.exists("/etc/kernel/postinst.d/zz-systemd-boot");
+    p.kernel_install = host.exists("/usr/bin/kernel-install") || host.exists("/bin/kernel-install");
+    p.proxmox_tool = host.exists("/usr/sbin/proxmox-boot-tool");
+    p.proxmox_uuids = host
+        .read_optional("/etc/kernel/proxmox-boot-uuids")?
+        .is_some_and(|t| {
+            t.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        });
+    p.kernelstub_conf = host.exists("/etc/kernelstub/configuration");
+    p.snapd_fde = host.exists("/var/lib/snapd/device/fde")
+        || crate::edit::cmdline::split(&f.cmdline)
+            .iter()
+            .any(|t| crate::edit::cmdline::key(t) == "snapd_recovery_mode");
+    let mounts = host.read_optional("/proc/mounts")?.unwrap_or_default();
+    for line in mounts.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if let [_, target, "vfat", ..] = cols.as_slice() {
+            if ["/efi", "/boot", "/boot/efi"].contains(target)
+                && !p.vfat_mounts.contains(&target.to_string())
+            {
+                p.vfat_mounts.push(target.to_string());
+            }
+        }
+    }
+    let sdboot_possible = p
+        .packages
+        .as_ref()
+        .is_some_and(|k| k.contains("systemd-boot"))
+        || p.sdboot_hook
+        || p.loader_info
+            .as_deref()
+            .is_some_and(|i| i.starts_with("systemd-boot"))
+        || chosen == Some(boot::Choice::SystemdBoot);
+    if p.kernel_install && sdboot_possible {
+        let ui = crate::ui::Ui::new(true);
+        let runner = crate::txn::Runner::new(host, &ui);
+        p.inspect = Some(match runner.query(&["kernel-install", "inspect"]) {
+            Ok(c) if c.status.success() => parse_inspect(&c.stdout_str()),
+            Ok(c) => Err(format!(
+                "`kernel-install inspect` failed: {}",
+                String::from_utf8_lossy(&c.stderr).trim()
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        });
+    }
+    f.kernel_cmdline = read_bytes(host, "/etc/kernel/cmdline")?;
+    f.usr_kernel_cmdline = read_bytes(host, "/usr/lib/kernel/cmdline")?;
+    f.kernelstub_config = read_bytes(host, "/etc/kernelstub/configuration")?;
+    if let Some(Ok(i)) = &f.probe.inspect {
+        let conf = host
+            .read_optional(format!("{}/loader/loader.conf", i.boot_root))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        f.editor_off = conf.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some("editor")
+                && matches!(w.next(), Some("no" | "0" | "false" | "off" | "n"))
+        });
+    }
+    if let Ok(Some(c)) = crate::state::load_config(host) {
+        f.gpt_added = c.added_args;
+    }
+    Ok(())
+}
+
+fn read_bytes(host: &Host, abs: &str) -> Result<Option<Vec<u8>>> {
+    match host.read(abs) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::ioerr::error("read", Path::new(abs), &e)),
     }
 }
 

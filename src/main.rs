@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
-            let usage = err.downcast_ref::<gpt::ui::UsageError>().is_some();
+            let usage = err.downcast_ref::<gpt::cli::UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }

@@ -101,6 +101,8 @@ pub struct PciDevice {
     pub boot_vga: bool,
     pub driver: Option<String>,
     pub iommu_group: Option<u32>,
+    /// The bridge (port) this function sits behind; `None` on a root bus.
+    pub parent: Option<PciAddress>,
     pub problems: Vec<String>,
 }
 
@@ -117,6 +119,7 @@ impl PciDevice {
             boot_vga: false,
             driver: None,
             iommu_group: None,
+            parent: None,
             problems: Vec::new(),
         }
     }
@@ -131,8 +134,14 @@ impl PciDevice {
         self.class.is_some_and(|c| c >> 16 == 0x03)
     }
 
-    /// PCI-to-PCI bridges stay with the host: vfio-pci does not need them.
+    /// Bridges of every kind (base class 0x06: host, ISA/LPC, PCI-to-PCI, …) stay with the
+    /// host: vfio-pci never takes them and their ids never go on the command line.
     pub fn is_bridge(&self) -> bool {
+        self.class.is_some_and(|c| c >> 16 == 0x06)
+    }
+
+    /// A PCI-to-PCI bridge (a PCIe port or a switch port), which devices sit behind.
+    pub fn is_port(&self) -> bool {
         self.class_code() == Some(0x0604)
     }
 
@@ -172,6 +181,83 @@ impl Topology {
         self.groups.get(&id).map(|m| (id, m.as_slice()))
     }
 
+    /// The bridges above `addr`, nearest first.
+    pub fn ancestors(&self, addr: &PciAddress) -> Vec<PciAddress> {
+        let mut out = Vec::new();
+        let mut cur = self.devices.get(addr).and_then(|d| d.parent);
+        while let Some(p) = cur {
+            if out.contains(&p) {
+                break;
+            }
+            out.push(p);
+            cur = self.devices.get(&p).and_then(|d| d.parent);
+        }
+        out
+    }
+
+    /// The switch a card carries on board (Intel Arc and Battlemage): the upstream port above
+    /// the GPU's downstream port, when both carry the GPU's vendor id, every port directly
+    /// below it does too, and the only display controllers below it are the GPU's slot. A
+    /// server's shared switch (another vendor's, or feeding other devices) is not the card.
+    pub fn card_switch(&self, gpu: &PciAddress) -> Option<PciAddress> {
+        let g = self.devices.get(gpu)?;
+        let vendor = g.vendor?;
+        let up = self.ancestors(gpu);
+        let (down, upstream) = (up.first()?, up.get(1)?);
+        let ours = |a: &PciAddress| {
+            self.devices
+                .get(a)
+                .is_some_and(|d| d.is_port() && d.vendor == Some(vendor))
+        };
+        if !ours(down) || !ours(upstream) {
+            return None;
+        }
+        // The slot's port sits above the switch; a switch on the root bus is the platform's.
+        self.devices.get(upstream)?.parent?;
+        let below: Vec<&PciDevice> = self
+            .devices
+            .values()
+            .filter(|d| self.ancestors(&d.address).contains(upstream))
+            .collect();
+        let ports_ours = below
+            .iter()
+            .filter(|d| d.parent.as_ref() == Some(upstream))
+            .all(|d| ours(&d.address));
+        let other_gpu = below
+            .iter()
+            .any(|d| d.is_gpu() && !d.address.same_slot(gpu));
+        (ports_ours && !other_gpu).then_some(*upstream)
+    }
+
+    /// The functions of the card that holds `gpu`: the functions of its slot (but those with
+    /// the vendor id of the CPU's maker, `cpu_maker`, when the GPU is not the CPU maker's: an
+    /// APU's slot also holds the PSP and USB functions of the CPU, which are not the GPU), and
+    /// the endpoints with the GPU's vendor id below the card's own switch. Sorted; bridges never.
+    pub fn card_of(&self, gpu: &PciAddress, cpu_maker: Option<u16>) -> Vec<PciAddress> {
+        let Some(vendor) = self.devices.get(gpu).and_then(|d| d.vendor) else {
+            return vec![*gpu];
+        };
+        let switch = self.card_switch(gpu);
+        let mut out: Vec<PciAddress> = self
+            .devices
+            .values()
+            .filter(|d| !d.is_bridge())
+            .filter(|d| {
+                let slot = d.address.same_slot(gpu)
+                    && (d.vendor == Some(vendor) || d.vendor.is_none_or(|v| Some(v) != cpu_maker));
+                let switch = d.vendor == Some(vendor)
+                    && switch.is_some_and(|s| self.ancestors(&d.address).contains(&s));
+                slot || switch
+            })
+            .map(|d| d.address)
+            .collect();
+        if !out.contains(gpu) {
+            out.push(*gpu);
+        }
+        out.sort();
+        out
+    }
+
     /// Find a device by a user-given address: the full form, or the short form in any domain
     /// when it is unambiguous.
     pub fn find(&self, wanted: &str) -> Result<&PciDevice> {
@@ -200,6 +286,15 @@ impl Topology {
             }
         }
         bail!("no PCI device at {wanted}; `gpt iommu` lists the devices of this host")
+    }
+}
+
+/// The PCI vendor id of the CPU's maker, from the vendor string in /proc/cpuinfo.
+pub fn cpu_maker(cpu_vendor: Option<&str>) -> Option<u16> {
+    match cpu_vendor? {
+        "GenuineIntel" => Some(0x8086),
+        "AuthenticAMD" | "HygonGenuine" => Some(0x1022),
+        _ => None,
     }
 }
 

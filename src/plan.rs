@@ -115,6 +115,10 @@ pub struct Plan {
     pub files: Vec<FileChange>,
     /// Commands to run after the files are written, in order.
     pub commands: Vec<Step>,
+    /// Changes made after the commands (and the check after them), to files already in
+    /// `files`: a file gpt created is removed only once the boot entries were regenerated
+    /// from its cleaned content. A rollback puts such a file back as it was at the start.
+    pub after_commands: Vec<FileChange>,
 }
 
 impl Plan {

@@ -22,6 +22,9 @@ pub const PACKAGES: [&str; 7] = [
     "cloud-image-utils",
     "curl",
 ];
+/// The kernel argument of `--no-idle-d3`, for kernels that build vfio_pci in.
+pub const NO_IDLE_D3_ARG: &str = "vfio_pci.disable_idle_d3=1";
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub no_ignore_msrs: bool,
@@ -29,6 +32,8 @@ pub struct Options {
     pub no_update: bool,
     /// Working on a tree under --root: packages are listed, never installed.
     pub foreign_root: bool,
+    /// `--no-idle-d3`: vfio-pci keeps idle devices in D0.
+    pub no_idle_d3: bool,
 }
 
 /// The plan, the configuration it leads to, and what to tell the user.
@@ -40,6 +45,8 @@ pub struct Planned {
     pub manual: Vec<String>,
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
+    /// Passthrough configuration gpt did not write (a guide's), found on this host.
+    pub existing: Vec<crate::passthrough::Found>,
 }
 
 /// Which IOMMU arguments this host needs: `intel_iommu=on` when the firmware's IOMMU is Intel
@@ -120,17 +127,22 @@ struct Wanted {
 fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
     let where_ = stack.loader.kind().name();
     for t in user_args {
-        if ["intel_iommu=off", "iommu=off", "amd_iommu=off"].contains(&t.as_str()) {
+        if !cmdline::iommu_off(&[t.as_str()]).is_empty() {
             bail!(
                 "the kernel command line in the {where_} configuration has {t}, which turns the IOMMU off; \
                  remove it yourself (gpt will not override your setting) and run this again"
             );
         }
         if cmdline::key(t) == "vfio_pci.ids" {
-            bail!(
-                "the {where_} configuration already has {t}, which gpt did not write (the old setup.sh \
-                 added one; `gpt reset --legacy` removes it); remove it and run this again"
-            );
+            return Err(crate::ui::Refusal::error(
+                "existing_vfio_ids",
+                Vec::<String>::new(),
+                format!(
+                    "the {where_} configuration already has {t}, which gpt did not write (the old setup.sh \
+                     or a guide added it; `gpt reset --legacy` removes setup.sh's);"
+                ),
+                "remove it and run this again",
+            ));
         }
     }
     Ok(())
@@ -153,6 +165,7 @@ fn wanted(
     sel: Option<&Selection>,
     opts: &Options,
     warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
 ) -> Wanted {
     let mut w = Wanted {
         args: iommu_args(f),
@@ -166,7 +179,8 @@ fn wanted(
     w.gpus = sel.gpus.iter().map(|a| a.to_string()).collect();
     w.ids = sel.ids.clone();
     if w.bind == BindMode::Ids {
-        w.args.push(format!("vfio-pci.ids={}", sel.ids.join(",")));
+        w.args
+            .push(format!("vfio-pci.ids={}", sel.kernel_ids.join(",")));
     }
     if !opts.no_ignore_msrs {
         w.args.push("kvm.ignore_msrs=1".into());
@@ -186,7 +200,44 @@ fn wanted(
     }
     w.initramfs_modules = early_modules(f);
     for d in &devices {
-        w.softdeps.extend(claimants(f, d, warnings));
+        let c = claimants(f, d, warnings);
+        // A claimant built into a kernel binds its function before any userspace runs:
+        // neither a softdep nor an install hook nor vfio-pci.ids= (with vfio-pci a module)
+        // holds it off.
+        for m in &c {
+            let kernels: Vec<&str> = f
+                .kernels
+                .iter()
+                .filter(|k| k.builtin.contains(m))
+                .map(|k| k.version.as_str())
+                .collect();
+            if !kernels.is_empty() {
+                warnings.push(format!(
+                    "{m} is built into kernel {}: it can take {} at boot before vfio-pci does, and gpt \
+                     cannot hold it off; `gpt check` after the reboot says whether it did",
+                    kernels.join(", "),
+                    d.address
+                ));
+            }
+        }
+        w.softdeps.extend(c);
+    }
+    if w.bind == BindMode::Address {
+        let builtin: Vec<&str> = f
+            .kernels
+            .iter()
+            .filter(|k| k.builtin.contains(VFIO_PCI))
+            .map(|k| k.version.as_str())
+            .collect();
+        if !builtin.is_empty() {
+            notes.push(format!(
+                "vfio-pci is built into kernel {}: kmod never runs an install command for it there, so \
+                 the hooks on the drivers that could claim the devices ({}) set the overrides and have \
+                 the PCI core probe the devices again",
+                builtin.join(", "),
+                w.softdeps.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
     }
     let bind_targets: Vec<modprobe::BindTarget> = match w.bind {
         BindMode::Ids => Vec::new(),
@@ -202,7 +253,15 @@ fn wanted(
             .collect(),
     };
     let softdeps: Vec<String> = w.softdeps.iter().cloned().collect();
-    w.conf_text = Some(modprobe::render(&softdeps, &bind_targets));
+    w.conf_text = Some(modprobe::render_with(
+        &softdeps,
+        &bind_targets,
+        opts.no_idle_d3,
+    ));
+    if opts.no_idle_d3 && f.kernels.iter().any(|k| k.builtin.contains(VFIO_PCI)) {
+        // modprobe.d options never reach a built-in vfio_pci: the kernel argument does.
+        w.args.push(NO_IDLE_D3_ARG.into());
+    }
     w
 }
 
@@ -262,7 +321,29 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     };
     let user_args = stack.loader.user_args(f)?;
     refuse_conflicts(&user_args, &stack)?;
-    let w = wanted(f, sel, opts, &mut warnings);
+    let w = wanted(f, sel, opts, &mut warnings, &mut notes);
+    let where_ = format!("{} configuration", stack.loader.kind().name());
+    let existing = crate::passthrough::find(
+        &f.modprobe_d,
+        &f.module_lists,
+        &user_args
+            .iter()
+            .map(|a| (where_.clone(), a.clone()))
+            .collect::<Vec<_>>(),
+        &w.ids,
+        &w.softdeps,
+    );
+    for e in &existing {
+        warnings.push(format!(
+            "passthrough configuration gpt did not write: {}{}",
+            crate::passthrough::describe(e),
+            if e.defeats_rescue {
+                " (gpt leaves it alone; the rescue must undo it too)"
+            } else {
+                ""
+            }
+        ));
+    }
 
     // Kernel arguments: the loader takes gpt's earlier additions out and adds what the user
     // does not have already, so a re-run with another GPU replaces the ids and a re-run with
@@ -307,10 +388,12 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         grub_file: args_edit.file,
         grub_var: args_edit.setting,
         args: w.args,
+        added_args: add,
         initramfs_modules: w.initramfs_modules,
         softdeps: w.softdeps.into_iter().collect(),
         kernels: f.kernels.iter().map(|k| k.version.clone()).collect(),
         boot: stack.id(),
+        no_idle_d3: opts.no_idle_d3 && phase == Phase::Vfio,
     };
     Ok(Planned {
         plan,
@@ -318,5 +401,338 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         manual,
         notes,
         warnings,
+        existing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Table: devices (and the host's kernels) in → kernel arguments and gpt's modprobe.d
+    //! file out, through the selection policy and the planner.
+    use super::*;
+    use crate::boot::StackId;
+    use crate::facts::Kernel;
+    use crate::pci::{PciAddress, PciDevice, Topology};
+    use crate::pciids::Names;
+    use crate::select::{select, Request};
+
+    /// `(address, vendor, device, class, group, driver, parent, subsystem)`
+    type Row = (
+        &'static str,
+        u16,
+        u16,
+        u32,
+        u32,
+        &'static str,
+        &'static str,
+        (u16, u16),
+    );
+
+    fn topo(rows: &[Row]) -> Topology {
+        let mut t = Topology::default();
+        for &(a, v, d, class, g, drv, parent, sub) in rows {
+            let addr: PciAddress = a.parse().unwrap();
+            let mut dev = PciDevice::new(addr);
+            (dev.vendor, dev.device, dev.class) = (Some(v), Some(d), Some(class));
+            (dev.subsystem_vendor, dev.subsystem_device) = (Some(sub.0), Some(sub.1));
+            dev.iommu_group = Some(g);
+            dev.driver = (!drv.is_empty()).then(|| drv.to_string());
+            dev.parent = (!parent.is_empty()).then(|| parent.parse().unwrap());
+            dev.boot_vga = a == "0000:00:02.0";
+            t.groups.entry(g).or_default().push(addr);
+            t.devices.insert(addr, dev);
+        }
+        t
+    }
+
+    fn facts(rows: &[Row], vfio_builtin: bool) -> Facts {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let mut f = Facts {
+            topology: topo(rows),
+            boot: Some(Ok(StackId::default())),
+            dmar: true,
+            grub_default: Some(
+                "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\nGRUB_CMDLINE_LINUX=\"\"\n".into(),
+            ),
+            initramfs_modules: Some(String::new()),
+            kernels: vec![Kernel {
+                version: "6.1.0-13-amd64".into(),
+                modules: names(&["vfio", "vfio_iommu_type1", "nouveau", "snd_hda_intel"]),
+                builtin: if vfio_builtin {
+                    names(&["vfio_pci"])
+                } else {
+                    names(&[])
+                },
+            }],
+            ..Facts::default()
+        };
+        for (drv, m) in [
+            ("nouveau", "nouveau"),
+            ("snd_hda_intel", "snd_hda_intel"),
+            ("i915", "i915"),
+            ("xhci_hcd", "xhci_pci"),
+            ("ccp", "ccp"),
+            ("amdgpu", "amdgpu"),
+            ("pcieport", "pcieport"),
+        ] {
+            f.driver_modules.insert(drv.into(), Some(m.into()));
+        }
+        f
+    }
+
+    const IGPU: Row = (
+        "0000:00:02.0",
+        0x8086,
+        0x4680,
+        0x030000,
+        0,
+        "i915",
+        "",
+        (0x8086, 1),
+    );
+    const NO_SUB: (u16, u16) = (0x1043, 0x87f3);
+
+    fn arc() -> Vec<Row> {
+        vec![
+            IGPU,
+            (
+                "0000:00:01.0",
+                0x8086,
+                0x460d,
+                0x060400,
+                1,
+                "pcieport",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.0",
+                0x8086,
+                0x4fa1,
+                0x060400,
+                1,
+                "pcieport",
+                "0000:00:01.0",
+                NO_SUB,
+            ),
+            (
+                "0000:02:01.0",
+                0x8086,
+                0x4fa4,
+                0x060400,
+                1,
+                "pcieport",
+                "0000:01:00.0",
+                NO_SUB,
+            ),
+            (
+                "0000:02:04.0",
+                0x8086,
+                0x4fa4,
+                0x060400,
+                1,
+                "pcieport",
+                "0000:01:00.0",
+                NO_SUB,
+            ),
+            (
+                "0000:03:00.0",
+                0x8086,
+                0x56a0,
+                0x030000,
+                1,
+                "i915",
+                "0000:02:01.0",
+                NO_SUB,
+            ),
+            (
+                "0000:04:00.0",
+                0x8086,
+                0x4f90,
+                0x040300,
+                2,
+                "snd_hda_intel",
+                "0000:02:04.0",
+                NO_SUB,
+            ),
+        ]
+    }
+
+    fn twins(second_sub: (u16, u16)) -> Vec<Row> {
+        vec![
+            IGPU,
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                11,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.1",
+                0x10de,
+                0x228e,
+                0x040300,
+                11,
+                "snd_hda_intel",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:02:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                12,
+                "nouveau",
+                "",
+                second_sub,
+            ),
+            (
+                "0000:02:00.1",
+                0x10de,
+                0x228e,
+                0x040300,
+                12,
+                "snd_hda_intel",
+                "",
+                second_sub,
+            ),
+        ]
+    }
+
+    fn laptop_apu() -> Vec<Row> {
+        let port = "0000:00:08.1";
+        vec![
+            ("0000:00:08.0", 0x1022, 0x1632, 0x060000, 5, "", "", NO_SUB),
+            (port, 0x1022, 0x1635, 0x060400, 5, "pcieport", "", NO_SUB),
+            (
+                "0000:05:00.0",
+                0x1002,
+                0x1636,
+                0x030000,
+                5,
+                "amdgpu",
+                port,
+                NO_SUB,
+            ),
+            (
+                "0000:05:00.1",
+                0x1002,
+                0x1637,
+                0x040300,
+                5,
+                "snd_hda_intel",
+                port,
+                NO_SUB,
+            ),
+            (
+                "0000:05:00.3",
+                0x1022,
+                0x1639,
+                0x0c0330,
+                5,
+                "xhci_hcd",
+                port,
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x1f15,
+                0x030000,
+                9,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+        ]
+    }
+
+    /// What the planner makes of `rows` for `--device gpu` (`force`), as (the vfio-pci.ids=
+    /// argument or "-", the `install` lines' modules, the `softdep` lines' modules).
+    fn out(
+        rows: &[Row],
+        builtin: bool,
+        gpu: &str,
+        force: bool,
+    ) -> (String, Vec<String>, Vec<String>) {
+        let f = facts(rows, builtin);
+        let req = Request {
+            devices: vec![gpu.into()],
+            force,
+            cpu_maker: Some(0x1022),
+            ..Request::default()
+        };
+        let sel = select(&f.topology, &Names::default(), &req, &BTreeMap::new()).unwrap();
+        let p = plan(&f, Some(&sel), &Options::default()).unwrap();
+        let ids = p
+            .config
+            .args
+            .iter()
+            .find(|a| a.starts_with("vfio-pci.ids="))
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        let conf = p
+            .plan
+            .files
+            .iter()
+            .find(|c| c.path == std::path::Path::new(MODPROBE_CONF))
+            .and_then(|c| c.after.clone())
+            .map(|b| String::from_utf8(b).unwrap())
+            .unwrap();
+        let word = |prefix: &str| -> Vec<String> {
+            conf.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .map(|l| l.split_whitespace().next().unwrap().to_string())
+                .collect()
+        };
+        (ids, word("install "), word("softdep "))
+    }
+
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn layouts_in_arguments_and_hooks_out() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // An Arc card behind its own switch, the audio in its own group: both, by id.
+        assert_eq!(
+            out(&arc(), false, "03:00.0", false),
+            (
+                "vfio-pci.ids=8086:56a0,8086:4f90".into(),
+                s(&[]),
+                s(&["i915", "snd_hda_intel"])
+            )
+        );
+        // Twins of two board makers: subsystem ids on the command line, no hook.
+        assert_eq!(
+            out(&twins((0x3842, 0x3657)), true, "01:00.0", false),
+            (
+                "vfio-pci.ids=10de:2504:1043:87f3,10de:228e:1043:87f3".into(),
+                s(&[]),
+                s(&["nouveau", "nvidia", "nvidiafb", "snd_hda_intel"])
+            )
+        );
+        // Identical twins, vfio-pci built in: hooks on vfio_pci and on every claimant.
+        assert_eq!(
+            out(&twins(NO_SUB), true, "01:00.0", false),
+            (
+                "-".into(),
+                s(&["vfio_pci", "nouveau", "nvidia", "nvidiafb", "snd_hda_intel"]),
+                s(&["nouveau", "nvidia", "nvidiafb", "snd_hda_intel"])
+            )
+        );
+        // A laptop APU group with --force: the CPU's USB controller goes, the bridges never.
+        assert_eq!(
+            out(&laptop_apu(), false, "05:00.0", true),
+            (
+                "vfio-pci.ids=1002:1636,1002:1637,1022:1639".into(),
+                s(&[]),
+                s(&["amdgpu", "radeon", "snd_hda_intel", "xhci_pci"])
+            )
+        );
+    }
 }

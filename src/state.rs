@@ -44,6 +44,11 @@ pub struct Config {
     pub grub_var: String,
     /// Every kernel argument gpt's configuration needs (`iommu=pt`, `vfio-pci.ids=…`, …).
     pub args: Vec<String>,
+    /// The arguments gpt itself added to the argument file (those the user had are not
+    /// gpt's): reset takes exactly these out of a file that holds no mark of gpt's
+    /// (`/etc/kernel/cmdline`).
+    #[serde(default)]
+    pub added_args: Vec<String>,
     /// Modules gpt listed in /etc/initramfs-tools/modules.
     pub initramfs_modules: Vec<String>,
     /// Modules held off with `softdep … pre: vfio-pci`.
@@ -54,6 +59,9 @@ pub struct Config {
     /// initramfs-tools, which is then what it configured).
     #[serde(default)]
     pub boot: StackId,
+    /// `--no-idle-d3`: vfio-pci keeps idle devices in D0 (`disable_idle_d3=1`).
+    #[serde(default)]
+    pub no_idle_d3: bool,
 }
 
 /// Read the configuration, if gpt has configured this host.

@@ -105,13 +105,23 @@ fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     // One descriptor for the device directory (the `devices/ADDR` link is resolved once); its
     // files are opened relative to it.
     let dir = host.open_dir(&abs);
-    if let Some(dev) = dir
+    let mut dev = match dir
         .as_ref()
         .and_then(|dir| read_device_uevent(host, dir, addr, buf))
     {
-        return dev;
-    }
-    read_device_attrs(host, dir, addr, &abs, buf)
+        Some(dev) => dev,
+        None => read_device_attrs(host, dir, addr, &abs, buf),
+    };
+    dev.parent = parent_of(host, &abs);
+    dev
+}
+
+/// The bridge a device sits behind: the folder holding its folder in `/sys/devices`
+/// (`…/pci0000:00/0000:00:01.0/0000:01:00.0`), when that is a PCI device.
+fn parent_of(host: &Host, abs: &str) -> Option<PciAddress> {
+    let target = host.link_target(abs)?;
+    let up = target.parent()?.file_name()?.to_str()?;
+    PciAddress::parse(up)
 }
 
 /// The ids, class, subsystem and driver of a device from its `uevent` attribute, the way the

@@ -9,6 +9,8 @@ use std::fmt::Display;
 #[derive(Debug, Clone)]
 pub struct Ui {
     pub json: bool,
+    /// Set once a JSON document went to stdout (an error then prints no second one).
+    printed_json: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether stdin is a terminal a person can answer a prompt on.
     pub interactive: bool,
 }
@@ -26,6 +28,7 @@ impl Ui {
         use std::io::IsTerminal;
         Ui {
             json,
+            printed_json: Default::default(),
             interactive: std::io::stdin().is_terminal(),
         }
     }
@@ -67,28 +70,83 @@ impl Ui {
     /// Print a JSON document on stdout (one line, then a newline).
     pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         out(&format!("{}\n", serde_json::to_string(value)?));
+        self.printed_json
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether this run already printed its JSON document.
+    pub fn printed_json(&self) -> bool {
+        self.printed_json.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// gpt declined to go ahead, for a reason a script can act on: a stable `kind`, the devices
+/// involved and what to do. Printed as `error: {message}` and, under `--json`, as the one
+/// JSON document on stdout (`"ok": false`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// Stable, snake_case: `shared_group`, `bridge_with_driver`, `host_critical`, …
+    pub kind: &'static str,
+    /// The whole explanation, as printed after `error:`.
+    pub message: String,
+    /// Full PCI addresses of the devices involved.
+    pub devices: Vec<String>,
+    /// What the user can do about it.
+    pub todo: String,
+}
+
+impl Refusal {
+    /// The refusal as an error to return.
+    pub fn error(
+        kind: &'static str,
+        devices: impl IntoIterator<Item = impl ToString>,
+        message: impl Into<String>,
+        todo: impl Into<String>,
+    ) -> anyhow::Error {
+        anyhow::Error::new(Refusal {
+            kind,
+            message: message.into(),
+            devices: devices.into_iter().map(|d| d.to_string()).collect(),
+            todo: todo.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if !self.todo.is_empty() && !self.message.contains(&self.todo) {
+            let sep = if self.message.ends_with('\n') {
+                ""
+            } else {
+                " "
+            };
+            write!(f, "{sep}{}", self.todo)?;
+        }
         Ok(())
     }
 }
 
-/// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.
-#[derive(Debug)]
-pub struct UsageError(pub String);
+impl std::error::Error for Refusal {}
 
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Bail out with a usage error (exit 2).
-#[macro_export]
-macro_rules! usage {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::ui::UsageError(format!($($arg)*))))
+/// The JSON document of a command that failed: `ok: false`, the kind of failure (a
+/// [`Refusal`]'s, `usage` or `error`), the text, the devices involved and what to do.
+pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    let (kind, devices, todo) = match err.downcast_ref::<Refusal>() {
+        Some(r) => (r.kind, r.devices.clone(), r.todo.clone()),
+        None if err.downcast_ref::<crate::cli::UsageError>().is_some() => {
+            ("usage", Vec::new(), String::new())
+        }
+        None => ("error", Vec::new(), String::new()),
     };
+    serde_json::json!({
+        "ok": false,
+        "kind": kind,
+        "message": format!("{err:#}"),
+        "devices": devices,
+        "todo": todo,
+    })
 }
 
 /// Write to stdout. A reader that stopped early (`gpt … | head`) is not an error, and never a

@@ -800,7 +800,7 @@ fn modprobe_properties() {
             .collect();
         want_mods.sort();
         want_mods.dedup();
-        prop_assert_eq!(modprobe::softdeps(&r), want_mods);
+        prop_assert_eq!(modprobe::softdeps(&r), want_mods.clone());
         let mut want_targets: Vec<BindTarget> = targets
             .iter()
             .map(|t| BindTarget {
@@ -817,18 +817,26 @@ fn modprobe_properties() {
                 line.starts_with('#')
                     || line.is_empty()
                     || line.starts_with("softdep ")
-                    || line.starts_with("install vfio_pci "),
+                    || line.starts_with("install "),
                 "unexpected line {:?}",
                 line
             );
             prop_assert!(!line.ends_with('\\'));
         }
+        // With targets: one hook for vfio_pci and one for each held-off driver, each loading
+        // its own module for real.
         let install: Vec<&str> = r.lines().filter(|l| l.starts_with("install ")).collect();
-        prop_assert_eq!(install.len(), usize::from(!want_targets.is_empty()));
-        if let Some(line) = install.first() {
-            prop_assert!(
-                line.ends_with("esac; exec /sbin/modprobe --ignore-install vfio_pci $CMDLINE_OPTS")
-            );
+        let hooked = if want_targets.is_empty() {
+            0
+        } else {
+            1 + want_mods.len()
+        };
+        prop_assert_eq!(install.len(), hooked);
+        for line in &install {
+            let module = line.split_whitespace().nth(1).unwrap();
+            prop_assert!(module == "vfio_pci" || want_mods.iter().any(|m| m == module));
+            let tail = format!("esac; exec /sbin/modprobe --ignore-install {module} $CMDLINE_OPTS");
+            prop_assert!(line.ends_with(&tail));
             prop_assert!(line.contains("*\" gpt.bind=off \"*) ;;"));
             prop_assert!(!line.contains('#'));
         }

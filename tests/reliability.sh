@@ -11,7 +11,7 @@ target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_direc
 tally=$target/tmp/reliability
 rm -rf "$tally"
 
-cargo test --locked --features failpoints --test cli --test editors
+cargo test --locked --features failpoints --test cli --test txn --test planner --test editors
 
 cat "$tally"/* 2>/dev/null | awk -F'\t' '
     { passed[$1] += $2; total[$1] += $3 }

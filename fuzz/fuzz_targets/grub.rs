@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
     let before_other = grub::read_var(x, other);
     if let Ok(Some(v)) = &before {
         let toks = cmdline::split(v);
-        let _ = grub::conflicts(&toks);
+        let _ = cmdline::iommu_off(&toks);
     }
 
     // The legacy clean-up: refuses what read_var refuses, touches at most one line and

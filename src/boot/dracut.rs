@@ -24,6 +24,9 @@ impl Generator for Dracut {
     }
 
     fn edit_modules(&self, f: &Facts, wanted: &[String]) -> Result<Option<FileChange>> {
+        if let Some(e) = &f.dracut_conf_error {
+            bail!("{e}");
+        }
         if let Some(existing) = &f.dracut_conf {
             if !dracut::is_gpt_owned(existing) {
                 bail!(

@@ -146,7 +146,7 @@ impl Loader for Grub {
         grub::reverse(text)
     }
 
-    fn regenerate(&self) -> Vec<Step> {
+    fn regenerate(&self, _f: &Facts) -> Vec<Step> {
         vec![Step::new("Regenerating grub.cfg", &["update-grub"])]
     }
 
@@ -158,7 +158,7 @@ impl Loader for Grub {
         GRUB_CFG.into()
     }
 
-    fn entries(&self, host: &Host, args: &[String]) -> Entries {
+    fn entries(&self, host: &Host, _f: &Facts, args: &[String]) -> Entries {
         match host.read_optional(GRUB_CFG) {
             Ok(Some(cfg)) => match missing_in_cfg(&cfg, args) {
                 m if m.is_empty() => Entries::Carry,

@@ -11,6 +11,9 @@ pub mod detect;
 pub mod dracut;
 pub mod grub;
 pub mod initramfs_tools;
+pub mod kernelstub;
+pub mod proxmox;
+pub mod systemd_boot;
 
 use crate::facts::Facts;
 use crate::host::Host;
@@ -21,13 +24,19 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use detect::{detect, Probe};
+pub use detect::{detect, Choice, Probe};
 
 /// The boot loaders gpt knows (what reads the kernel command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LoaderKind {
     Grub,
+    SystemdBoot,
+    /// Proxmox VE's proxmox-boot-tool, which copies kernels and the command line to the ESPs
+    /// it manages (systemd-boot or GRUB on them).
+    Proxmox,
+    /// Pop!_OS's kernelstub, which writes systemd-boot entries from its JSON configuration.
+    Kernelstub,
 }
 
 /// The initramfs generators gpt knows (what puts the early modules into the image).
@@ -42,6 +51,9 @@ impl LoaderKind {
     pub fn name(self) -> &'static str {
         match self {
             LoaderKind::Grub => "grub",
+            LoaderKind::SystemdBoot => "systemd-boot",
+            LoaderKind::Proxmox => "proxmox",
+            LoaderKind::Kernelstub => "kernelstub",
         }
     }
 }
@@ -104,6 +116,9 @@ pub enum Entries {
     Lack(Vec<String>),
     /// The entries cannot be read: why.
     Unreadable(String),
+    /// The entries are out of gpt's reach by design (on ESPs that are not mounted): what to
+    /// do to see them.
+    Unchecked(String),
 }
 
 /// A boot loader: where the kernel arguments are configured and how they reach the boot
@@ -112,6 +127,10 @@ pub trait Loader: Sync {
     fn kind(&self) -> LoaderKind;
     /// Every kernel argument the host's configuration gives, gpt's own ones left out.
     fn user_args(&self, f: &Facts) -> Result<Vec<String>>;
+    /// Refuse an argument file the loader cannot edit, before anything else is decided.
+    fn validate(&self, _f: &Facts) -> Result<()> {
+        Ok(())
+    }
     /// The edit that takes gpt's earlier arguments out and adds `add`.
     fn edit_args(&self, f: &Facts, add: &[String]) -> Result<ArgsEdit>;
     /// Whether `path` is one of the files that hold the kernel arguments.
@@ -122,16 +141,60 @@ pub trait Loader: Sync {
     fn has_marks(&self, text: &str) -> bool;
     /// `text` without gpt's arguments and marks.
     fn strip(&self, path: &Path, text: &str) -> Result<String>;
+    /// `text` without gpt's arguments, given the ones gpt added (from its journal): for a
+    /// file that can hold no mark of gpt's.
+    fn strip_args(&self, path: &Path, text: &str, _added: &[String]) -> Result<String> {
+        self.strip(path, text)
+    }
     /// The commands that regenerate the boot entries, in order.
-    fn regenerate(&self) -> Vec<Step>;
+    fn regenerate(&self, f: &Facts) -> Vec<Step>;
+    /// Whether the entries carry copies of the initramfs images: their regeneration then
+    /// follows every rebuild of the images.
+    fn copies_images(&self) -> bool {
+        false
+    }
     /// What a person runs to regenerate the entries (`sudo update-grub`).
     fn regenerate_hint(&self) -> String;
     /// Where the boot entries are, for messages (`/boot/grub/grub.cfg`).
     fn entries_name(&self) -> String;
-    /// Whether some boot entry carries every one of `args`.
-    fn entries(&self, host: &Host, args: &[String]) -> Entries;
+    /// Whether the boot entries carry every one of `args`.
+    fn entries(&self, host: &Host, f: &Facts, args: &[String]) -> Entries;
+    /// Inside the transaction, after the regeneration: the entries that boot carry every one
+    /// of `want` and none of `gone`, or an error that rolls the run back (a regeneration that
+    /// silently did nothing). Loaders whose entries are checked after the run say `Ok`.
+    fn confirm(&self, _host: &Host, _f: &Facts, _want: &[String], _gone: &[String]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the argument file carries gpt's marks (so reset can work without the journal).
+    fn marks_in_file(&self) -> bool {
+        true
+    }
+    /// The file the kernel arguments are configured in, for messages.
+    fn entries_source(&self) -> String {
+        "the boot loader's configuration".into()
+    }
+    /// Whether the regeneration rewrites the argument file itself (kernelstub): gpt then
+    /// writes its own bytes back after it.
+    fn rewritten_by_regeneration(&self) -> bool {
+        false
+    }
+    /// Whether removing a file gpt created must wait until the entries were regenerated from
+    /// the cleaned file (without the file, the generator falls back to `/proc/cmdline`, which
+    /// holds gpt's arguments while the host runs with them).
+    fn remove_after_regeneration(&self) -> bool {
+        false
+    }
+    /// The boot entries whose command line has a token with parameter name `key` (`_`
+    /// spelling); `None` when this loader does not tell.
+    fn carrying(&self, _host: &Host, _f: &Facts, _key: &str) -> Option<Vec<String>> {
+        None
+    }
     /// How to boot once without gpt's configuration, from the boot menu.
     fn rescue(&self, bind: BindMode) -> String;
+    /// The rescue for this host (a loader whose menu can be locked says what to do then).
+    fn rescue_on(&self, _f: &Facts, bind: BindMode) -> String {
+        self.rescue(bind)
+    }
 }
 
 /// An initramfs generator: which file lists the early modules, how the images are rebuilt and
@@ -164,7 +227,12 @@ pub trait Generator: Sync {
 
 /// Every loader gpt knows (reset looks for gpt's marks in all of their files).
 pub fn loaders() -> Vec<&'static dyn Loader> {
-    vec![&grub::Grub]
+    vec![
+        &grub::Grub,
+        &systemd_boot::SystemdBoot,
+        &proxmox::Proxmox,
+        &kernelstub::Kernelstub,
+    ]
 }
 
 /// Every generator gpt knows.
@@ -189,6 +257,9 @@ impl Stack {
     pub fn of(id: StackId) -> Stack {
         let loader: &'static dyn Loader = match id.loader {
             LoaderKind::Grub => &grub::Grub,
+            LoaderKind::SystemdBoot => &systemd_boot::SystemdBoot,
+            LoaderKind::Proxmox => &proxmox::Proxmox,
+            LoaderKind::Kernelstub => &kernelstub::Kernelstub,
         };
         let initramfs: &'static dyn Generator = match id.initramfs {
             InitramfsKind::InitramfsTools => &initramfs_tools::InitramfsTools,
@@ -218,11 +289,22 @@ impl Stack {
     /// arguments changed, the images when their inputs changed.
     pub fn regenerate(&self, f: &Facts, args: bool, initramfs: bool) -> Vec<Step> {
         let mut steps = Vec::new();
-        if args {
-            steps.extend(self.loader.regenerate());
-        }
-        if initramfs {
-            steps.extend(self.initramfs.regenerate(f));
+        if self.loader.copies_images() {
+            // The entries get copies of the images: the images first, then the entries, also
+            // when only the images changed.
+            if initramfs {
+                steps.extend(self.initramfs.regenerate(f));
+            }
+            if args || initramfs {
+                steps.extend(self.loader.regenerate(f));
+            }
+        } else {
+            if args {
+                steps.extend(self.loader.regenerate(f));
+            }
+            if initramfs {
+                steps.extend(self.initramfs.regenerate(f));
+            }
         }
         for s in &mut steps {
             s.regenerates = true;
@@ -262,12 +344,12 @@ impl Stack {
         &self,
         host: &Host,
         runner: &Runner,
-        kernels: &[crate::facts::Kernel],
+        f: &Facts,
         args: &[String],
         check_images: bool,
     ) -> Vec<String> {
         let mut problems = Vec::new();
-        match self.loader.entries(host, args) {
+        match self.loader.entries(host, f, args) {
             Entries::Carry => {}
             Entries::Lack(missing) => problems.push(format!(
                 "the regenerated {} has no entry carrying {}; check {} and run `{}`",
@@ -277,9 +359,10 @@ impl Stack {
                 self.loader.regenerate_hint()
             )),
             Entries::Unreadable(why) => problems.push(why),
+            Entries::Unchecked(_) => {}
         }
         if check_images {
-            problems.extend(self.images_lacking(host, runner, kernels, crate::facts::VFIO_PCI));
+            problems.extend(self.images_lacking(host, runner, &f.kernels, crate::facts::VFIO_PCI));
         }
         problems
     }

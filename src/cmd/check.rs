@@ -37,6 +37,9 @@ pub struct Check {
     pub name: String,
     pub status: Status,
     pub detail: String,
+    /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<crate::resetability::Report>,
 }
 
 impl Check {
@@ -45,15 +48,16 @@ impl Check {
             name: name.into(),
             status,
             detail: detail.into(),
+            reset: None,
         }
     }
-    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Pass, detail)
     }
-    fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Warn, detail)
     }
-    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
+    pub(crate) fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
         Check::new(name, Status::Fail, detail)
     }
 
@@ -66,7 +70,7 @@ impl Check {
             Status::Fail => ("FAIL", Style::new().red().bold()),
         };
         let status = match self.status {
-            Status::Pass => style.apply_to(word.to_string()),
+            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
             _ => style.apply_to(format!("{word} ({})", self.detail)),
         };
         format!("{title:<width$} : {status}")
@@ -80,8 +84,8 @@ struct ChecksJson<'a> {
     checks: &'a [Check],
 }
 
-pub fn run(host: &Host, ui: &Ui, _args: &CheckArgs) -> Result<u8> {
-    let facts = Facts::read(host);
+pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()));
     let checks = collect(host, ui, &facts);
     if ui.json {
         let boot = facts
@@ -145,14 +149,56 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     out.push(vfio_driver(seen, &stack, vfio_configured));
     match &config {
         Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
-        Ok(None) => out.push(Check::warn(
-            "gpt's configuration",
-            format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
-        )),
+        Ok(None) => {
+            out.push(Check::warn(
+                "gpt's configuration",
+                format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
+            ));
+            out.extend(stray_entries(host, seen, &stack));
+        }
         Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
     }
     out.push(leftovers(host));
+    let cfg = config.as_ref().ok().and_then(Option::as_ref);
+    out.extend(foreign_passthrough(seen, &stack, cfg));
     out
+}
+
+/// A guide's passthrough lines (`options vfio-pci ids=`, `pci-stub.ids=`, blacklists, …):
+/// a warning naming each, and whether gpt's rescue must undo it too (no line when none).
+fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<Check> {
+    let name = "passthrough configuration gpt did not write";
+    let where_ = format!("{} configuration", stack.loader.kind().name());
+    let args: Vec<(String, String)> = stack
+        .loader
+        .user_args(f)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (where_.clone(), a))
+        .collect();
+    let (ids, softdeps) = match c {
+        Some(c) => (c.ids.clone(), c.softdeps.iter().cloned().collect()),
+        None => (Vec::new(), Default::default()),
+    };
+    let found = crate::passthrough::find(&f.modprobe_d, &f.module_lists, &args, &ids, &softdeps);
+    if found.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = found
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                crate::passthrough::describe(e),
+                if e.defeats_rescue {
+                    " (the rescue must undo it too)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    Some(Check::warn(name, lines.join("; ")))
 }
 
 /// The boot stack found, and the one to check with: the host's; if it cannot be told, the
@@ -330,15 +376,18 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         Phase::Vfio => out.push(Check::pass(
             name,
             format!(
-                "{} device(s) for vfio-pci ({}), GPU(s) {}",
+                "{} {} for vfio-pci ({}), {} {}; to boot without them: {}",
                 c.devices.len(),
+                if c.devices.len() == 1 { "device" } else { "devices" },
                 c.ids.join(","),
-                c.gpus.join(", ")
+                if c.gpus.len() == 1 { "GPU" } else { "GPUs" },
+                c.gpus.join(", "),
+                stack.loader.rescue_on(f, c.bind)
             ),
         )),
     }
     let missing_now = missing(&cmdline_tokens(f), &c.args);
-    let entries = stack.loader.entries(host, &c.args);
+    let entries = stack.loader.entries(host, f, &c.args);
     out.push(cmdline_check(f, stack, c, &missing_now, &entries));
     out.push(entries_check(stack, c, entries));
     if c.phase == Phase::Vfio {
@@ -349,6 +398,13 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         };
         let reboot_pending = !missing_now.is_empty();
         out.extend(device_checks(topo, stack, c, reboot_pending));
+        out.extend(super::reset_checks::checks(
+            host,
+            f,
+            stack,
+            c,
+            reboot_pending,
+        ));
     }
 }
 
@@ -389,7 +445,7 @@ fn cmdline_check(
 fn entries_check(stack: &Stack, c: &Config, entries: Entries) -> Check {
     let name = format!("gpt's kernel arguments in {}", stack.loader.entries_name());
     match entries {
-        Entries::Unreadable(why) => Check::warn(name, why),
+        Entries::Unreadable(why) | Entries::Unchecked(why) => Check::warn(name, why),
         Entries::Carry => Check::pass(name, c.args.join(" ")),
         Entries::Lack(m) => Check::warn(
             name,
@@ -544,6 +600,27 @@ fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: boo
         }
     }
     out
+}
+
+/// With nothing configured, boot entries that still carry vfio-pci.ids= (a reset before the
+/// reboot, then a kernel update that read /proc/cmdline): only loaders that can tell.
+fn stray_entries(host: &Host, f: &Facts, stack: &Stack) -> Option<Check> {
+    let found = stack.loader.carrying(host, f, "vfio_pci.ids")?;
+    let name = "boot entries without vfio-pci.ids";
+    Some(if found.is_empty() {
+        Check::pass(name, "none carries it")
+    } else {
+        Check::warn(
+            name,
+            format!(
+                "{} still carr{} vfio-pci.ids= although gpt configures nothing: a kernel or initramfs \
+                 update after `gpt reset` and before the reboot read /proc/cmdline; reboot, then run `{}`",
+                found.join(", "),
+                if found.len() == 1 { "ies" } else { "y" },
+                stack.loader.regenerate_hint()
+            ),
+        )
+    })
 }
 
 fn leftovers(host: &Host) -> Check {

@@ -10,24 +10,42 @@ use crate::describe::lspci_nn;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::pci::vendor_by_name;
+use crate::plan::FileChange;
 use crate::planner::{self, Options, Planned};
+use crate::resetability::{self, Level, Report};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
+use crate::txn::Runner;
 use crate::ui::Ui;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 #[derive(Serialize)]
 struct FullJson<'a> {
+    ok: bool,
     changed: bool,
     dry_run: bool,
     phase: crate::state::Phase,
     boot: StackId,
     devices: &'a [String],
     ids: &'a [String],
+    /// How vfio-pci gets the devices: `ids` (vfio-pci.ids=) or `address` (driver_override).
+    binding: crate::state::BindMode,
+    /// Devices taken from the host that are not functions of the card (`--force`).
+    taken_from_host: Vec<String>,
+    /// Functions of the card left on the host (`--gpu-group-only`).
+    left_on_host: Vec<String>,
     files: Vec<FileJson>,
     commands: Vec<Vec<String>>,
+    /// Commands the user still has to run before rebooting (`--no-update`).
+    manual_commands: &'a [String],
+    /// Passthrough configuration gpt did not write, and whether the rescue must undo it.
+    existing_passthrough: &'a [crate::passthrough::Found],
+    warnings: Vec<String>,
     reboot_required: bool,
+    /// Per device for vfio-pci: can the guest reset it, will it wake up (empty when only the
+    /// IOMMU is configured).
+    reset: &'a [Report],
 }
 
 /// VENDOR and DISTRO: a vendor name or 4-digit hex id, then optionally a distribution.
@@ -47,14 +65,14 @@ pub fn parse_positionals(args: &[String]) -> Result<(Option<u16>, Option<Distro>
         })
     };
     let bad_vendor = |s: &str| -> anyhow::Error {
-        anyhow::Error::new(crate::ui::UsageError(format!(
+        anyhow::Error::new(crate::cli::UsageError(format!(
             "'{}' is not a GPU vendor: give nvidia, amd, intel or a 4-digit hex vendor id such as 10de \
              (`gpt iommu --gpu` shows the ids)",
             s.escape_debug()
         )))
     };
     let bad_distro = |s: &str| -> anyhow::Error {
-        anyhow::Error::new(crate::ui::UsageError(format!(
+        anyhow::Error::new(crate::cli::UsageError(format!(
             "'{}' is not a distribution gpt supports: give debian or ubuntu, or leave it out to use /etc/os-release",
             s.escape_debug()
         )))
@@ -89,9 +107,10 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         args.yes,
         "changing this host's boot configuration needs root: run it with sudo (or add --dry-run to see the plan)",
     )?;
-    let facts = Facts::read(host)?;
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     check_distro(&facts, distro)?;
     let stack = facts.stack()?;
+    stack.loader.validate(&facts)?;
     facts.topology()?;
     ui.info(format!("boot stack: {}", stack.id()));
     let names = sysfs::load_names(host, &facts.topology);
@@ -106,7 +125,9 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         no_deps: args.no_deps,
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
+        no_idle_d3: args.no_idle_d3,
     };
+    let reset = reset_verdicts(host, ui, &facts, selection.as_ref());
     let mut planned = planner::plan(&facts, selection.as_ref(), &opts)?;
     if !args.no_update && crate::txn::update_needed(host)? {
         owe_updates(ui, &facts, &stack, &mut planned);
@@ -126,12 +147,20 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     if planned.plan.is_empty() {
         ui.ok("already configured: nothing to change");
         if ui.json {
-            print_json(ui, &planned, false, args.dry_run, Vec::new())?;
+            print_json(
+                ui,
+                selection.as_ref(),
+                &planned,
+                &reset,
+                false,
+                args.dry_run,
+                Vec::new(),
+            )?;
         }
         return Ok(0);
     }
     if session.dry_run() {
-        dry_run(ui, &planned)?;
+        dry_run(ui, selection.as_ref(), &planned, &reset)?;
         return Ok(0);
     }
     session.show(&planned.plan.render());
@@ -140,22 +169,73 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         return Ok(1);
     }
     let lock = session.lock().expect("a real run holds the lock");
-    let outcome = crate::txn::apply(host, ui, lock, &planned.plan, Some(&planned.config))?;
+    let outcome = apply(host, ui, lock, &facts, &stack, &planned)?;
     let files: Vec<FileJson> = outcome
         .files
         .iter()
         .map(|(path, action)| FileJson::new(path, *action))
         .collect();
     print_manual(ui, &planned);
-    let problems = verify(host, ui, &facts, &stack, &planned, &outcome.commands);
     if ui.json {
-        print_json(ui, &planned, true, false, files)?;
+        print_json(ui, selection.as_ref(), &planned, &reset, true, false, files)?;
     }
-    for p in &problems {
-        ui.warn(p);
+    finish_message(ui, &facts, &stack, &planned);
+    Ok(0)
+}
+
+/// Apply the plan in one transaction, verified before the commit: the loader's own check
+/// that the entries were regenerated, then [`verify`]. A loader whose regeneration rewrites
+/// the argument file (kernelstub) gets gpt's bytes back after it.
+fn apply(
+    host: &Host,
+    ui: &Ui,
+    lock: &crate::txn::Lock,
+    facts: &Facts,
+    stack: &Stack,
+    planned: &Planned,
+) -> Result<crate::txn::Outcome> {
+    let regenerates_entries = planned.plan.commands.iter().any(|c| {
+        stack
+            .loader
+            .regenerate(facts)
+            .iter()
+            .any(|r| r.argv == c.argv)
+    });
+    let check = |runner: &Runner| -> Result<()> {
+        if regenerates_entries {
+            stack
+                .loader
+                .confirm(host, facts, &planned.config.args, &[])?;
+        }
+        let problems = verify(runner, facts, stack, planned);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "the regenerated boot files do not carry the configuration: {}",
+            problems.join("; ")
+        )
+    };
+    let mut plan = planned.plan.clone();
+    if stack.loader.rewritten_by_regeneration() && regenerates_entries {
+        for c in planned
+            .plan
+            .files
+            .iter()
+            .filter(|c| stack.loader.owns(&c.path))
+        {
+            plan.after_commands
+                .push(FileChange::new(&c.path, c.after.clone(), c.after.clone()));
+        }
     }
-    finish_message(ui, &stack, &planned);
-    Ok(if problems.is_empty() { 0 } else { 1 })
+    crate::txn::apply_verified(
+        &Runner::new(host, ui),
+        lock,
+        &plan,
+        crate::txn::Finish::Record(Some(&planned.config)),
+        &[],
+        &check,
+    )
 }
 
 /// The devices for vfio-pci; `None` when the IOMMU is not on yet (this run then only adds
@@ -172,6 +252,8 @@ fn select_devices(
         devices: args.devices.clone(),
         all: args.all,
         force: args.force,
+        gpu_group_only: args.gpu_group_only,
+        cpu_maker: crate::pci::cpu_maker(facts.cpu_vendor.as_deref()),
     };
     if facts.topology.iommu_enabled() {
         let sel = select::select(&facts.topology, names, &req, &facts.protected)?;
@@ -208,7 +290,7 @@ fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
     ui.warn("an earlier run did not finish the update commands; running them all now");
 }
 
-fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
+fn dry_run(ui: &Ui, sel: Option<&Selection>, planned: &Planned, reset: &[Report]) -> Result<()> {
     if ui.json {
         let files = planned
             .plan
@@ -216,7 +298,7 @@ fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
             .iter()
             .map(|c| FileJson::new(&c.path, c.action()))
             .collect();
-        print_json(ui, planned, false, true, files)?;
+        print_json(ui, sel, planned, reset, false, true, files)?;
     } else {
         crate::ui::out(&planned.plan.render());
         print_manual(ui, planned);
@@ -225,28 +307,21 @@ fn dry_run(ui: &Ui, planned: &Planned) -> Result<()> {
     Ok(())
 }
 
-/// After the commands ran: the regenerated boot entries carry the arguments, and each
-/// initramfs image holds vfio-pci (unless that kernel builds it in).
-fn verify(
-    host: &Host,
-    ui: &Ui,
-    f: &Facts,
-    stack: &Stack,
-    planned: &Planned,
-    ran: &[Vec<String>],
-) -> Vec<String> {
-    if ran.is_empty() {
-        return Vec::new();
-    }
-    let regenerated = |steps: Vec<crate::plan::Step>| {
-        steps
-            .iter()
-            .any(|s| ran.iter().any(|r| r.first() == s.argv.first()))
-    };
+/// After the commands ran, before the commit: the regenerated boot entries carry the
+/// arguments, and each initramfs image holds vfio-pci (unless that kernel builds it in).
+fn verify(runner: &Runner, f: &Facts, stack: &Stack, planned: &Planned) -> Vec<String> {
+    let ran = &planned.plan.commands;
+    let regenerated =
+        |steps: Vec<crate::plan::Step>| steps.iter().any(|s| ran.iter().any(|r| r.argv == s.argv));
+    let host = runner.host();
     let mut problems = Vec::new();
-    let runner = crate::txn::Runner::new(host, ui);
-    if regenerated(stack.loader.regenerate()) {
-        problems.extend(stack.verify(host, &runner, &[], &planned.config.args, false));
+    if regenerated(stack.loader.regenerate(f)) {
+        if let crate::boot::Entries::Unchecked(why) =
+            stack.loader.entries(host, f, &planned.config.args)
+        {
+            runner.ui().info(format!("note: {why}"));
+        }
+        problems.extend(stack.verify(host, runner, f, &planned.config.args, false));
     }
     let images = regenerated(stack.initramfs.regenerate(f))
         && planned
@@ -255,7 +330,7 @@ fn verify(
             .iter()
             .any(|m| m == crate::facts::VFIO_PCI);
     if images {
-        problems.extend(stack.images_lacking(host, &runner, &f.kernels, crate::facts::VFIO_PCI));
+        problems.extend(stack.images_lacking(host, runner, &f.kernels, crate::facts::VFIO_PCI));
     }
     problems
 }
@@ -282,7 +357,13 @@ fn check_distro(f: &Facts, wanted: Option<Distro>) -> Result<()> {
 }
 
 fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Selection) {
-    ui.step("Devices for vfio-pci:");
+    ui.step(format!(
+        "Devices for vfio-pci (bound by {}):",
+        match sel.bind {
+            crate::state::BindMode::Ids => "vfio-pci.ids=",
+            crate::state::BindMode::Address => "address",
+        }
+    ));
     for a in &sel.targets {
         if let Some(d) = f.topology.device(a) {
             ui.info(format!(
@@ -294,6 +375,30 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
             ));
         }
     }
+    for n in &sel.notes {
+        ui.info(format!("note: {n}"));
+    }
+}
+
+/// Before the reboot: for each device going to vfio-pci, can the guest reset it, will it wake
+/// up (the facts are there already).
+fn reset_verdicts(host: &Host, ui: &Ui, f: &Facts, sel: Option<&Selection>) -> Vec<Report> {
+    let Some(sel) = sel else {
+        return Vec::new();
+    };
+    let facts = crate::reset_facts::read(host, f, &sel.targets);
+    let vfio = sel.targets.iter().copied().collect();
+    let reports = resetability::judge_all(&facts, &f.topology, &vfio);
+    ui.step("Reset by the guest, and waking up:");
+    for r in &reports {
+        let word = match r.verdict {
+            Level::Pass => "PASS",
+            Level::Warn => "WARN",
+        };
+        ui.info(format!("    {} {word}: {}", r.address, r.reason));
+        ui.info(format!("        {}", r.facts_line()));
+    }
+    reports
 }
 
 /// The generator writes each new image beside the old one: /boot needs room for one more.
@@ -328,23 +433,40 @@ fn print_manual(ui: &Ui, planned: &Planned) {
     }
 }
 
-fn finish_message(ui: &Ui, stack: &Stack, planned: &Planned) {
+fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
     use crate::state::Phase;
     match planned.config.phase {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
         Phase::Vfio => {
             ui.ok("configured. Reboot, then run `gpt check`.");
+            let undo: Vec<String> = planned
+                .existing
+                .iter()
+                .filter(|e| e.defeats_rescue)
+                .map(|e| format!("`{}` ({})", e.text, e.path))
+                .collect();
             ui.info(format!(
                 "If the host does not come up right: {}, then run `sudo gpt reset`.",
-                stack.loader.rescue(planned.config.bind)
+                stack.loader.rescue_on(facts, planned.config.bind)
             ));
+            if !undo.is_empty() {
+                ui.warn(format!(
+                    "that rescue alone does not give the card back to the host here: this host has \
+                     passthrough configuration gpt did not write. Also take out {}, then run \
+                     `sudo update-initramfs -u -k all` (or `sudo dracut --regenerate-all --force`) and \
+                     `sudo update-grub`, and reboot",
+                    undo.join(", ")
+                ));
+            }
         }
     }
 }
 
 fn print_json(
     ui: &Ui,
+    sel: Option<&Selection>,
     planned: &Planned,
+    reset: &[Report],
     changed: bool,
     dry_run: bool,
     files: Vec<FileJson>,
@@ -355,16 +477,30 @@ fn print_json(
         .iter()
         .map(|c| c.argv.clone())
         .collect();
+    let list = |v: &[crate::pci::PciAddress]| v.iter().map(|a| a.to_string()).collect();
     ui.print_json(&FullJson {
+        ok: true,
         changed,
         dry_run,
         phase: planned.config.phase,
         boot: planned.config.boot,
         devices: &planned.config.devices,
         ids: &planned.config.ids,
+        binding: planned.config.bind,
+        taken_from_host: sel.map(|s| list(&s.taken)).unwrap_or_default(),
+        left_on_host: sel.map(|s| list(&s.left)).unwrap_or_default(),
         files,
         commands,
+        manual_commands: &planned.manual,
+        existing_passthrough: &planned.existing,
+        warnings: sel
+            .iter()
+            .flat_map(|s| s.warnings.iter())
+            .chain(&planned.warnings)
+            .cloned()
+            .collect(),
         reboot_required: changed,
+        reset,
     })
 }
 
@@ -386,7 +522,10 @@ mod tests {
         assert_eq!(p(&["ubuntu"]).unwrap(), (None, Some(Distro::Ubuntu)));
         for bad in ["", "nvidia;reboot", "10de0", "ñvidia", "$(id)"] {
             let e = p(&[bad]).unwrap_err();
-            assert!(e.downcast_ref::<crate::ui::UsageError>().is_some(), "{bad}");
+            assert!(
+                e.downcast_ref::<crate::cli::UsageError>().is_some(),
+                "{bad}"
+            );
             assert!(e.to_string().contains("is not a GPU vendor"), "{e}");
         }
         let e = p(&["amd", "fedora"]).unwrap_err();

@@ -7,6 +7,7 @@ pub mod full;
 pub mod iommu;
 pub mod qemu;
 pub mod reset;
+mod reset_checks;
 mod session;
 
 use crate::cli::{Cli, Command};
@@ -29,14 +30,21 @@ pub fn run(cli: Cli) -> Result<u8> {
         );
     }
     let ui = Ui::new(cli.json);
-    match &cli.command {
+    let result = match &cli.command {
         Command::Iommu(args) => iommu::run(&host, &ui, args),
         Command::Full(args) => full::run(&host, &ui, args),
         Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+    };
+    // `--json` promises one document on stdout: a refusal or an error is one too.
+    if let Err(err) = &result {
+        if ui.json && !ui.printed_json() {
+            let _ = ui.print_json(&crate::ui::error_json(err));
+        }
     }
+    result
 }
 
 /// `gpt completions` and `gpt man` print a script or roff: with `--json` they refuse, as

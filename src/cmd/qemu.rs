@@ -75,7 +75,7 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     let topo = sysfs::read_topology(host)?;
     let names = sysfs::load_names(host, &topo);
     let cards = if args.devices.is_empty() {
-        configured_cards(ui, host)?
+        configured_cards(ui, host, &topo)?
     } else {
         chosen_cards(ui, &topo, &names, &args.devices)?
     };
@@ -127,9 +127,10 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The cards of the GPUs `gpt full` configured: the configured devices in a GPU's slot,
-/// grouped by slot. Other configured devices (taken with `full --force`) stay out of the VM.
-fn configured_cards(ui: &Ui, host: &Host) -> Result<Vec<Card>> {
+/// The cards of the GPUs `gpt full` configured: the configured devices in a GPU's slot or
+/// below the card's own switch (an Arc card's audio), grouped by slot. Other configured
+/// devices (taken with `full --force`) stay out of the VM.
+fn configured_cards(ui: &Ui, host: &Host, topo: &Topology) -> Result<Vec<Card>> {
     let config = state::load_config(host)?;
     let Some(config) = config.filter(|c| c.phase == Phase::Vfio && !c.devices.is_empty()) else {
         bail!("nothing configured; run `sudo gpt full VENDOR` or pass --device ADDR");
@@ -147,9 +148,13 @@ fn configured_cards(ui: &Ui, host: &Host) -> Result<Vec<Card>> {
             .collect()
     };
     let gpus = parse(&config.gpus)?;
-    let (mut addrs, others): (Vec<PciAddress>, Vec<PciAddress>) = parse(&config.devices)?
-        .into_iter()
-        .partition(|a| gpus.is_empty() || gpus.iter().any(|g| g.same_slot(a)));
+    let (mut addrs, others): (Vec<PciAddress>, Vec<PciAddress>) =
+        parse(&config.devices)?.into_iter().partition(|a| {
+            gpus.is_empty()
+                || gpus
+                    .iter()
+                    .any(|g| g.same_slot(a) || topo.card_of(g, None).contains(a))
+        });
     addrs.extend(gpus);
     if !others.is_empty() {
         let list: Vec<String> = others.iter().map(|a| a.to_string()).collect();

@@ -85,10 +85,16 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         "gpt reset changes /etc and /boot: run it with sudo (or add --dry-run to see what it would do)",
     )?;
     let state = State::load(host)?;
-    let facts = Facts::read(host)?;
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     let stack = stack_now(ui, &facts, state.as_ref());
+    // The arguments gpt added, for argument files that can hold no mark of gpt's.
+    let added: Vec<String> = state
+        .as_ref()
+        .and_then(|s| s.config.as_ref())
+        .map(|c| c.added_args.clone())
+        .unwrap_or_default();
     let mut items = match &state {
-        Some(s) => journalled(host, s)?,
+        Some(s) => journalled(host, s, &added)?,
         None => Vec::new(),
     };
     // gpt's marks in files the journal does not cover (all of them, without a journal).
@@ -96,6 +102,15 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         if !items.iter().any(|i| i.path == item.path) {
             items.push(item);
         }
+    }
+    if state.is_none() && !stack.loader.marks_in_file() {
+        ui.warn(format!(
+            "no journal ({STATE_FILE}): gpt cannot tell the arguments it may have added to {} \
+             from yours, since that file can hold no mark of gpt's; if `gpt check` or the file \
+             shows vfio-pci.ids= or IOMMU arguments you did not add, remove them yourself and run `{}`",
+            stack.loader.entries_source(),
+            stack.loader.regenerate_hint()
+        ));
     }
     if state.is_none() && items.iter().any(Item::changes) {
         ui.info(format!(
@@ -154,9 +169,75 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         return Ok(0);
     }
 
+    // The fallback trap: without the file gpt created, kernel-install reads /proc/cmdline,
+    // which holds gpt's arguments while the host runs with them. So the cleaned line is
+    // written first, the entries are regenerated and checked from it, and only then does
+    // the file go.
+    let mut trap = Vec::new();
+    let mut rewritten = Vec::new();
+    for change in plan.files.iter_mut() {
+        if let Some(after) = &change.after {
+            if args_owner(&change.path).is_some_and(|l| l.rewritten_by_regeneration()) {
+                // The regeneration (kernelstub) rewrites the file: these bytes go back after it.
+                rewritten.push(FileChange::new(
+                    &change.path,
+                    Some(after.clone()),
+                    Some(after.clone()),
+                ));
+            }
+        }
+        let Some(loader) = args_owner(&change.path).filter(|l| l.remove_after_regeneration())
+        else {
+            continue;
+        };
+        if change.after.is_some() {
+            continue;
+        }
+        let now = text(&change.path, change.before.as_deref().unwrap_or_default())?;
+        let cleaned = loader.strip_args(&change.path, &now, &added)?.into_bytes();
+        change.after = Some(cleaned.clone());
+        if args.no_update {
+            ui.warn(format!(
+                "--no-update: {} keeps your line without gpt's arguments; remove it yourself once the entries are regenerated (without it, kernel-install reads /proc/cmdline, which still holds gpt's arguments until you reboot)",
+                change.path.display()
+            ));
+        } else {
+            plan.after_commands
+                .push(FileChange::new(&change.path, Some(cleaned), None));
+            trap.push(change.path.display().to_string());
+        }
+    }
+
+    if !run_now.is_empty() {
+        plan.after_commands.extend(rewritten);
+    }
     let lock = session.lock().expect("a real run holds the lock");
     plan.commands = run_now;
-    let outcome = txn::apply_with(&Runner::new(host, ui), lock, &plan, Finish::Forget, &metas)?;
+    let loader_steps = stack.loader.regenerate(&facts);
+    let entries_regenerated = plan
+        .commands
+        .iter()
+        .any(|c| loader_steps.iter().any(|r| r.argv == c.argv));
+    let confirm = |_: &Runner| {
+        if entries_regenerated {
+            stack.loader.confirm(host, &facts, &[], &added)
+        } else {
+            Ok(())
+        }
+    };
+    let outcome = txn::apply_verified(
+        &Runner::new(host, ui),
+        lock,
+        &plan,
+        Finish::Forget,
+        &metas,
+        &confirm,
+    )?;
+    for path in &trap {
+        ui.warn(format!(
+            "removed {path}, which gpt had created: until you reboot, a kernel or initramfs update makes kernel-install read /proc/cmdline, which still holds gpt's arguments; reboot soon (`gpt check` flags an entry that carries them)"
+        ));
+    }
     let changed = !plan.files.is_empty();
     print_manual(ui, &manual);
     if ui.json {
@@ -294,7 +375,7 @@ fn modules_owner(path: &Path) -> Option<&'static dyn boot::Generator> {
 }
 
 /// What to do with each journalled file.
-fn journalled(host: &Host, state: &State) -> Result<Vec<Item>> {
+fn journalled(host: &Host, state: &State, added: &[String]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for e in &state.files {
         let path = PathBuf::from(&e.path);
@@ -319,7 +400,13 @@ fn journalled(host: &Host, state: &State) -> Result<Vec<Item>> {
                 path,
             }
         } else {
-            edited(&path, cur.as_ref(), written.as_deref(), original.as_deref())?
+            edited(
+                &path,
+                cur.as_ref(),
+                written.as_deref(),
+                original.as_deref(),
+                added,
+            )?
         };
         items.push(item);
     }
@@ -332,6 +419,7 @@ fn edited(
     cur: Option<&tfs::Current>,
     written: Option<&[u8]>,
     original: Option<&[u8]>,
+    added: &[String],
 ) -> Result<Item> {
     let Some(cur) = cur else {
         return Ok(Item::unchanged(
@@ -354,7 +442,7 @@ fn edited(
     let kept = "you changed it after gpt wrote it: removed only gpt's part and kept your changes";
     if let Some(loader) = args_owner(path) {
         let after = loader
-            .strip(path, &content)
+            .strip_args(path, &content, added)
             .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
         if after == content {
             return Ok(Item::unchanged(

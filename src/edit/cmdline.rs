@@ -18,9 +18,48 @@ pub fn value(token: &str) -> Option<&str> {
     token.split_once('=').map(|(_, v)| v)
 }
 
+/// The tokens that switch the IOMMU off, which passthrough cannot work without.
+///
+/// A foreign `vfio-pci.ids=` is not reported here: whether it is a conflict is the caller's
+/// decision.
+pub fn iommu_off(value_tokens: &[&str]) -> Vec<String> {
+    value_tokens
+        .iter()
+        .filter(|t| {
+            let key = key(t);
+            matches!(key.as_str(), "intel_iommu" | "amd_iommu" | "iommu")
+                && value(t).is_some_and(|v| v.split(',').any(|o| o == "off"))
+        })
+        .map(|t| t.to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflicting_tokens() {
+        let t = [
+            "quiet",
+            "intel_iommu=off",
+            "amd_iommu=off",
+            "iommu=off",
+            "iommu=pt",
+            "intel_iommu=on,igfx_off",
+            "intel-iommu=off",
+        ];
+        assert_eq!(
+            iommu_off(&t),
+            [
+                "intel_iommu=off",
+                "amd_iommu=off",
+                "iommu=off",
+                "intel-iommu=off"
+            ]
+        );
+        assert!(iommu_off(&["vfio-pci.ids=1:2"]).is_empty());
+    }
 
     #[test]
     fn split_on_any_ascii_whitespace() {

@@ -37,22 +37,6 @@ const ADDED_SUFFIX: &str = " (gpt reset removes them)";
 const QUOTED_SUFFIX: &str = " (gpt reset removes them and the quotes)";
 const CREATED_SUFFIX: &str = " (gpt reset removes this line)";
 
-/// The tokens that switch the IOMMU off, which passthrough cannot work without.
-///
-/// A foreign `vfio-pci.ids=` is not reported here: whether it is a conflict is the caller's
-/// decision.
-pub fn conflicts(value_tokens: &[&str]) -> Vec<String> {
-    value_tokens
-        .iter()
-        .filter(|t| {
-            let key = cmdline::key(t);
-            matches!(key.as_str(), "intel_iommu" | "amd_iommu" | "iommu")
-                && cmdline::value(t).is_some_and(|v| v.split(',').any(|o| o == "off"))
-        })
-        .map(|t| t.to_string())
-        .collect()
-}
-
 /// The logical value (quotes removed) of the effective, i.e. last uncommented, assignment
 /// of `var`; `None` when there is none.
 pub fn read_var(content: &str, var: &str) -> Result<Option<String>> {
@@ -1421,29 +1405,6 @@ GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
         let a = apply(DEBIAN12, V, &vfio()).unwrap();
         let (out, removed) = remove_tokens(&a, V, legacy).unwrap();
         assert_eq!((out.as_str(), removed.len()), (a.as_str(), 0));
-    }
-
-    #[test]
-    fn conflicting_tokens() {
-        let t = [
-            "quiet",
-            "intel_iommu=off",
-            "amd_iommu=off",
-            "iommu=off",
-            "iommu=pt",
-            "intel_iommu=on,igfx_off",
-            "intel-iommu=off",
-        ];
-        assert_eq!(
-            conflicts(&t),
-            toks(&[
-                "intel_iommu=off",
-                "amd_iommu=off",
-                "iommu=off",
-                "intel-iommu=off"
-            ])
-        );
-        assert!(conflicts(&["vfio-pci.ids=1:2"]).is_empty());
     }
 
     #[test]

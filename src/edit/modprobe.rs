@@ -22,6 +22,10 @@ pub const HEADER_FIRST_LINE: &str =
 pub const BIND_OFF: &str = "gpt.bind=off";
 
 const SYSFS_PCI: &str = "/sys/bus/pci/devices";
+/// Where a registered vfio-pci shows, and the file that makes the PCI core probe a device
+/// again (an override alone binds nothing when vfio-pci is already registered).
+const VFIO_DRIVER_DIR: &str = "/sys/bus/pci/drivers/vfio-pci";
+const DRIVERS_PROBE: &str = "/sys/bus/pci/drivers_probe";
 const INSTALL_PREFIX: &str = "install vfio_pci ";
 const LOAD_FOR_REAL: &str = "exec /sbin/modprobe --ignore-install vfio_pci $CMDLINE_OPTS";
 
@@ -47,6 +51,15 @@ pub fn is_gpt_owned(content: &str) -> bool {
 /// are names that are not plain module names and bind targets whose address is not a full
 /// PCI address; each one left out gets a comment line saying so.
 pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
+    render_with(softdeps, bind, false)
+}
+
+/// The line `gpt full --no-idle-d3` adds: vfio-pci keeps idle devices in D0 (some cards do
+/// not wake from D3cold).
+pub const NO_IDLE_D3: &str = "options vfio-pci disable_idle_d3=1";
+
+/// [`render`], with [`NO_IDLE_D3`] after the softdeps when `no_idle_d3`.
+pub fn render_with(softdeps: &[String], bind: &[BindTarget], no_idle_d3: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{HEADER_FIRST_LINE}");
     let mut skipped = Vec::new();
@@ -86,10 +99,16 @@ pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
             let _ = writeln!(s, "softdep {m} pre: vfio-pci");
         }
     }
+    if no_idle_d3 {
+        s.push_str("\n# Keep idle vfio-pci devices in D0: some cards do not wake from D3cold.\n");
+        let _ = writeln!(s, "{NO_IDLE_D3}");
+    }
     if !targets.is_empty() {
         s.push_str(
-            "\n# Before vfio-pci loads, hand it these devices by address (identical cards share\n\
-             # ids, so vfio-pci.ids= would take them all), but only while the ids still match:\n",
+            "\n# Before vfio-pci or any driver that could claim them loads, hand these devices to\n\
+             # vfio-pci by address (identical cards share ids, so vfio-pci.ids= would take them\n\
+             # all), but only while the ids still match; where vfio-pci is already registered (built\n\
+             # in, or loaded), ask the PCI core to probe the device again:\n",
         );
         for t in &targets {
             let _ = writeln!(s, "#   {} {:04x}:{:04x}", t.address, t.vendor, t.device);
@@ -97,8 +116,11 @@ pub fn render(softdeps: &[String], bind: &[BindTarget]) -> String {
         let _ = writeln!(
             s,
             "# Booting with {BIND_OFF} on the kernel command line skips this.\n{INSTALL_PREFIX}{}",
-            hook(&targets)
+            hook(&targets, "vfio_pci")
         );
+        for m in &mods {
+            let _ = writeln!(s, "install {m} {}", hook(&targets, m));
+        }
     }
     s
 }
@@ -156,19 +178,25 @@ pub fn bind_targets(content: &str) -> Vec<BindTarget> {
     out
 }
 
-/// The shell command of the hook (what follows `install vfio_pci `).
-fn hook(targets: &[BindTarget]) -> String {
+/// The shell command of the hook for `module` (what follows `install MODULE `): the overrides,
+/// then the module for real. Safe to run any number of times.
+fn hook(targets: &[BindTarget], module: &str) -> String {
     let checks: Vec<String> = targets
         .iter()
         .map(|t| {
             format!(
-                "d={SYSFS_PCI}/{}; [ \"$(cat $d/vendor 2>/dev/null)\" = {:#06x} ] && [ \"$(cat $d/device 2>/dev/null)\" = {:#06x} ] && echo vfio-pci > $d/driver_override",
-                t.address, t.vendor, t.device
+                "d={SYSFS_PCI}/{}; [ \"$(cat $d/vendor 2>/dev/null)\" = {:#06x} ] && [ \"$(cat $d/device 2>/dev/null)\" = {:#06x} ] && echo vfio-pci > $d/driver_override && {{ [ -e $d/driver ] || [ ! -d {VFIO_DRIVER_DIR} ] || echo {} > {DRIVERS_PROBE}; }}",
+                t.address, t.vendor, t.device, t.address
             )
         })
         .collect();
+    let load = if module == "vfio_pci" {
+        LOAD_FOR_REAL.to_string()
+    } else {
+        format!("exec /sbin/modprobe --ignore-install {module} $CMDLINE_OPTS")
+    };
     format!(
-        "case \" $(cat /proc/cmdline) \" in *\" {BIND_OFF} \"*) ;; *) {};; esac; {LOAD_FOR_REAL}",
+        "case \" $(cat /proc/cmdline) \" in *\" {BIND_OFF} \"*) ;; *) {};; esac; {load}",
         checks.join("; ")
     )
 }
@@ -258,6 +286,28 @@ mod tests {
     }
 
     #[test]
+    fn no_idle_d3_adds_one_options_line_after_the_softdeps() {
+        let plain = render(&s(&["nouveau"]), &two_cards());
+        let with = render_with(&s(&["nouveau"]), &two_cards(), true);
+        assert_eq!(render_with(&s(&["nouveau"]), &two_cards(), false), plain);
+        let line = "\n# Keep idle vfio-pci devices in D0: some cards do not wake from D3cold.\noptions vfio-pci disable_idle_d3=1\n";
+        assert_eq!(with.matches(NO_IDLE_D3).count(), 1);
+        assert!(
+            with.contains(&format!(
+                "softdep nouveau pre: vfio-pci\n{line}\n# Before vfio-pci or any driver"
+            )),
+            "{with}"
+        );
+        assert_eq!(with.replace(line, ""), plain);
+        assert_eq!(softdeps(&with), softdeps(&plain));
+        assert_eq!(bind_targets(&with), bind_targets(&plain));
+        assert_eq!(
+            render_with(&[], &[], true),
+            format!("{HEADER_FIRST_LINE}\n{line}")
+        );
+    }
+
+    #[test]
     fn render_is_deterministic() {
         let a = render(&s(&["b", "a"]), &two_cards());
         let mut rev = two_cards();
@@ -273,11 +323,27 @@ mod tests {
         assert_eq!(
             hook_line,
             "install vfio_pci case \" $(cat /proc/cmdline) \" in *\" gpt.bind=off \"*) ;; *) \
-             d=/sys/bus/pci/devices/0000:02:00.0; [ \"$(cat $d/vendor 2>/dev/null)\" = 0x10de ] && [ \"$(cat $d/device 2>/dev/null)\" = 0x1f08 ] && echo vfio-pci > $d/driver_override; \
-             d=/sys/bus/pci/devices/0000:02:00.1; [ \"$(cat $d/vendor 2>/dev/null)\" = 0x10de ] && [ \"$(cat $d/device 2>/dev/null)\" = 0x10f9 ] && echo vfio-pci > $d/driver_override;; \
+             d=/sys/bus/pci/devices/0000:02:00.0; [ \"$(cat $d/vendor 2>/dev/null)\" = 0x10de ] && [ \"$(cat $d/device 2>/dev/null)\" = 0x1f08 ] && echo vfio-pci > $d/driver_override && \
+             { [ -e $d/driver ] || [ ! -d /sys/bus/pci/drivers/vfio-pci ] || echo 0000:02:00.0 > /sys/bus/pci/drivers_probe; }; \
+             d=/sys/bus/pci/devices/0000:02:00.1; [ \"$(cat $d/vendor 2>/dev/null)\" = 0x10de ] && [ \"$(cat $d/device 2>/dev/null)\" = 0x10f9 ] && echo vfio-pci > $d/driver_override && \
+             { [ -e $d/driver ] || [ ! -d /sys/bus/pci/drivers/vfio-pci ] || echo 0000:02:00.1 > /sys/bus/pci/drivers_probe; };; \
              esac; exec /sbin/modprobe --ignore-install vfio_pci $CMDLINE_OPTS"
         );
         assert!(out.contains("#   0000:02:00.0 10de:1f08\n"));
+        // The same step in an install hook of every driver that could claim a device: it
+        // runs where vfio-pci is built in (kmod skips a built-in module's install command).
+        let nouveau = out
+            .lines()
+            .find(|l| l.starts_with("install nouveau "))
+            .unwrap();
+        assert_eq!(
+            nouveau.strip_prefix("install nouveau ").unwrap(),
+            hook_line
+                .strip_prefix(INSTALL_PREFIX)
+                .unwrap()
+                .replace("--ignore-install vfio_pci", "--ignore-install nouveau")
+        );
+        assert_eq!(out.lines().filter(|l| l.starts_with("install ")).count(), 2);
         // One line, no `#` in the command (modprobe.d comments), nothing modprobe would
         // read as a line continuation.
         assert!(!hook_line.contains('#') && !hook_line.ends_with('\\'));
@@ -342,26 +408,54 @@ mod tests {
     /// Run the hook for real against a fake sysfs and /proc/cmdline in a temporary
     /// directory (paths rewritten; nothing outside the directory is read or written).
     fn run_hook(targets: &[BindTarget], cmdline: &str, ids: &[(&str, &str, &str)]) -> Vec<String> {
+        run_hook_of("vfio_pci", false, &[], targets, cmdline, ids).0
+    }
+
+    /// The hook of `module`, with vfio-pci registered or not and the devices in `bound` on a
+    /// driver: the overrides written, and the addresses written to drivers_probe.
+    fn run_hook_of(
+        module: &str,
+        registered: bool,
+        bound: &[&str],
+        targets: &[BindTarget],
+        cmdline: &str,
+        ids: &[(&str, &str, &str)],
+    ) -> (Vec<String>, String) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let devices = root.join("devices");
+        if registered {
+            std::fs::create_dir_all(root.join("vfio-pci")).unwrap();
+        }
         for (addr, vendor, device) in ids {
             let d = devices.join(addr);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
             std::fs::write(d.join("device"), format!("{device}\n")).unwrap();
             std::fs::write(d.join("driver_override"), "(null)\n").unwrap();
+            if bound.contains(addr) {
+                std::fs::create_dir_all(d.join("driver")).unwrap();
+            }
         }
         std::fs::write(root.join("cmdline"), format!("{cmdline}\n")).unwrap();
-        let out = render(&[], targets);
+        let out = render(&[module.to_string()], targets);
+        let prefix = format!("install {module} ");
         let body = out
             .lines()
-            .find_map(|l| l.strip_prefix(INSTALL_PREFIX))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .unwrap();
         let body = body
             .replace(SYSFS_PCI, &devices.display().to_string())
+            .replace(
+                VFIO_DRIVER_DIR,
+                &root.join("vfio-pci").display().to_string(),
+            )
+            .replace(DRIVERS_PROBE, &root.join("probe").display().to_string())
             .replace("/proc/cmdline", &root.join("cmdline").display().to_string())
-            .replace(LOAD_FOR_REAL, "echo loaded $CMDLINE_OPTS > \"$OUT\"");
+            .replace(
+                &format!("exec /sbin/modprobe --ignore-install {module} $CMDLINE_OPTS"),
+                "echo loaded $CMDLINE_OPTS > \"$OUT\"",
+            );
         assert!(!body.contains("/sys/") && !body.contains("/proc/") && !body.contains("/sbin/"));
         let st = Command::new("sh")
             .args(["-c", &body])
@@ -373,7 +467,7 @@ mod tests {
         assert!(std::fs::read_to_string(root.join("loaded"))
             .unwrap()
             .starts_with("loaded"));
-        let mut bound: Vec<String> = ids
+        let mut overridden: Vec<String> = ids
             .iter()
             .filter(|(addr, _, _)| {
                 std::fs::read_to_string(devices.join(addr).join("driver_override")).unwrap()
@@ -381,8 +475,9 @@ mod tests {
             })
             .map(|(addr, _, _)| addr.to_string())
             .collect();
-        bound.sort();
-        bound
+        overridden.sort();
+        let probed = std::fs::read_to_string(root.join("probe")).unwrap_or_default();
+        (overridden, probed)
     }
 
     #[test]
@@ -414,5 +509,37 @@ mod tests {
         assert_eq!(run_hook(&two_cards(), cmd, &moved), ["0000:02:00.1"]);
         // A missing device is skipped quietly.
         assert!(run_hook(&[target("0000:09:00.0", 1, 2)], cmd, &ids).is_empty());
+    }
+
+    #[test]
+    fn a_claimants_hook_probes_again_only_where_vfio_pci_is_registered() {
+        if !have_sh() {
+            eprintln!("no /bin/sh: skipping the hook run");
+            return;
+        }
+        let ids = [
+            ("0000:02:00.0", "0x10de", "0x1f08"),
+            ("0000:02:00.1", "0x10de", "0x10f9"),
+            ("0000:03:00.0", "0x10de", "0x1f08"),
+        ];
+        let cmd = "ro quiet";
+        // vfio-pci not registered yet (a module): the override is enough.
+        let (o, probed) = run_hook_of("nouveau", false, &[], &two_cards(), cmd, &ids);
+        assert_eq!(o, ["0000:02:00.0", "0000:02:00.1"]);
+        assert_eq!(probed, "");
+        // Built in (or loaded): the unbound device is probed again; a bound one is not.
+        let (o, probed) = run_hook_of("nouveau", true, &["0000:02:00.1"], &two_cards(), cmd, &ids);
+        assert_eq!(o, ["0000:02:00.0", "0000:02:00.1"]);
+        assert_eq!(probed, "0000:02:00.0\n");
+        // The rescue switch: nothing written, the driver still loads.
+        let (o, probed) = run_hook_of(
+            "snd_hda_intel",
+            true,
+            &[],
+            &two_cards(),
+            "gpt.bind=off",
+            &ids,
+        );
+        assert!(o.is_empty() && probed.is_empty());
     }
 }

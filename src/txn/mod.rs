@@ -17,16 +17,16 @@ pub mod failpoint;
 pub mod fs;
 pub mod journal;
 pub mod lock;
-pub mod run;
+pub mod runner;
 pub mod signals;
 
 pub use fs::Meta;
 pub use journal::State;
 pub use lock::Lock;
-pub use run::{spawned, Captured, Runner};
+pub use runner::{spawned, Captured, Runner};
 
 use crate::host::Host;
-use crate::plan::{FileAction, Plan};
+use crate::plan::{FileAction, FileChange, Plan};
 use crate::state::{Config, STATE_DIR, STATE_FILE};
 use crate::ui::Ui;
 use anyhow::{bail, Result};
@@ -59,20 +59,23 @@ pub fn update_needed(host: &Host) -> Result<bool> {
     Ok(State::load(host)?.is_some_and(|s| s.update_needed))
 }
 
-/// Apply `plan` on `host`, recording `config` (what `gpt full` does).
+/// Apply `plan` on `host`, recording `config`, with `verify` before the commit (what `gpt
+/// full` does).
 pub fn apply(
     host: &Host,
     ui: &Ui,
     lock: &Lock,
     plan: &Plan,
     config: Option<&Config>,
+    verify: Verify,
 ) -> Result<Outcome> {
-    apply_with(
+    apply_verified(
         &Runner::new(host, ui),
         lock,
         plan,
         Finish::Record(config),
         &[],
+        verify,
     )
 }
 
@@ -92,12 +95,41 @@ struct Before {
 /// restored, and the error says what failed and that the host was rolled back.
 pub fn apply_with(
     runner: &Runner,
-    _lock: &Lock,
+    lock: &Lock,
     plan: &Plan,
     finish: Finish,
     metas: &[(PathBuf, Meta)],
 ) -> Result<Outcome> {
+    apply_verified(runner, lock, plan, finish, metas, &|_| Ok(()))
+}
+
+/// A check of the regenerated boot files, run after the plan's commands and before
+/// `plan.after_commands` and the commit: its error rolls the run back like a failed command
+/// (an image without vfio-pci, a boot loader's regeneration that silently wrote nothing).
+pub type Verify<'a> = &'a dyn Fn(&Runner) -> Result<()>;
+
+/// [`apply_with`], with `verify` run after the commands (when there were any).
+pub fn apply_verified(
+    runner: &Runner,
+    _lock: &Lock,
+    plan: &Plan,
+    finish: Finish,
+    metas: &[(PathBuf, Meta)],
+    verify: Verify,
+) -> Result<Outcome> {
     let host = runner.host();
+    for late in &plan.after_commands {
+        if !plan
+            .files
+            .iter()
+            .any(|f| f.path == late.path && !f.is_noop())
+        {
+            bail!(
+                "internal error: {} changes after the commands but not before",
+                late.path.display()
+            );
+        }
+    }
     let ui = runner.ui();
     let hold = signals::hold()?;
     let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
@@ -106,86 +138,9 @@ pub fn apply_with(
     let prev_raw = journal::load_raw(host)?;
     let prev = prev_raw.as_deref().map(journal::parse).transpose()?;
     journal::clean_temps(host)?;
-    let mut befores = Vec::new();
-    for f in &files {
-        if let Some(dir) = f.path.parent() {
-            fs::clean_temps(host, dir)?;
-        }
-        let current = fs::read(host, &f.path)?;
-        if current.as_ref().map(|c| &c.bytes) != f.before.as_ref() {
-            bail!(
-                "{} changed since gpt read it (another program is editing it?); nothing was changed, run gpt again",
-                f.path.display()
-            );
-        }
-        befores.push(Before {
-            path: f.path.clone(),
-            current,
-        });
-    }
-
+    let befores = unchanged_since_planning(host, &files)?;
     // The journal, before the first change.
-    let mut state = prev.clone().unwrap_or_default();
-    state.generation += 1;
-    state.update_needed = true;
-    if let Finish::Record(config) = finish {
-        state.config = config.cloned();
-        for (f, b) in files.iter().zip(&befores) {
-            let path = f.path.display().to_string();
-            let k = match state.files.iter().position(|e| e.path == path) {
-                Some(k) => k,
-                None => {
-                    let n = state.files.len() + 1;
-                    let meta = b
-                        .current
-                        .as_ref()
-                        .map(|c| c.meta)
-                        .unwrap_or_else(|| meta_for(metas, &f.path, f.new_mode));
-                    let original = f.before.as_ref().map(|bytes| {
-                        let name = journal::original_name(n);
-                        state.keep_blob(&name, bytes);
-                        name
-                    });
-                    state.files.push(journal::Entry {
-                        path,
-                        existed: f.before.is_some(),
-                        mode: meta.mode,
-                        uid: meta.uid,
-                        gid: meta.gid,
-                        original,
-                        written: None,
-                    });
-                    n - 1
-                }
-            };
-            let written = f.after.as_ref().map(|bytes| {
-                let name = journal::written_name(k + 1, state.generation);
-                state.keep_blob(&name, bytes);
-                name
-            });
-            state.files[k].written = written;
-        }
-        state.prune_blobs();
-    }
-    let mut new_dirs = fs::missing_dirs(host, Path::new(STATE_DIR))?;
-    for f in &files {
-        if f.after.is_some() {
-            if let Some(dir) = f.path.parent() {
-                for d in fs::missing_dirs(host, dir)? {
-                    if !new_dirs.contains(&d) {
-                        new_dirs.push(d);
-                    }
-                }
-            }
-        }
-    }
-    for d in &new_dirs {
-        let d = d.display().to_string();
-        if !state.created_dirs.contains(&d) {
-            state.created_dirs.push(d);
-        }
-    }
-
+    let state = journal_for(host, prev.as_ref(), &finish, &files, &befores, metas)?;
     let mut tx = Tx {
         runner,
         prev_raw: prev_raw.as_deref(),
@@ -233,6 +188,30 @@ pub fn apply_with(
             runner.run(step)?;
             outcome.commands.push(step.argv.clone());
             crate::failpoint!("after-command:{}", j + 1);
+        }
+        if !plan.commands.is_empty() {
+            interrupted(&hold)?;
+            verify(runner)?;
+        }
+        for late in &plan.after_commands {
+            interrupted(&hold)?;
+            match &late.after {
+                Some(bytes) => {
+                    fs::write(host, &late.path, bytes, None, late.new_mode)?;
+                }
+                None => {
+                    fs::remove(host, &late.path)?;
+                }
+            }
+            if let Some(entry) = outcome.files.iter_mut().find(|(p, _)| *p == late.path) {
+                let first = files.iter().find(|f| f.path == late.path);
+                entry.1 = FileChange::new(
+                    &late.path,
+                    first.and_then(|f| f.before.clone()),
+                    late.after.clone(),
+                )
+                .action();
+            }
         }
         Ok(outcome)
     })();
@@ -282,6 +261,106 @@ pub fn apply_with(
 /// again after a rollback so /boot matches the restored files.
 pub fn regenerates(step: &crate::plan::Step) -> bool {
     step.regenerates
+}
+
+/// The files of the plan as they are now, each checked to be what the plan was made from.
+fn unchanged_since_planning(
+    host: &Host,
+    files: &[&crate::plan::FileChange],
+) -> Result<Vec<Before>> {
+    let mut befores = Vec::new();
+    for f in files {
+        if let Some(dir) = f.path.parent() {
+            fs::clean_temps(host, dir)?;
+        }
+        let current = fs::read(host, &f.path)?;
+        if current.as_ref().map(|c| &c.bytes) != f.before.as_ref() {
+            bail!(
+                "{} changed since gpt read it (another program is editing it?); nothing was changed, run gpt again",
+                f.path.display()
+            );
+        }
+        befores.push(Before {
+            path: f.path.clone(),
+            current,
+        });
+    }
+
+    Ok(befores)
+}
+
+/// The journal to save before the first change: the previous one's originals kept, copies of
+/// what this run writes, an update owed until the commands ran, the folders it creates.
+fn journal_for(
+    host: &Host,
+    prev: Option<&State>,
+    finish: &Finish,
+    files: &[&crate::plan::FileChange],
+    befores: &[Before],
+    metas: &[(PathBuf, Meta)],
+) -> Result<State> {
+    let mut state = prev.cloned().unwrap_or_default();
+    state.generation += 1;
+    state.update_needed = true;
+    if let Finish::Record(config) = finish {
+        state.config = config.cloned();
+        for (f, b) in files.iter().zip(befores) {
+            let path = f.path.display().to_string();
+            let k = match state.files.iter().position(|e| e.path == path) {
+                Some(k) => k,
+                None => {
+                    let n = state.files.len() + 1;
+                    let meta = b
+                        .current
+                        .as_ref()
+                        .map(|c| c.meta)
+                        .unwrap_or_else(|| meta_for(metas, &f.path, f.new_mode));
+                    let original = f.before.as_ref().map(|bytes| {
+                        let name = journal::original_name(n);
+                        state.keep_blob(&name, bytes);
+                        name
+                    });
+                    state.files.push(journal::Entry {
+                        path,
+                        existed: f.before.is_some(),
+                        mode: meta.mode,
+                        uid: meta.uid,
+                        gid: meta.gid,
+                        original,
+                        written: None,
+                    });
+                    n - 1
+                }
+            };
+            let written = f.after.as_ref().map(|bytes| {
+                let name = journal::written_name(k + 1, state.generation);
+                state.keep_blob(&name, bytes);
+                name
+            });
+            state.files[k].written = written;
+        }
+        state.prune_blobs();
+    }
+    let mut new_dirs = fs::missing_dirs(host, Path::new(STATE_DIR))?;
+    for f in files {
+        if f.after.is_some() {
+            if let Some(dir) = f.path.parent() {
+                for d in fs::missing_dirs(host, dir)? {
+                    if !new_dirs.contains(&d) {
+                        new_dirs.push(d);
+                    }
+                }
+            }
+        }
+    }
+    for d in &new_dirs {
+        let d = d.display().to_string();
+        if !state.created_dirs.contains(&d) {
+            state.created_dirs.push(d);
+        }
+    }
+
+    Ok(state)
 }
 
 fn meta_for(metas: &[(PathBuf, Meta)], path: &Path, new_mode: u32) -> Meta {

@@ -3,7 +3,7 @@
 
 use crate::support::fakes::Fakes;
 use crate::support::hosts::DEBIAN_KVER;
-use crate::support::transact::{primed_host, simulate_full, snap};
+use crate::support::transact::{etc, primed_host, simulate_full, snap};
 use crate::support::tree::HostTree;
 use crate::support::{gpt, run};
 use gpt::host::Host;
@@ -17,13 +17,6 @@ fn reset(root: &Path, fakes: &Fakes) -> assert_cmd::Command {
     let mut c = gpt(root);
     c.env("PATH", fakes.path()).arg("reset");
     c
-}
-
-fn etc(root: &Path) -> Vec<(String, String)> {
-    snap(root)
-        .into_iter()
-        .filter(|(p, _)| p.starts_with("etc"))
-        .collect()
 }
 
 fn read(root: &Path, p: &str) -> String {
@@ -716,16 +709,21 @@ mod with_real_full {
 
 /// The real `gpt full` stopped dead at each fail point of its plan, on two hosts (the old
 /// README's RocketLake: three files, Intel IOMMU; an AMD server with a 3D controller and a
-/// built-in vfio-pci): a re-run of `full` leaves grub.cfg carrying the ids, and `reset` then
-/// gives back the byte-identical tree.
+/// built-in vfio-pci; RocketLake with dracut as on Ubuntu 26.04): a re-run of `full` leaves
+/// grub.cfg carrying the ids, and `reset` then gives back the byte-identical tree.
 #[cfg(feature = "failpoints")]
 #[test]
 fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
-    use crate::support::hosts::{amd_datacenter, rocketlake};
+    use crate::support::hosts::{amd_datacenter, rocketlake, rocketlake_dracut, Dracut};
     type Build = fn(&Path) -> crate::support::tree::HostTree;
-    let hosts: [(&str, Build, &str); 2] = [
+    let hosts: [(&str, Build, &str); 3] = [
         ("rocketlake", rocketlake, "vfio-pci.ids=10de:1f08"),
         ("amd-datacenter", amd_datacenter, "vfio-pci.ids=10de:2331"),
+        (
+            "rocketlake-dracut",
+            |r| rocketlake_dracut(r, Dracut::Ubuntu2604),
+            "vfio-pci.ids=10de:1f08",
+        ),
     ];
     let mut total = 0;
     for (name, build, ids) in hosts {

@@ -20,6 +20,29 @@
 //! - `depmod -a KVER` writes `ROOT/lib/modules/KVER/modules.dep` (fails for a missing KVER).
 //! - `dpkg-query -W [-f FMT] PKG…` reads `ROOT/var/lib/dpkg/status`; `apt-get install PKG…`
 //!   adds stanzas to it.
+//! - `kernel-install` follows systemd's: `$BOOT` from `BOOT_ROOT=` in `ROOT/etc/kernel/install.conf`,
+//!   else the first of `/efi`, `/boot`, `/boot/efi` that is a mounted ESP (here: holds `EFI/`),
+//!   else `/boot`; the entry token from `ROOT/etc/kernel/entry-token`, else the machine id; the
+//!   layout from `layout=`, else `$BOOT/loader/entries.srel` (`type1` → bls), else bls when
+//!   `$BOOT/TOKEN` exists, else other. `inspect` prints the environment list of the C version;
+//!   `add KVER KERNEL [INITRD…]` in the bls layout copies the files to `$BOOT/TOKEN/KVER/` and
+//!   writes `$BOOT/loader/entries/TOKEN-KVER.conf`, whose `options` come from
+//!   `/etc/kernel/cmdline` (lines joined, `#` lines skipped), else `/usr/lib/kernel/cmdline`,
+//!   else `ROOT/proc/cmdline` less `BOOT_IMAGE=` and `initrd=` (the fallback trap), plus
+//!   `systemd.machine_id=` when the token is the machine id; other layouts write nothing and
+//!   exit 0. `KERNEL_INSTALL_CONF_ROOT` makes it read those files from that folder only.
+//!   `FAKE_ESP_UNMOUNTED=1` makes `add` see no ESP (as when it is not mounted).
+//! - `proxmox-boot-tool refresh` syncs every ESP listed in `ROOT/etc/kernel/proxmox-boot-uuids`;
+//!   the fake keeps ESP `UUID` at `ROOT/var/tmp/espmounts/UUID` (the real one mounts it only
+//!   while it works). An ESP with `EFI/proxmox/grubx64.efi` gets `grub/grub.cfg` from
+//!   `/etc/default/grub`; the others get `loader/entries/proxmox-KVER.conf` whose `options`
+//!   are the first line of `/etc/kernel/cmdline`, else `/proc/cmdline` less `initrd=`, and it
+//!   fails without `root=` there, as the real one.
+//! - `kernelstub [-a OPTS] [-d OPTS]` edits `user.kernel_options` of
+//!   `ROOT/etc/kernelstub/configuration` (`-a` appends what is absent; `-d` removes and sorts
+//!   the rest, as its set does), rewrites the whole file without a final newline (json.dump),
+//!   and writes `{esp_path}/loader/entries/Pop_OS-current.conf` with `root=` from
+//!   `ROOT/proc/cmdline`, `ro` and the options.
 //! - `FAKE_FAIL=name` makes that fake print to stderr and exit 1; `FAKE_FAIL=name:N` only on
 //!   its N-th call (since [`Fakes::new`] or [`Fakes::reset_log`]); several, comma-separated.
 //!   `FAKE_SLEEP=name:SECS` makes it sleep first; `FAKE_SIGNAL_PARENT=name:INT` makes it send
@@ -38,8 +61,13 @@ pub const FAKES: &[&str] = &[
     "update-initramfs",
     "depmod",
     "lsinitramfs",
+    "dracut",
+    "lsinitrd",
     "dpkg-query",
     "apt-get",
+    "kernel-install",
+    "proxmox-boot-tool",
+    "kernelstub",
 ];
 
 const COMMON: &str = r##"
@@ -73,6 +101,34 @@ fake_begin() {
       exit 1
     fi
   done
+}
+
+# A module name in kmod's spelling: vfio-pci.ko.zst -> vfio_pci.
+fake_norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
+
+# fake_module_file KVER NAME: the module's file under lib/modules/KVER, or - if it has none.
+fake_module_file() {
+  local want f
+  want=$(fake_norm "$2")
+  while read -r f; do
+    [ -n "$f" ] || continue
+    if [ "$(fake_norm "$(basename "$f")")" = "$want" ]; then echo "${f#./}"; return; fi
+  done < <(cd "$FAKE_ROOT/lib/modules/$1" 2>/dev/null && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
+  echo -
+}
+
+# fake_list_image NAME PREFIX IMAGE: the image's files, each line PREFIX then the path.
+fake_list_image() {
+  local img=$3 k kind a b
+  if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
+  if [ ! -f "$img" ]; then echo "$1: $3: No such file or directory" >&2; exit 1; fi
+  k=$(sed -n '1s/.* for //p' "$img")
+  while read -r kind a b; do
+    case $kind in
+      module) [ "$b" != - ] && echo "$2usr/lib/modules/$k/$b" ;;
+      conf) echo "$2$a" ;;
+    esac
+  done < "$img"
 }
 
 # The kernels of the root: lib/modules/KVER with a /boot/vmlinuz-KVER, newest first.
@@ -141,6 +197,16 @@ echo "done" >&2
 const UPDATE_INITRAMFS: &str = r##"
 fake_begin update-initramfs yes "$@"
 root=$FAKE_ROOT
+# dracut 107 and later ship their own update-initramfs: it runs dracut for each kernel.
+if [ -e "$root/usr/bin/dracut" ]; then
+  for a in "$@"; do
+    case $a in -u|-c|-k|all|-v) ;; -*) echo "update-initramfs: unknown option $a" >&2; exit 2 ;; esac
+  done
+  for k in $(fake_kernels); do
+    FAKE_QUIET_LOG=1 /bin/bash "$FAKE_BIN/dracut" --force "/boot/initrd.img-$k" "$k" || exit 1
+  done
+  exit 0
+fi
 mode=
 kver=
 while [ $# -gt 0 ]; do
@@ -164,7 +230,6 @@ else
   [ -d "$root/lib/modules/$kver" ] || { echo "update-initramfs: /lib/modules/$kver does not exist" >&2; exit 1; }
   kvers=$kver
 fi
-norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
 for k in $kvers; do
   img="$root/boot/initrd.img-$k"
   if [ "$mode" = d ]; then rm -f "$img"; continue; fi
@@ -174,13 +239,7 @@ for k in $kvers; do
     if [ -f "$root/etc/initramfs-tools/modules" ]; then
       while read -r name _; do
         case $name in ''|'#'*) continue ;; esac
-        want=$(norm "$name")
-        found=-
-        while read -r f; do
-          [ -n "$f" ] || continue
-          if [ "$(norm "$(basename "$f")")" = "$want" ]; then found=${f#./}; break; fi
-        done < <(cd "$root/lib/modules/$k" 2>/dev/null && find . -type f \( -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' \) | LC_ALL=C sort)
-        echo "module $want $found"
+        echo "module $(fake_norm "$name") $(fake_module_file "$k" "$name")"
       done < "$root/etc/initramfs-tools/modules"
     fi
     for c in "$root"/etc/modprobe.d/*.conf; do
@@ -191,20 +250,253 @@ for k in $kvers; do
 done
 "##;
 
+const KERNEL_INSTALL: &str = r##"
+fake_begin kernel-install yes "$@"
+root=$FAKE_ROOT
+conf=${KERNEL_INSTALL_CONF_ROOT:-/etc/kernel}
+conf_val() { sed -n "s/^$1=//p" "$root$conf/install.conf" 2>/dev/null | tail -n1 | tr -d '"'; }
+machine_id=$(cat "$root/etc/machine-id" 2>/dev/null)
+boot=$(conf_val BOOT_ROOT)
+if [ -z "$boot" ]; then
+  for d in /efi /boot /boot/efi; do
+    if [ -d "$root$d/EFI" ] && [ "${FAKE_ESP_UNMOUNTED:-}" != 1 -o "$1" != add ]; then boot=$d; break; fi
+  done
+fi
+boot=${boot:-/boot}
+token=$(cat "$root$conf/entry-token" 2>/dev/null)
+token=${token:-$machine_id}
+layout=$(conf_val layout)
+if [ -z "$layout" ]; then
+  if [ -f "$root$boot/loader/entries.srel" ]; then
+    [ "$(head -n1 "$root$boot/loader/entries.srel")" = type1 ] && layout=bls || layout=other
+  elif [ -d "$root$boot/$token" ]; then layout=bls
+  else layout=other
+  fi
+fi
+verb=${1:-inspect}
+case $verb in
+  inspect)
+    printf 'Plugins:\n  /usr/lib/kernel/install.d/90-loaderentry.install\n\nEnvironments:\n'
+    printf '  LC_COLLATE=C\n  KERNEL_INSTALL_VERBOSE=0\n  KERNEL_INSTALL_IMAGE_TYPE=unknown\n'
+    printf '  KERNEL_INSTALL_MACHINE_ID=%s\n  KERNEL_INSTALL_ENTRY_TOKEN=%s\n' "$machine_id" "$token"
+    printf '  KERNEL_INSTALL_BOOT_ROOT=%s\n  KERNEL_INSTALL_LAYOUT=%s\n' "$boot" "$layout"
+    printf '\nPlugin arguments:\n  <add|remove> $KERNEL_VERSION %s/%s/$KERNEL_VERSION [$KERNEL_IMAGE] [$INITRD...]\n' "$boot" "$token"
+    ;;
+  add)
+    kver=${2:?kernel-install: add needs KERNEL-VERSION KERNEL-IMAGE}
+    kernel=${3:?kernel-install: add needs KERNEL-IMAGE}
+    shift 3
+    [ -f "$root$kernel" ] || { echo "Error: kernel image argument $kernel not a file" >&2; exit 1; }
+    [ "$layout" = bls ] || exit 0
+    if [ -f "$root$conf/cmdline" ]; then
+      opts=$(grep -v '^#' "$root$conf/cmdline" | tr '\n' ' ')
+    elif [ -z "${KERNEL_INSTALL_CONF_ROOT:-}" ] && [ -f "$root/usr/lib/kernel/cmdline" ]; then
+      opts=$(grep -v '^#' "$root/usr/lib/kernel/cmdline" | tr '\n' ' ')
+    else
+      opts=
+      for t in $(cat "$root/proc/cmdline"); do
+        case $t in BOOT_IMAGE=*|initrd=*) ;; *) opts="$opts $t" ;; esac
+      done
+    fi
+    opts=$(echo $opts)
+    if [ "$token" = "$machine_id" ] && [[ " $opts " != *" systemd.machine_id="* ]]; then
+      opts="$opts systemd.machine_id=$machine_id"
+    fi
+    dir="$root$boot/$token/$kver"
+    mkdir -p "$dir" "$root$boot/loader/entries"
+    cp "$root$kernel" "$dir/linux"
+    initrds=
+    for i in "$@"; do
+      cp "$root$i" "$dir/$(basename "$i")"
+      initrds="${initrds}initrd      /$token/$kver/$(basename "$i")"$'\n'
+    done
+    {
+      echo "# Boot Loader Specification type#1 entry"
+      echo "# File created by 90-loaderentry.install (gpt's fake kernel-install)"
+      echo "title      Debian GNU/Linux 13 (trixie)"
+      echo "version    $kver"
+      echo "machine-id $machine_id"
+      echo "sort-key   debian"
+      echo "options    $opts"
+      echo "linux      /$token/$kver/linux"
+      printf '%s' "$initrds"
+    } > "$root$boot/loader/entries/$token-$kver.conf"
+    ;;
+  remove)
+    rm -rf "$root$boot/$token/${2:?}" "$root$boot/loader/entries/$token-$2.conf"
+    ;;
+  *) echo "Unknown command verb '$verb'." >&2; exit 1 ;;
+esac
+"##;
+
+const PROXMOX_BOOT_TOOL: &str = r##"
+fake_begin proxmox-boot-tool yes "$@"
+root=$FAKE_ROOT
+[ "${1:-}" = refresh ] || { echo "fake proxmox-boot-tool: only refresh" >&2; exit 2; }
+echo "Running hook script 'proxmox-auto-removal'.." >&2
+uuids=$(grep -v '^#' "$root/etc/kernel/proxmox-boot-uuids" 2>/dev/null | awk '{print $1}')
+if [ -z "$uuids" ]; then
+  echo "No /etc/kernel/proxmox-boot-uuids found, skipping ESP sync." >&2
+  exit 0
+fi
+if [ -f "$root/etc/kernel/cmdline" ]; then
+  opts=$(head -n1 "$root/etc/kernel/cmdline")
+else
+  opts=
+  for t in $(cat "$root/proc/cmdline"); do
+    case $t in initrd=*) ;; *) opts="$opts $t" ;; esac
+  done
+  opts=$(echo $opts)
+fi
+for u in $uuids; do
+  esp="$root/var/tmp/espmounts/$u"
+  echo "Copying and configuring kernels on /dev/disk/by-uuid/$u" >&2
+  if [ -f "$esp/EFI/proxmox/grubx64.efi" ]; then
+    vals=$(
+      set +u
+      . "$root/etc/default/grub" || exit 1
+      printf '%s %s
+' "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"
+    ) || { echo "syntax error in /etc/default/grub" >&2; exit 1; }
+    mkdir -p "$esp/grub"
+    for k in $(fake_kernels); do
+      printf '	linux	/vmlinuz-%s root=ZFS=rpool/ROOT/pve-1 ro %s
+' "$k" "$vals"
+    done > "$esp/grub/grub.cfg"
+  else
+    if [[ " $opts " != *" root="* ]]; then
+      echo "No root= parameter in /etc/kernel/cmdline found!" >&2
+      exit 1
+    fi
+    mkdir -p "$esp/loader/entries"
+    rm -f "$esp"/loader/entries/proxmox-*.conf
+    for k in $(fake_kernels); do
+      mkdir -p "$esp/EFI/proxmox/$k"
+      [ -f "$root/boot/initrd.img-$k" ] && cp "$root/boot/initrd.img-$k" "$esp/EFI/proxmox/$k/"
+      printf 'title    Proxmox Virtual Environment\nversion  %s\noptions  %s\nlinux    /EFI/proxmox/%s/vmlinuz-%s\ninitrd   /EFI/proxmox/%s/initrd.img-%s\n' \
+        "$k" "$opts" "$k" "$k" "$k" "$k" > "$esp/loader/entries/proxmox-$k.conf"
+    done
+  fi
+done
+"##;
+
+const KERNELSTUB: &str = r##"
+fake_begin kernelstub yes "$@"
+root=$FAKE_ROOT
+conf="$root/etc/kernelstub/configuration"
+[ -f "$conf" ] || { echo "kernelstub: no configuration" >&2; exit 1; }
+add= del=
+while [ $# -gt 0 ]; do
+  case $1 in
+    -a|--add-options) add=$2; shift ;;
+    -d|--delete-options) del=$2; shift ;;
+    -v|-l|--verbose) ;;
+    *) echo "kernelstub: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+# user.kernel_options, one per line (kernelstub's own layout: one item per line).
+mapfile -t opts < <(awk '
+  /^  "user": \{/ { user=1 }
+  user && /"kernel_options": \[/ { inlist=1; next }
+  inlist && /^ *\]/ { exit }
+  inlist { gsub(/^ *"|",? *$/, ""); print }
+' "$conf")
+for a in $add; do
+  found=
+  for o in "${opts[@]}"; do [ "$o" = "$a" ] && found=1; done
+  [ -n "$found" ] || opts+=("$a")
+done
+if [ -n "$del" ]; then
+  keep=()
+  for o in "${opts[@]}"; do
+    [[ " $del " == *" $o "* ]] || keep+=("$o")
+  done
+  mapfile -t opts < <(printf '%s\n' "${keep[@]}" | sort)
+fi
+list=$(for k in "${!opts[@]}"; do
+  sep=,; [ "$k" -eq $(( ${#opts[@]} - 1 )) ] && sep=
+  printf '      "%s"%s\n' "${opts[$k]}" "$sep"
+done)
+new=$(awk -v list="$list" '
+  /^  "user": \{/ { user=1 }
+  user && /"kernel_options": \[/ && !done { print "    \"kernel_options\": ["; if (list != "") print list; skip=1; next }
+  skip && /^ *\]/ { sub(/^ */, "    "); print; skip=0; done=1; next }
+  skip { next }
+  { print }
+' "$conf")
+printf '%s' "$new" > "$conf.new" && mv -f "$conf.new" "$conf"
+esp=$(awk '/^  "user": \{/ { user=1 } user && /"esp_path"/ { gsub(/.*: *"|",?$/, ""); print; exit }' "$conf")
+esp=${esp:-/boot/efi}
+rootarg=
+for t in $(cat "$root/proc/cmdline"); do case $t in root=*) rootarg=$t ;; esac; done
+k=$(fake_kernels | head -n1)
+mkdir -p "$root$esp/loader/entries" "$root$esp/EFI/Pop_OS-fake"
+[ -f "$root/boot/initrd.img-$k" ] && cp "$root/boot/initrd.img-$k" "$root$esp/EFI/Pop_OS-fake/initrd.img"
+printf 'title Pop!_OS\nlinux /EFI/Pop_OS-fake/vmlinuz.efi\ninitrd /EFI/Pop_OS-fake/initrd.img\noptions %s ro %s\n' \
+  "$rootarg" "${opts[*]}" > "$root$esp/loader/entries/Pop_OS-current.conf"
+"##;
+
 const LSINITRAMFS: &str = r##"
 fake_begin lsinitramfs no "$@"
-img=${1:-}
-if [ -n "${FAKE_ROOT:-}" ] && [ -f "$FAKE_ROOT$img" ]; then img="$FAKE_ROOT$img"; fi
-if [ ! -f "$img" ]; then echo "lsinitramfs: $1: No such file or directory" >&2; exit 1; fi
-k=$(sed -n '1s/.* for //p' "$img")
-echo "."
-echo "usr"
-while read -r kind a b; do
-  case $kind in
-    module) [ "$b" != - ] && echo "usr/lib/modules/$k/$b" ;;
-    conf) echo "$a" ;;
+[ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "." && echo "usr"
+fake_list_image lsinitramfs "" "${1:-}"
+"##;
+
+/// dracut: `--force --regenerate-all`, or `--force IMAGE KVER`. The image is in the fake
+/// update-initramfs's format: one `module` line per module of the `force_drivers+=` and
+/// `add_drivers+=` lines of `ROOT/etc/dracut.conf.d/*.conf` (only `.conf` files, as dracut),
+/// one `conf` line per `install_items+=` file (and per modprobe.d file when `hostonly="yes"`).
+const DRACUT: &str = r##"
+if [ -z "${FAKE_QUIET_LOG:-}" ]; then fake_begin dracut yes "$@"; fi
+root=$FAKE_ROOT
+force= all= image= kver=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --force|-f) force=1 ;;
+    --regenerate-all) all=1 ;;
+    -q|--quiet) ;;
+    -*) echo "dracut: unknown option $1" >&2; exit 1 ;;
+    *) if [ -z "$image" ]; then image=$1; else kver=$1; fi ;;
   esac
-done < "$img"
+  shift
+done
+[ -n "$force" ] || { echo "dracut: Will not override existing initramfs without --force" >&2; exit 1; }
+conf_value() { # NAME: the words of every NAME+=" … " line, in file order
+  local f
+  for f in "$root"/etc/dracut.conf.d/*.conf; do
+    [ -f "$f" ] || continue
+    sed -n "s/^[[:space:]]*$1+=[[:space:]]*\"\\(.*\\)\"[[:space:]]*$/\\1/p" "$f"
+  done | tr -s ' \t' '\n\n' | sed '/^$/d'
+}
+build() { # KVER IMAGE
+  local k=$1 img=$root$2 want f
+  [ -d "$root/lib/modules/$k" ] || { echo "dracut: Cannot find module directory /lib/modules/$k" >&2; return 1; }
+  echo "dracut: *** Creating image file '$2' ***" >&2
+  {
+    echo "# initramfs written by gpt's fake dracut for $k"
+    for want in $(conf_value force_drivers; conf_value add_drivers); do
+      echo "module $(fake_norm "$want") $(fake_module_file "$k" "$want")"
+    done
+    for f in $(conf_value install_items); do
+      [ -f "$root$f" ] && echo "conf ${f#/} $(cksum < "$root$f" | cut -d' ' -f1)"
+    done
+  } > "$img.new" && mv -f "$img.new" "$img"
+}
+if [ -n "$all" ]; then
+  for k in $(fake_kernels); do build "$k" "/boot/initrd.img-$k" || exit 1; done
+else
+  [ -n "$image" ] && [ -n "$kver" ] || { echo "dracut: give IMAGE KVER or --regenerate-all" >&2; exit 1; }
+  build "$kver" "$image" || exit 1
+fi
+"##;
+
+/// lsinitrd IMAGE: the image's files, one per line with ls -l's columns before the path, as
+/// the real one prints them.
+const LSINITRD: &str = r##"
+fake_begin lsinitrd no "$@"
+[ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "Image: $1: 12M" && echo "========================================================================"
+fake_list_image lsinitrd "-rw-r--r--   1 root     root        12345 Jan  1 00:00 " "${1:-}"
 "##;
 
 const DEPMOD: &str = r##"
@@ -316,8 +608,13 @@ impl Fakes {
             ("update-initramfs", UPDATE_INITRAMFS),
             ("depmod", DEPMOD),
             ("lsinitramfs", LSINITRAMFS),
+            ("dracut", DRACUT),
+            ("lsinitrd", LSINITRD),
             ("dpkg-query", DPKG_QUERY),
             ("apt-get", APT_GET),
+            ("kernel-install", KERNEL_INSTALL),
+            ("proxmox-boot-tool", PROXMOX_BOOT_TOOL),
+            ("kernelstub", KERNELSTUB),
         ] {
             let script = format!(
                 "#!/bin/bash\n# {name}: a fake for gpt's tests (tests/support/fakes.rs)\nset -u\n\
@@ -376,6 +673,46 @@ impl Fakes {
             .env_remove("FAKE_SLEEP")
             .output()
             .unwrap()
+    }
+
+    /// [`Fakes::prime`] for a host without GRUB: the images, modules.dep, and each kernel's
+    /// systemd-boot entry.
+    pub fn prime_sdboot(&self, root: &Path) {
+        let mut kernels: Vec<String> = fs::read_dir(root.join("lib/modules"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        kernels.sort();
+        let mut cmds: Vec<Vec<String>> = Vec::new();
+        for k in &kernels {
+            cmds.push(vec!["depmod".into(), "-a".into(), k.clone()]);
+        }
+        cmds.push(
+            ["update-initramfs", "-u", "-k", "all"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for k in &kernels {
+            cmds.push(vec![
+                "kernel-install".into(),
+                "add".into(),
+                k.clone(),
+                format!("/boot/vmlinuz-{k}"),
+                format!("/boot/initrd.img-{k}"),
+            ]);
+        }
+        for c in cmds {
+            let argv: Vec<&str> = c.iter().map(String::as_str).collect();
+            let out = self.run(root, &argv);
+            assert!(
+                out.status.success(),
+                "priming with {argv:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.reset_log();
     }
 
     /// Give a host tree the grub.cfg, initramfs images and modules.dep its /etc implies, as

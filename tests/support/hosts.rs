@@ -76,13 +76,22 @@ pub fn debian_kernel(t: &mut HostTree, kver: &str) {
 pub fn rocketlake(root: &Path) -> HostTree {
     let mut t = HostTree::new(root);
     let intel = |addr: &str, dev: u16, class: u32| Dev::new(addr, (0x8086, dev), class);
+    // Kernel 6.1 lists reset methods: function 0 has `bus` (probed while it was alone on
+    // the bus), the later functions none; all are in D0.
     let nv = |addr: &str, dev: u16, class: u32, drv: &str| {
-        Dev::new(addr, (0x10de, dev), class)
+        let d = Dev::new(addr, (0x10de, dev), class)
             .rev(0xa1)
             .subsys(0x1043, 0x86f0)
             .group(14)
             .driver(drv)
             .behind("00:01.0")
+            .power_state("D0")
+            .d3cold_allowed(true);
+        if addr.ends_with(".0") {
+            d.reset_method("bus")
+        } else {
+            d
+        }
     };
     t.device(intel("00:00.0", 0x4c43, 0x060000).rev(1).group(1))
         .device(
@@ -314,6 +323,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
         grub_file: "/etc/default/grub".into(),
         grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
         args: s(&ROCKETLAKE_ARGS),
+        added_args: s(&ROCKETLAKE_ARGS),
         initramfs_modules: s(&["vfio", "vfio_iommu_type1", "vfio_virqfd", "vfio_pci"]),
         softdeps: s(&[
             "i2c_nvidia_gpu",
@@ -326,6 +336,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
         ]),
         kernels: s(&[DEBIAN_KVER]),
         boot: gpt::boot::StackId::default(),
+        no_idle_d3: false,
     }
 }
 
@@ -477,4 +488,448 @@ pub fn old_setup_sh(t: &mut HostTree) {
             &format!("options vfio-pci ids={ids}\n"),
         )
         .file("/etc/modprobe.d/xhci_hcd.conf", "blacklist xhci_hcd\n");
+}
+
+/// Which dracut a host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dracut {
+    /// Debian 13's dracut 106: no update-initramfs of its own.
+    Debian13,
+    /// dracut 107 and later (Debian testing, Ubuntu 25.10 and 26.04): its own
+    /// update-initramfs, and initramfs-tools-core left installed with /etc/initramfs-tools.
+    Ubuntu2604,
+}
+
+/// The RocketLake host with dracut building its images instead of initramfs-tools, as the
+/// package database says.
+pub fn rocketlake_dracut(root: &Path, which: Dracut) -> HostTree {
+    let mut t = rocketlake(root);
+    t.file("/usr/bin/dracut", "#!/bin/sh\n").file(
+        "/etc/dracut.conf.d/10-debian.conf",
+        "do_prelink=\"no\"\nhostonly=\"yes\"\n",
+    );
+    match which {
+        Dracut::Debian13 => {
+            std::fs::remove_file(root.join("usr/sbin/update-initramfs")).unwrap();
+            std::fs::remove_dir_all(root.join("etc/initramfs-tools")).unwrap();
+            dpkg_status(&mut t, &["dracut", "dracut-core"]);
+        }
+        Dracut::Ubuntu2604 => {
+            t.file("/etc/os-release", OS_UBUNTU2404);
+            dpkg_status(&mut t, &["dracut", "dracut-core", "initramfs-tools-core"]);
+        }
+    }
+    t
+}
+
+pub const MACHINE_ID: &str = "4d1e6a1b0c2f4e7a9b3c5d7e9f0a1b2c";
+
+/// The bytes of a Boot Loader Interface EFI variable: attributes, then UTF-16LE and a NUL.
+pub fn efi_var(s: &str) -> Vec<u8> {
+    let mut v = vec![6, 0, 0, 0];
+    for u in s.encode_utf16().chain([0]) {
+        v.extend(u.to_le_bytes());
+    }
+    v
+}
+
+/// The RocketLake host booting systemd-boot (Debian 13's `systemd-boot` package, the ESP at
+/// /boot/efi, entries written by kernel-install): with `/etc/kernel/cmdline` when `cmdline`
+/// is given, GRUB's package and settings too with `grub`, and the LoaderInfo EFI variable
+/// when `loader_info` is given.
+pub fn sdboot(
+    root: &Path,
+    cmdline: Option<&str>,
+    grub: bool,
+    loader_info: Option<&str>,
+) -> HostTree {
+    let mut t = rocketlake(root);
+    let mut pkgs = vec![
+        "initramfs-tools",
+        "systemd-boot",
+        "systemd-boot-efi",
+        "systemd",
+    ];
+    if grub {
+        pkgs.push("grub-efi-amd64");
+    } else {
+        std::fs::remove_file(root.join("etc/default/grub")).unwrap();
+    }
+    dpkg_status(&mut t, &pkgs);
+    t.file("/usr/bin/kernel-install", "#!/bin/sh\n")
+        .file("/usr/bin/bootctl", "#!/bin/sh\n")
+        .file("/etc/kernel/postinst.d/zz-systemd-boot", "#!/bin/sh\n")
+        .file("/etc/machine-id", &format!("{MACHINE_ID}\n"))
+        .file("/boot/efi/EFI/systemd/systemd-bootx64.efi", "MZ")
+        .file("/boot/efi/EFI/BOOT/BOOTX64.EFI", "MZ")
+        .file("/boot/efi/loader/entries.srel", "type1\n")
+        .file(
+            "/boot/efi/loader/loader.conf",
+            "#timeout 3\n#console-mode keep\n",
+        );
+    std::fs::create_dir_all(root.join(format!("boot/efi/{MACHINE_ID}"))).unwrap();
+    if let Some(line) = cmdline {
+        t.file("/etc/kernel/cmdline", line);
+    }
+    if let Some(info) = loader_info {
+        let dir = root.join("sys/firmware/efi/efivars");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+            efi_var(info),
+        )
+        .unwrap();
+    }
+    t
+}
+
+pub const PVE_ESP: &str = "4A1B-2C3D";
+
+/// The RocketLake host as a Proxmox VE install on ZFS: proxmox-boot-tool manages one ESP (the
+/// fake keeps it at /var/tmp/espmounts/UUID), and the unused /etc/default/grub is still there.
+/// With `sdboot` the ESP runs systemd-boot and LoaderInfo says so; otherwise GRUB (Secure
+/// Boot) and no LoaderInfo.
+pub fn pve_zfs(root: &Path, sdboot: bool) -> HostTree {
+    let mut t = rocketlake(root);
+    dpkg_status(
+        &mut t,
+        &[
+            "initramfs-tools",
+            "proxmox-kernel-helper",
+            "grub-efi-amd64",
+            "systemd-boot",
+        ],
+    );
+    t.file("/usr/sbin/proxmox-boot-tool", "#!/bin/sh\n")
+        .file(
+            "/etc/kernel/proxmox-boot-uuids",
+            &format!("# This file is auto-generated by proxmox-boot-tool\n{PVE_ESP}\n"),
+        )
+        .file(
+            "/proc/cmdline",
+            &format!("initrd=\\EFI\\proxmox\\{DEBIAN_KVER}\\initrd.img-{DEBIAN_KVER} root=ZFS=rpool/ROOT/pve-1 boot=zfs\n"),
+        );
+    let esp = format!("/var/tmp/espmounts/{PVE_ESP}");
+    if sdboot {
+        t.file(&format!("{esp}/EFI/systemd/systemd-bootx64.efi"), "MZ");
+        let dir = root.join("sys/firmware/efi/efivars");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+            efi_var("systemd-boot 252.33-1~deb12u1"),
+        )
+        .unwrap();
+    } else {
+        t.file(&format!("{esp}/EFI/proxmox/grubx64.efi"), "MZ");
+    }
+    t
+}
+
+/// kernelstub's configuration on Pop!_OS 22.04, as kernelstub writes it (json.dump, indent 2,
+/// no final newline), with the user's options.
+pub const KERNELSTUB_CONF: &str = "{\n  \"default\": {\n    \"kernel_options\": [\n      \"quiet\",\n      \"splash\"\n    ],\n    \"esp_path\": \"/boot/efi\",\n    \"setup_loader\": false,\n    \"manage_mode\": false,\n    \"force_update\": false,\n    \"live_mode\": false,\n    \"config_rev\": 3\n  },\n  \"user\": {\n    \"kernel_options\": [\n      \"quiet\",\n      \"loglevel=0\",\n      \"systemd.show_status=false\",\n      \"splash\"\n    ],\n    \"esp_path\": \"/boot/efi\",\n    \"setup_loader\": true,\n    \"manage_mode\": true,\n    \"force_update\": false,\n    \"live_mode\": false,\n    \"config_rev\": 3\n  }\n}";
+
+/// The RocketLake host as Pop!_OS: kernelstub writes systemd-boot's entries on /boot/efi.
+pub fn pop_os(root: &Path) -> HostTree {
+    let mut t = rocketlake(root);
+    std::fs::remove_file(root.join("etc/default/grub")).unwrap();
+    dpkg_status(&mut t, &["initramfs-tools", "kernelstub", "systemd"]);
+    t.file(
+        "/etc/os-release",
+        "NAME=\"Pop!_OS\"\nVERSION=\"22.04 LTS\"\nID=pop\nID_LIKE=\"ubuntu debian\"\nPRETTY_NAME=\"Pop!_OS 22.04 LTS\"\n",
+    )
+    .file("/etc/kernelstub/configuration", KERNELSTUB_CONF)
+    .file("/boot/efi/EFI/systemd/systemd-bootx64.efi", "MZ");
+    let dir = root.join("sys/firmware/efi/efivars");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
+        efi_var("systemd-boot 251.3"),
+    )
+    .unwrap();
+    t
+}
+
+// ---------------------------------------------------------------------------------------
+// Layouts people posted: cards whose functions are not all on the GPU's bus or group.
+
+/// A Debian 12 desktop or laptop around the devices a layout adds: an NVMe root disk behind
+/// its own root port (group 90), a wired NIC (group 91) carrying the default route, the CPU
+/// of `cpu_vendor` and its IOMMU table.
+pub fn layout_base(root: &Path, cpu_vendor: &str) -> HostTree {
+    let mut t = HostTree::new(root);
+    let maker = if cpu_vendor == "GenuineIntel" {
+        0x8086
+    } else {
+        0x1022
+    };
+    t.device(Dev::new("00:00.0", (maker, 0x0001), 0x060000).group(89))
+        .device(
+            Dev::new("00:1d.0", (maker, 0x0002), 0x060400)
+                .group(90)
+                .driver("pcieport"),
+        )
+        .device(
+            Dev::new("70:00.0", (0x144d, 0xa808), 0x010802)
+                .group(90)
+                .driver("nvme")
+                .behind("00:1d.0"),
+        )
+        .device(
+            Dev::new("00:1e.0", (maker, 0x0003), 0x060400)
+                .group(91)
+                .driver("pcieport"),
+        )
+        .device(
+            Dev::new("71:00.0", (0x10ec, 0x8125), 0x020000)
+                .group(91)
+                .driver("r8169")
+                .behind("00:1e.0"),
+        )
+        .driver_dir("vfio-pci")
+        .block(
+            "0000:70:00.0",
+            "nvme/nvme0",
+            "nvme0n1",
+            &["nvme0n1p1", "nvme0n1p2"],
+        )
+        .net("0000:71:00.0", "enp113s0");
+    if maker == 0x8086 {
+        t.file("/sys/firmware/acpi/tables/DMAR", "DMAR");
+    } else {
+        t.file("/sys/firmware/acpi/tables/IVRS", "IVRS");
+    }
+    debian12_etc(&mut t);
+    debian_kernel(&mut t, DEBIAN_KVER);
+    t.file("/proc/cpuinfo", &cpuinfo(cpu_vendor, "a CPU", "vmx svm", 8))
+        .file("/proc/meminfo", "MemTotal:       32711880 kB\n")
+        .file(
+            "/proc/cmdline",
+            &format!("BOOT_IMAGE=/boot/vmlinuz-{DEBIAN_KVER} root=/dev/nvme0n1p2 ro quiet\n"),
+        )
+        .file(
+            "/proc/mounts",
+            "/dev/nvme0n1p2 / ext4 rw 0 0\n/dev/nvme0n1p1 /boot/efi vfat rw 0 0\n",
+        )
+        .file("/proc/swaps", "Filename\tType\tSize\tUsed\tPriority\n")
+        .file(
+            "/proc/net/route",
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+             enp113s0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n",
+        );
+    t
+}
+
+/// An Arc A770 on an Alder Lake desktop: the card's own switch (8086:4fa1 upstream port,
+/// 8086:4fa4 downstream ports) below the CPU's root port 00:01.0, the GPU at 03:00.0 and its
+/// HDMI audio at 04:00.0. With `audio_group` 1 everything shares the root port's group (as
+/// when the ports lack ACS); otherwise the audio has a group of its own.
+pub fn arc_a770(root: &Path, audio_group: u32) -> HostTree {
+    let mut t = layout_base(root, "GenuineIntel");
+    let intel = |addr: &str, dev: u16, class: u32| Dev::new(addr, (0x8086, dev), class);
+    t.device(
+        intel("00:02.0", 0x4680, 0x030000)
+            .group(0)
+            .boot_vga()
+            .driver("i915"),
+    )
+    .device(
+        intel("00:01.0", 0x460d, 0x060400)
+            .group(1)
+            .driver("pcieport"),
+    )
+    .device(
+        intel("01:00.0", 0x4fa1, 0x060400)
+            .group(1)
+            .driver("pcieport")
+            .behind("00:01.0"),
+    )
+    .device(
+        intel("02:01.0", 0x4fa4, 0x060400)
+            .group(1)
+            .driver("pcieport")
+            .behind("01:00.0"),
+    )
+    .device(
+        intel("02:04.0", 0x4fa4, 0x060400)
+            .group(1)
+            .driver("pcieport")
+            .behind("01:00.0"),
+    )
+    .device(
+        intel("03:00.0", 0x56a0, 0x030000)
+            .subsys(0x8086, 0x1020)
+            .group(1)
+            .driver("i915")
+            .behind("02:01.0"),
+    )
+    .device(
+        intel("04:00.0", 0x4f90, 0x040300)
+            .subsys(0x8086, 0x1020)
+            .group(audio_group)
+            .driver("snd_hda_intel")
+            .behind("02:04.0"),
+    );
+    t
+}
+
+/// An RX 6800 XT on a Ryzen 7000 board: the card's own switch (1002:1478 upstream, 1002:1479
+/// downstream), and its VGA, HDMI audio, USB-C (xHCI) and UCSI functions in four groups. The
+/// CPU's iGPU drives the console.
+pub fn rx6800_four_groups(root: &Path) -> HostTree {
+    let mut t = layout_base(root, "AuthenticAMD");
+    let amd = |addr: &str, dev: u16, class: u32| Dev::new(addr, (0x1002, dev), class);
+    let card = |d: Dev| d.subsys(0x1da2, 0xe437).behind("0b:00.0");
+    t.device(
+        Dev::new("00:01.1", (0x1022, 0x14db), 0x060400)
+            .group(10)
+            .driver("pcieport"),
+    )
+    .device(
+        amd("0a:00.0", 0x1478, 0x060400)
+            .group(11)
+            .driver("pcieport")
+            .behind("00:01.1"),
+    )
+    .device(
+        amd("0b:00.0", 0x1479, 0x060400)
+            .group(12)
+            .driver("pcieport")
+            .behind("0a:00.0"),
+    )
+    .device(card(
+        amd("0c:00.0", 0x73bf, 0x030000).group(13).driver("amdgpu"),
+    ))
+    .device(card(
+        amd("0c:00.1", 0xab28, 0x040300)
+            .group(14)
+            .driver("snd_hda_intel"),
+    ))
+    .device(card(
+        amd("0c:00.2", 0x73a6, 0x0c0330)
+            .group(15)
+            .driver("xhci_hcd"),
+    ))
+    .device(card(
+        amd("0c:00.3", 0x73a4, 0x0c8000)
+            .group(16)
+            .driver("i2c-designware-pci"),
+    ))
+    .device(
+        Dev::new("00:08.1", (0x1022, 0x14dd), 0x060400)
+            .group(20)
+            .driver("pcieport"),
+    )
+    .device(
+        amd("10:00.0", 0x164e, 0x030000)
+            .group(21)
+            .boot_vga()
+            .driver("amdgpu")
+            .behind("00:08.1"),
+    );
+    t
+}
+
+/// A Renoir laptop (Ryzen 4000 APU with an RTX 2060 Max-Q) whose firmware puts the APU's
+/// whole slot in one group with the platform's dummy host bridge 00:08.0 (1022:1632, no
+/// driver) and the internal port 00:08.1: the iGPU and its HDMI audio, and the CPU's PSP and
+/// USB controllers.
+pub fn apu_laptop(root: &Path) -> HostTree {
+    let mut t = layout_base(root, "AuthenticAMD");
+    let amd = |addr: &str, v: u16, dev: u16, class: u32| {
+        Dev::new(addr, (v, dev), class).group(5).behind("00:08.1")
+    };
+    t.device(Dev::new("00:08.0", (0x1022, 0x1632), 0x060000).group(5))
+        .device(
+            Dev::new("00:08.1", (0x1022, 0x1635), 0x060400)
+                .group(5)
+                .driver("pcieport"),
+        )
+        .device(
+            amd("05:00.0", 0x1002, 0x1636, 0x030000)
+                .boot_vga()
+                .driver("amdgpu"),
+        )
+        .device(amd("05:00.1", 0x1002, 0x1637, 0x040300).driver("snd_hda_intel"))
+        .device(amd("05:00.2", 0x1022, 0x15df, 0x108000).driver("ccp"))
+        .device(amd("05:00.3", 0x1022, 0x1639, 0x0c0330).driver("xhci_hcd"))
+        .device(
+            Dev::new("00:01.1", (0x1022, 0x1633), 0x060400)
+                .group(2)
+                .driver("pcieport"),
+        )
+        .device(
+            Dev::new("01:00.0", (0x10de, 0x1f15), 0x030000)
+                .group(9)
+                .driver("nouveau")
+                .behind("00:01.1"),
+        );
+    t
+}
+
+/// Two RTX 3060 cards (GPU and HDMI audio each, own groups) of one board maker, or of two
+/// when `makers_differ`, on a host with two kernels: Debian's 6.1 (vfio-pci a module) and a
+/// 5.4 that builds vfio-pci in (as Ubuntu 20.04's did) and, with `xhci_builtin`, xhci_pci.
+pub fn twin_cards(root: &Path, makers_differ: bool, xhci_builtin: bool) -> HostTree {
+    let mut t = layout_base(root, "GenuineIntel");
+    let second = if makers_differ {
+        (0x3842, 0x3657)
+    } else {
+        (0x1043, 0x87f3)
+    };
+    let card = |slot: &str, port: &str, g: u32, sub: (u16, u16)| {
+        [
+            Dev::new(&format!("{slot}.0"), (0x10de, 0x2504), 0x030000)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("nouveau")
+                .behind(port),
+            Dev::new(&format!("{slot}.1"), (0x10de, 0x228e), 0x040300)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("snd_hda_intel")
+                .behind(port),
+        ]
+    };
+    t.device(
+        Dev::new("00:02.0", (0x8086, 0x4680), 0x030000)
+            .group(0)
+            .boot_vga()
+            .driver("i915"),
+    )
+    .device(
+        Dev::new("00:01.0", (0x8086, 0x460d), 0x060400)
+            .group(1)
+            .driver("pcieport"),
+    )
+    .device(
+        Dev::new("00:06.0", (0x8086, 0x464d), 0x060400)
+            .group(2)
+            .driver("pcieport"),
+    );
+    for d in card("01:00", "00:01.0", 11, (0x1043, 0x87f3)) {
+        t.device(d);
+    }
+    for d in card("02:00", "00:06.0", 12, second) {
+        t.device(d);
+    }
+    let mut builtin = vec![
+        "kernel/drivers/vfio/pci/vfio-pci.ko",
+        "kernel/drivers/vfio/vfio.ko",
+    ];
+    if xhci_builtin {
+        builtin.push("kernel/drivers/usb/host/xhci-pci.ko");
+    }
+    t.kernel(
+        "5.4.0-150-generic",
+        &[
+            "kernel/drivers/vfio/vfio_iommu_type1.ko",
+            "kernel/drivers/vfio/vfio_virqfd.ko",
+            "kernel/drivers/gpu/drm/nouveau/nouveau.ko",
+            "kernel/sound/pci/hda/snd-hda-intel.ko",
+        ],
+        &builtin,
+        "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n",
+    );
+    t
 }

@@ -32,6 +32,14 @@ pub fn snap(root: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The snapshot of /etc alone.
+pub fn etc(root: &Path) -> Vec<(String, String)> {
+    snap(root)
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("etc"))
+        .collect()
+}
+
 /// What `gpt full nvidia --no-deps` plans for the host under `root`.
 pub fn planned(root: &Path) -> Planned {
     let host = Host::new(root);
@@ -42,6 +50,7 @@ pub fn planned(root: &Path) -> Planned {
         devices: Vec::new(),
         all: false,
         force: false,
+        ..Request::default()
     };
     let sel = select::select(&facts.topology, &names, &req, &facts.protected).unwrap();
     let opts = Options {

@@ -25,6 +25,14 @@ pub struct Dev {
     pub boot_vga: bool,
     /// The bridge this device sits behind (its directory nests inside the bridge's).
     pub parent: Option<String>,
+    /// `reset_method`, `power_state`, `d3cold_allowed` (absent, as before 5.11/5.15, when
+    /// `None`).
+    pub reset_method: Option<String>,
+    pub power_state: Option<String>,
+    pub d3cold_allowed: Option<bool>,
+    /// A 256-byte config space with a PCIe capability whose DevCap has FLR or not (`None`:
+    /// the 64-byte header only).
+    pub pcie_flr: Option<bool>,
 }
 
 impl Dev {
@@ -45,7 +53,27 @@ impl Dev {
             group: None,
             boot_vga: false,
             parent: None,
+            reset_method: None,
+            power_state: None,
+            d3cold_allowed: None,
+            pcie_flr: None,
         }
+    }
+    pub fn reset_method(mut self, m: &str) -> Dev {
+        self.reset_method = Some(m.to_string());
+        self
+    }
+    pub fn power_state(mut self, p: &str) -> Dev {
+        self.power_state = Some(p.to_string());
+        self
+    }
+    pub fn d3cold_allowed(mut self, allowed: bool) -> Dev {
+        self.d3cold_allowed = Some(allowed);
+        self
+    }
+    pub fn pcie_flr(mut self, flr: bool) -> Dev {
+        self.pcie_flr = Some(flr);
+        self
     }
     pub fn rev(mut self, rev: u8) -> Dev {
         self.rev = rev;
@@ -102,6 +130,8 @@ pub fn module_of(driver: &str) -> Option<&'static str> {
         "e1000e" => "e1000e",
         "r8169" => "r8169",
         "ucsi_ccg" => "ucsi_ccg",
+        "i2c-designware-pci" => "i2c_designware_pci",
+        "ccp" => "ccp",
         _ => return None,
     })
 }
@@ -168,7 +198,7 @@ pub fn set_uevent_driver(dir: &Path, driver: Option<&str>) {
 }
 
 /// The first 64 bytes of a type-0 (or type-1 for bridges) config space, as lspci reads them.
-fn config_space(d: &Dev) -> Vec<u8> {
+pub fn config_space(d: &Dev) -> Vec<u8> {
     let mut c = vec![0u8; 64];
     c[0..2].copy_from_slice(&d.vendor.to_le_bytes());
     c[2..4].copy_from_slice(&d.device.to_le_bytes());
@@ -181,6 +211,17 @@ fn config_space(d: &Dev) -> Vec<u8> {
     if !bridge {
         c[0x2c..0x2e].copy_from_slice(&d.subsys.0.to_le_bytes());
         c[0x2e..0x30].copy_from_slice(&d.subsys.1.to_le_bytes());
+    }
+    if let Some(flr) = d.pcie_flr {
+        // Capability list: PM at 0x40, then PCIe at 0x60 with DevCap bit 28 (FLR).
+        c.resize(256, 0);
+        c[6] = 0x10;
+        c[0x34] = 0x40;
+        c[0x40] = 0x01;
+        c[0x41] = 0x60;
+        c[0x60] = 0x10;
+        let devcap: u32 = 0x8fc0 | if flr { 1 << 28 } else { 0 };
+        c[0x64..0x68].copy_from_slice(&devcap.to_le_bytes());
     }
     c
 }
@@ -225,6 +266,18 @@ impl HostTree {
         write(&p.join("subsystem_device"), hex16(d.subsys.1).as_bytes());
         write(&p.join("config"), &config_space(&d));
         write(&p.join("uevent"), uevent(&d).as_bytes());
+        if let Some(m) = &d.reset_method {
+            write(&p.join("reset_method"), format!("{m}\n").as_bytes());
+        }
+        if let Some(ps) = &d.power_state {
+            write(&p.join("power_state"), format!("{ps}\n").as_bytes());
+        }
+        if let Some(allowed) = d.d3cold_allowed {
+            write(
+                &p.join("d3cold_allowed"),
+                if allowed { b"1\n" } else { b"0\n" },
+            );
+        }
         if d.class >> 8 == 0x0300 {
             write(
                 &p.join("boot_vga"),

@@ -276,6 +276,24 @@ check_json_passes() {
     jq -r '.checks[]? | "  check| \(.status) \(.name): \(.detail)"' "$W/check.out" 2>/dev/null
 }
 
+# --- reset and power facts (gpt check's reset lines) ------------------------------------------
+# reset_facts_reported ADDR...: after check_json_passes, gpt check --json has one reset entry per
+# function with exactly the guest kernel's reset_method (a list; [] without the attribute) and
+# power_state.
+reset_facts_reported() {
+    local a d rm ps
+    for a in "$@"; do
+        d=/sys/bus/pci/devices/$a
+        rm='[]'
+        [ -e "$d/reset_method" ] && rm=$(jq -cn --arg m "$(cat "$d/reset_method")" '$m | split(" ") | map(select(. != ""))')
+        ps=$(cat "$d/power_state" 2>/dev/null)
+        check "gpt check: $a has reset_method $rm and power_state ${ps:-none}, as sysfs says" \
+            jqt check '[.checks[] | select(.reset.address == $a) | .reset] | length == 1 and .[0].reset_method == $rm and (.[0].power_state // "") == $ps' \
+            --arg a "$a" --argjson rm "$rm" --arg ps "$ps"
+    done
+}
+idle_d3_off() { test "$(cat /sys/module/vfio_pci/parameters/disable_idle_d3 2>/dev/null)" = Y; }
+
 qemu_names_both() {
     gpt_works qemu || { notok "gpt qemu is available ($why)"; return; }
     run qemu gpt qemu
@@ -537,6 +555,7 @@ main:2)
     check "/proc/cmdline: iommu=pt" cmdline_has iommu=pt
     check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
     check_json_passes
+    reset_facts_reported $GPU $AUDIO
     qemu_names_both
     purge_keeps_journal
     # The rescue step gpt prints: boot once without vfio-pci.ids= (as if edited at the GRUB prompt).
@@ -574,8 +593,8 @@ twin:1)
 twin:2)
     # After the killed run and a reboot, a re-run converges (it runs the update commands the
     # killed run owed).
-    full_configures full --device $GPU
-    full_again_is_noop full2 --device $GPU
+    full_configures full --device $GPU --no-idle-d3
+    full_again_is_noop full2 --device $GPU --no-idle-d3
     ;;
 twin:3)
     check "/proc/cmdline: vfio-pci.ids= does not hold $GPU_ID (it would take the twin too)" \
@@ -584,6 +603,8 @@ twin:3)
     check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
     check "the twin $TWIN stays on its boot-1 driver" drivers_match <(grep "^$TWIN " "$state/drivers.before")
     check_json_passes
+    reset_facts_reported $GPU $AUDIO
+    check "vfio_pci's disable_idle_d3 reads Y (gpt full --no-idle-d3)" idle_d3_off
     qemu_names_both
     # The rescue step gpt prints when it binds by address: boot once with gpt.bind=off.
     cp /boot/grub/grub.cfg "$state/grub.cfg.configured"

@@ -1,5 +1,8 @@
-//! The transaction (`gpt::txn`) against host trees, with the fake commands on PATH: journal,
-//! atomic writes, commands, rollback.
+//! The transaction (`gpt::txn`, the library, not the binary) against host trees, with the
+//! fake commands on PATH: journal, atomic writes, commands, rollback.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use crate::support::hosts::{rocketlake_config, DEBIAN_KVER};
 use crate::support::transact::{plan_with_args, planned, primed_host, simulate_full, snap};

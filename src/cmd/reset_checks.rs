@@ -1,0 +1,77 @@
+//! `gpt check`'s reset and power lines: per configured function, can the guest reset it and
+//! will it wake up (with the facts the verdict comes from), and, after `--no-idle-d3`, whether
+//! vfio-pci runs with `disable_idle_d3`.
+
+use super::check::Check;
+use crate::boot::Stack;
+use crate::facts::Facts;
+use crate::host::Host;
+use crate::pci::PciAddress;
+use crate::reset_facts;
+use crate::resetability::{self, Env, Level, Report};
+use crate::state::Config;
+use std::collections::BTreeSet;
+
+pub fn checks(
+    host: &Host,
+    f: &Facts,
+    stack: &Stack,
+    c: &Config,
+    reboot_pending: bool,
+) -> Vec<Check> {
+    let addrs: Vec<PciAddress> = c
+        .devices
+        .iter()
+        .filter_map(|d| PciAddress::parse(d))
+        .filter(|a| f.topology.device(a).is_some())
+        .collect();
+    let facts = reset_facts::read(host, f, &addrs);
+    let vfio: BTreeSet<PciAddress> = addrs.iter().copied().collect();
+    let mut out: Vec<Check> = resetability::judge_all(&facts, &f.topology, &vfio)
+        .into_iter()
+        .map(reset_check)
+        .collect();
+    if c.no_idle_d3 {
+        out.push(idle_d3_check(&facts.env, f, stack, reboot_pending));
+    }
+    out
+}
+
+fn reset_check(r: Report) -> Check {
+    let name = format!("{} resettable by the guest", r.address);
+    let detail = format!("{}; {}", r.reason, r.facts_line());
+    let mut check = match r.verdict {
+        Level::Pass => Check::pass(name, detail),
+        Level::Warn => Check::warn(name, detail),
+    };
+    check.reset = Some(r);
+    check
+}
+
+/// `gpt full --no-idle-d3` configured it: the loaded vfio_pci must have it on.
+fn idle_d3_check(env: &Env, f: &Facts, stack: &Stack, reboot_pending: bool) -> Check {
+    let name = "vfio-pci's disable_idle_d3 (--no-idle-d3)";
+    let todo = if reboot_pending {
+        "reboot pending".to_string()
+    } else {
+        format!(
+            "rebuild the initramfs (`{}`) and reboot",
+            stack.initramfs.regenerate_hint()
+        )
+    };
+    match env.disable_idle_d3 {
+        Some(true) => Check::pass(name, "Y: idle vfio-pci devices stay in D0"),
+        Some(false) => Check::fail(
+            name,
+            format!("/sys/module/vfio_pci/parameters/disable_idle_d3 reads N: vfio_pci was loaded without gpt's option; {todo}"),
+        ),
+        None if !f.vfio_pci_loaded => Check::fail(
+            name,
+            format!("vfio_pci is not loaded, so its disable_idle_d3 cannot be read; {todo}"),
+        ),
+        None => Check::warn(
+            name,
+            "vfio_pci is loaded but has no disable_idle_d3 parameter in /sys/module/vfio_pci/parameters",
+        ),
+    }
+}
