@@ -113,11 +113,72 @@ pub fn select(
     let mut warnings = Vec::new();
     let mut notes = Vec::new();
     let gpus = pick_gpus(topo, names, req, &mut warnings)?;
+    let (cards, left) = cards(topo, req, &gpus)?;
+    let on_cards: Vec<PciAddress> = cards.iter().flat_map(|(_, c)| c.clone()).collect();
 
-    // The cards first: a function of one chosen card in another's group is not foreign.
-    let mut cards: Vec<(PciAddress, Vec<PciAddress>)> = Vec::new();
+    let mut targets: Vec<PciAddress> = Vec::new();
+    let mut taken: Vec<PciAddress> = Vec::new();
+    let mut seen_groups = Vec::new();
+    for (gpu, card) in &cards {
+        notes.extend(elsewhere_note(topo, names, gpu, card));
+        for g in card_groups(topo, card) {
+            if seen_groups.contains(&g) {
+                continue;
+            }
+            seen_groups.push(g);
+            let mut shared = Shared {
+                warnings: &mut warnings,
+                taken: &mut taken,
+            };
+            for a in group_members(topo, names, req, g, gpu, &on_cards, &mut shared)? {
+                if !targets.contains(&a) {
+                    targets.push(a);
+                }
+            }
+        }
+    }
+    targets.sort();
+    taken.sort();
+    if targets.is_empty() {
+        bail!("no device to pass through was found; `gpt iommu --gpu` lists the GPUs and their groups");
+    }
+    warnings.extend(left_on_host(topo, names, &left));
+    refuse_host_critical(&targets, protected)?;
+    refuse_only_display(topo, req, &targets, &mut warnings)?;
+    let (ids, kernel_ids, bind) = binding(topo, &targets, &mut notes, &mut warnings)?;
+    Ok(Selection {
+        gpus,
+        targets,
+        ids,
+        kernel_ids,
+        bind,
+        taken,
+        left,
+        warnings,
+        notes,
+    })
+}
+
+/// A chosen GPU and the functions of its card to take.
+type Card = (PciAddress, Vec<PciAddress>);
+
+/// What a group's check adds to: the warnings, and the devices taken from the host.
+struct Shared<'a> {
+    warnings: &'a mut Vec<String>,
+    taken: &'a mut Vec<PciAddress>,
+}
+
+/// Each GPU with the functions of its card to take, and the card's functions left on the
+/// host (`--gpu-group-only`). The cards come first: a function of one chosen card in
+/// another's group is not foreign.
+fn cards(
+    topo: &Topology,
+    req: &Request,
+    gpus: &[PciAddress],
+) -> Result<(Vec<Card>, Vec<PciAddress>)> {
+    let mut cards: Vec<Card> = Vec::new();
     let mut left: Vec<PciAddress> = Vec::new();
-    for gpu in &gpus {
+    for gpu in gpus {
         let Some((gpu_group, _)) = topo.group_of(gpu) else {
             return Err(Refusal::error(
                 "no_iommu_group",
@@ -135,137 +196,154 @@ pub fn select(
         }
         cards.push((*gpu, card));
     }
-    let on_cards: Vec<PciAddress> = cards.iter().flat_map(|(_, c)| c.clone()).collect();
+    Ok((cards, left))
+}
 
-    let mut targets: Vec<PciAddress> = Vec::new();
-    let mut taken: Vec<PciAddress> = Vec::new();
-    let mut seen_groups = Vec::new();
-    for (gpu, card) in &cards {
-        let mut groups: Vec<u32> = Vec::new();
-        for f in card {
-            if let Some((g, _)) = topo.group_of(f) {
-                if !groups.contains(&g) {
-                    groups.push(g);
-                }
+/// The IOMMU groups of a card's functions, in their order.
+fn card_groups(topo: &Topology, card: &[PciAddress]) -> Vec<u32> {
+    let mut groups: Vec<u32> = Vec::new();
+    for f in card {
+        if let Some((g, _)) = topo.group_of(f) {
+            if !groups.contains(&g) {
+                groups.push(g);
             }
         }
-        let elsewhere: Vec<String> = card
+    }
+    groups
+}
+
+/// The note that the card has functions in groups of their own, taken with it.
+fn elsewhere_note(
+    topo: &Topology,
+    names: &Names,
+    gpu: &PciAddress,
+    card: &[PciAddress],
+) -> Option<String> {
+    let elsewhere: Vec<String> = card
+        .iter()
+        .filter(|f| topo.group_of(f).map(|(g, _)| g) != topo.group_of(gpu).map(|(g, _)| g))
+        .filter_map(|f| topo.device(f))
+        .map(|d| {
+            format!(
+                "{} (group {})",
+                line(d, names),
+                d.iommu_group.map(|g| g.to_string()).unwrap_or_default()
+            )
+        })
+        .collect();
+    if elsewhere.is_empty() {
+        return None;
+    }
+    Some(format!(
+            "the card of {gpu} has functions in IOMMU groups of their own, taken with it (--gpu-group-only leaves them on the host): {}",
+            elsewhere.join("; ")
+        ))
+}
+
+/// The members of group `g` (of `gpu`'s card) to give to vfio-pci, bridges aside; refused
+/// when a bridge in it is on a host driver, or when it holds devices that are not the card's
+/// (taken anyway with `--force`, and said).
+fn group_members(
+    topo: &Topology,
+    names: &Names,
+    req: &Request,
+    g: u32,
+    gpu: &PciAddress,
+    on_cards: &[PciAddress],
+    shared: &mut Shared,
+) -> Result<Vec<PciAddress>> {
+    let members: Vec<&PciDevice> = topo.groups[&g]
+        .iter()
+        .filter_map(|a| topo.device(a))
+        .collect();
+    let busy_bridges: Vec<&&PciDevice> = members
+        .iter()
+        .filter(|d| d.is_bridge())
+        .filter(|d| {
+            d.driver
+                .as_deref()
+                .is_some_and(|drv| !BRIDGE_DRIVERS.contains(&drv))
+        })
+        .collect();
+    if !busy_bridges.is_empty() {
+        let list: Vec<String> = busy_bridges
             .iter()
-            .filter(|f| topo.group_of(f).map(|(g, _)| g) != topo.group_of(gpu).map(|(g, _)| g))
-            .filter_map(|f| topo.device(f))
             .map(|d| {
                 format!(
-                    "{} (group {})",
+                    "  {} (driver {})",
                     line(d, names),
-                    d.iommu_group.map(|g| g.to_string()).unwrap_or_default()
+                    d.driver.as_deref().unwrap_or_default()
                 )
             })
             .collect();
-        if !elsewhere.is_empty() {
-            notes.push(format!(
-                "the card of {gpu} has functions in IOMMU groups of their own, taken with it (--gpu-group-only leaves them on the host): {}",
-                elsewhere.join("; ")
+        return Err(Refusal::error(
+            "bridge_with_driver",
+            busy_bridges.iter().map(|d| d.address),
+            format!(
+                "refusing: IOMMU group {g} of {gpu} holds a bridge that a host driver uses:\n{}\n\
+                 gpt never gives a bridge to vfio-pci, and vfio cannot use a group while one of its \
+                 members is on such a driver. --force does not override this;",
+                list.join("\n")
+            ),
+            "move the card to a slot in another IOMMU group (`gpt iommu` shows them)",
+        ));
+    }
+    let foreign: Vec<&&PciDevice> = members
+        .iter()
+        .filter(|d| !d.is_bridge() && !on_cards.contains(&d.address))
+        .collect();
+    if !foreign.is_empty() {
+        let list: Vec<String> = foreign.iter().map(|d| taken_line(d, names)).collect();
+        let splittable = foreign
+            .iter()
+            .all(|d| acs_could_split(topo, gpu, &d.address));
+        let they = if foreign.len() == 1 {
+            "this device is not a function of the card and would be taken from the host too"
+        } else {
+            "these devices are not functions of the card and would be taken from the host too"
+        };
+        let why = if splittable {
+            format!(
+                "The group is shared because the PCIe path lacks ACS isolation. Choices: move the \
+                 card to another slot (CPU-attached slots usually get their own group), enable ACS \
+                 in the firmware setup if it offers it, or use a kernel with the ACS override patch \
+                 ({ACS_CAVEAT})"
+            )
+        } else {
+            "No ACS setting splits this group (its members share it through the platform). \
+             Choice: move the card to another slot."
+                .to_string()
+        };
+        let msg = format!(
+            "IOMMU group {g} of {gpu} also holds:\n{}\n{they}: vfio-pci can only take a whole \
+             group. {why}",
+            list.join("\n")
+        );
+        if !req.force {
+            return Err(Refusal::error(
+                "shared_group",
+                foreign.iter().map(|d| d.address),
+                msg,
+                "--force takes the whole group anyway.",
             ));
         }
-        for g in groups {
-            if seen_groups.contains(&g) {
-                continue;
-            }
-            seen_groups.push(g);
-            let members: Vec<&PciDevice> = topo.groups[&g]
-                .iter()
-                .filter_map(|a| topo.device(a))
-                .collect();
-            let busy_bridges: Vec<&&PciDevice> = members
-                .iter()
-                .filter(|d| d.is_bridge())
-                .filter(|d| {
-                    d.driver
-                        .as_deref()
-                        .is_some_and(|drv| !BRIDGE_DRIVERS.contains(&drv))
-                })
-                .collect();
-            if !busy_bridges.is_empty() {
-                let list: Vec<String> = busy_bridges
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "  {} (driver {})",
-                            line(d, names),
-                            d.driver.as_deref().unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                return Err(Refusal::error(
-                    "bridge_with_driver",
-                    busy_bridges.iter().map(|d| d.address),
-                    format!(
-                        "refusing: IOMMU group {g} of {gpu} holds a bridge that a host driver uses:\n{}\n\
-                         gpt never gives a bridge to vfio-pci, and vfio cannot use a group while one of its \
-                         members is on such a driver. --force does not override this;",
-                        list.join("\n")
-                    ),
-                    "move the card to a slot in another IOMMU group (`gpt iommu` shows them)",
-                ));
-            }
-            let foreign: Vec<&&PciDevice> = members
-                .iter()
-                .filter(|d| !d.is_bridge() && !on_cards.contains(&d.address))
-                .collect();
-            if !foreign.is_empty() {
-                let list: Vec<String> = foreign.iter().map(|d| taken_line(d, names)).collect();
-                let splittable = foreign
-                    .iter()
-                    .all(|d| acs_could_split(topo, gpu, &d.address));
-                let they = if foreign.len() == 1 {
-                    "this device is not a function of the card and would be taken from the host too"
-                } else {
-                    "these devices are not functions of the card and would be taken from the host too"
-                };
-                let why = if splittable {
-                    format!(
-                        "The group is shared because the PCIe path lacks ACS isolation. Choices: move the \
-                         card to another slot (CPU-attached slots usually get their own group), enable ACS \
-                         in the firmware setup if it offers it, or use a kernel with the ACS override patch \
-                         ({ACS_CAVEAT})"
-                    )
-                } else {
-                    "No ACS setting splits this group (its members share it through the platform). \
-                     Choice: move the card to another slot."
-                        .to_string()
-                };
-                let msg = format!(
-                    "IOMMU group {g} of {gpu} also holds:\n{}\n{they}: vfio-pci can only take a whole \
-                     group. {why}",
-                    list.join("\n")
-                );
-                if !req.force {
-                    return Err(Refusal::error(
-                        "shared_group",
-                        foreign.iter().map(|d| d.address),
-                        msg,
-                        "--force takes the whole group anyway.",
-                    ));
-                }
-                warnings.push(format!(
-                    "--force: IOMMU group {g} of {gpu} is shared; gpt takes from the host:\n{}",
-                    list.join("\n")
-                ));
-                taken.extend(foreign.iter().map(|d| d.address));
-            }
-            for d in members {
-                if !d.is_bridge() && !targets.contains(&d.address) {
-                    targets.push(d.address);
-                }
-            }
-        }
+        shared.warnings.push(format!(
+            "--force: IOMMU group {g} of {gpu} is shared; gpt takes from the host:\n{}",
+            list.join("\n")
+        ));
+        shared.taken.extend(foreign.iter().map(|d| d.address));
     }
-    targets.sort();
-    taken.sort();
-    if targets.is_empty() {
-        bail!("no device to pass through was found; `gpt iommu --gpu` lists the GPUs and their groups");
-    }
-    for f in &left {
+    Ok(members
+        .iter()
+        .filter(|d| !d.is_bridge())
+        .map(|d| d.address)
+        .collect())
+}
+
+/// `--gpu-group-only`: a warning for each function of the card that stays on the host.
+fn left_on_host(topo: &Topology, names: &Names, left: &[PciAddress]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for f in left {
         if let Some(d) = topo.device(f) {
             warnings.push(format!(
                 "--gpu-group-only: {} (group {}) is a function of the card and stays on the host{}",
@@ -281,7 +359,14 @@ pub fn select(
         }
     }
 
-    // Never, even with --force: devices the host needs to boot or to stay reachable.
+    warnings
+}
+
+/// Never, even with --force: devices the host needs to boot or to stay reachable.
+fn refuse_host_critical(
+    targets: &[PciAddress],
+    protected: &BTreeMap<PciAddress, String>,
+) -> Result<()> {
     let fatal: Vec<&PciAddress> = targets
         .iter()
         .filter(|a| protected.contains_key(a))
@@ -304,7 +389,16 @@ pub fn select(
         ));
     }
 
-    // The boot VGA with no other display device: the host would come up headless.
+    Ok(())
+}
+
+/// The boot VGA with no other display device: the host would come up headless.
+fn refuse_only_display(
+    topo: &Topology,
+    req: &Request,
+    targets: &[PciAddress],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
     let other_display = topo
         .devices
         .values()
@@ -332,8 +426,19 @@ pub fn select(
         }
     }
 
+    Ok(())
+}
+
+/// The ids of the targets, the ids for the kernel command line, and how to bind: by ids,
+/// by long ids when identical twins differ in subsystem ids, by address when they do not.
+fn binding(
+    topo: &Topology,
+    targets: &[PciAddress],
+    notes: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<String>, Vec<String>, BindMode)> {
     let mut ids: Vec<String> = Vec::new();
-    for a in &targets {
+    for a in targets {
         let dev = topo.device(a).expect("targets come from the topology");
         let Some(id) = dev.id() else {
             bail!(
@@ -368,7 +473,7 @@ pub fn select(
         })
     });
     let mut kernel_ids: Vec<String> = Vec::new();
-    for a in &targets {
+    for a in targets {
         let dev = topo.device(a).expect("targets come from the topology");
         let id = dev.id().expect("checked above");
         let k = if twin_ids.contains(&id) {
@@ -407,17 +512,7 @@ pub fn select(
         ));
         BindMode::Address
     };
-    Ok(Selection {
-        gpus,
-        targets,
-        ids,
-        kernel_ids,
-        bind,
-        taken,
-        left,
-        warnings,
-        notes,
-    })
+    Ok((ids, kernel_ids, bind))
 }
 
 /// The GPUs the request names (before looking at groups).
