@@ -47,27 +47,9 @@ pub struct Current {
     pub meta: Meta,
 }
 
-/// Where a write to `abs` lands: symlinks followed, but never out of the root. Under `/`,
-/// links are followed the same way, so a symlinked `/etc/default/grub` keeps its link.
-pub fn target(host: &Host, abs: &Path) -> Result<PathBuf> {
-    if !host.is_real_root() {
-        return host.resolve(abs);
-    }
-    let mut path = Path::new("/").join(abs);
-    for _ in 0..40 {
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let to = fs::read_link(&path)
-                    .with_context(|| format!("cannot read link {}", path.display()))?;
-                path = match path.parent() {
-                    Some(parent) => parent.join(to),
-                    None => to,
-                };
-            }
-            _ => return Ok(path),
-        }
-    }
-    bail!("too many levels of symbolic links in {}", abs.display())
+/// Where a write to `abs` lands ([`Host::write_target`]).
+fn target(host: &Host, abs: &Path) -> Result<PathBuf> {
+    host.write_target(abs)
 }
 
 /// The file at `abs` (as on the target host), or `None` when it does not exist. A directory

@@ -31,7 +31,7 @@ impl Lock {
         // /run is a tmpfs on a real host; a host tree may lack it. The lock need not survive
         // a crash, so the folder is not synced.
         super::fs::create_dirs_unsynced(host, dir)?;
-        let path = super::fs::target(host, abs)?;
+        let path = host.write_target(abs)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
