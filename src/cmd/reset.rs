@@ -93,31 +93,7 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         .and_then(|s| s.config.as_ref())
         .map(|c| c.added_args.clone())
         .unwrap_or_default();
-    let mut items = match &state {
-        Some(s) => journalled(host, s, &added)?,
-        None => Vec::new(),
-    };
-    // gpt's marks in files the journal does not cover (all of them, without a journal).
-    for item in marked(host)? {
-        if !items.iter().any(|i| i.path == item.path) {
-            items.push(item);
-        }
-    }
-    if state.is_none() && !stack.loader.marks_in_file() {
-        ui.warn(format!(
-            "no journal ({STATE_FILE}): gpt cannot tell the arguments it may have added to {} \
-             from yours, since that file can hold no mark of gpt's; if `gpt check` or the file \
-             shows vfio-pci.ids= or IOMMU arguments you did not add, remove them yourself and run `{}`",
-            stack.loader.entries_source(),
-            stack.loader.regenerate_hint()
-        ));
-    }
-    if state.is_none() && items.iter().any(Item::changes) {
-        ui.info(format!(
-            "no journal ({STATE_FILE}): undoing what gpt marked as its own in the files themselves"
-        ));
-    }
-
+    let mut items = items_to_reset(host, ui, state.as_ref(), &stack, &added)?;
     for item in &items {
         describe(ui, item);
     }
@@ -153,26 +129,80 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         return nothing_to_reset(host, &session, state.is_some(), &items);
     }
     if session.dry_run() {
-        let shown: Vec<Vec<String>> = run_now.iter().map(|s| s.argv.clone()).collect();
-        if !ui.json {
-            if !run_now.is_empty() {
-                crate::ui::out("\nCommands:\n");
-                for c in &run_now {
-                    crate::ui::out(&format!("  {}\n", c.shell_line()));
-                }
-            }
-        } else {
-            report(ui, false, true, &items, shown, false)?;
+        return dry_run(ui, &items, &run_now, &manual);
+    }
+    let trap = regeneration_order(ui, args, &mut plan, &added, !run_now.is_empty())?;
+    let lock = session.lock().expect("a real run holds the lock");
+    plan.commands = run_now;
+    let outcome = apply(host, ui, lock, &facts, &stack, &plan, &metas, &added)?;
+    finish(ui, &plan, &items, &outcome, &manual, &trap)
+}
+
+/// What reset does to each file: the journalled ones, then gpt's marks in files the journal
+/// does not cover (all of them, without a journal).
+fn items_to_reset(
+    host: &Host,
+    ui: &Ui,
+    state: Option<&State>,
+    stack: &Stack,
+    added: &[String],
+) -> Result<Vec<Item>> {
+    let mut items = match state {
+        Some(s) => journalled(host, s, added)?,
+        None => Vec::new(),
+    };
+    for item in marked(host)? {
+        if !items.iter().any(|i| i.path == item.path) {
+            items.push(item);
         }
-        print_manual(ui, &manual);
-        ui.info("dry run: nothing was changed");
-        return Ok(0);
+    }
+    if state.is_none() && !stack.loader.marks_in_file() {
+        ui.warn(format!(
+            "no journal ({STATE_FILE}): gpt cannot tell the arguments it may have added to {} \
+             from yours, since that file can hold no mark of gpt's; if `gpt check` or the file \
+             shows vfio-pci.ids= or IOMMU arguments you did not add, remove them yourself and run `{}`",
+            stack.loader.entries_source(),
+            stack.loader.regenerate_hint()
+        ));
+    }
+    if state.is_none() && items.iter().any(Item::changes) {
+        ui.info(format!(
+            "no journal ({STATE_FILE}): undoing what gpt marked as its own in the files themselves"
+        ));
     }
 
-    // The fallback trap: without the file gpt created, kernel-install reads /proc/cmdline,
-    // which holds gpt's arguments while the host runs with them. So the cleaned line is
-    // written first, the entries are regenerated and checked from it, and only then does
-    // the file go.
+    Ok(items)
+}
+
+fn dry_run(ui: &Ui, items: &[Item], run_now: &[Step], manual: &[Step]) -> Result<u8> {
+    let shown: Vec<Vec<String>> = run_now.iter().map(|s| s.argv.clone()).collect();
+    if !ui.json {
+        if !run_now.is_empty() {
+            crate::ui::out("\nCommands:\n");
+            for c in run_now {
+                crate::ui::out(&format!("  {}\n", c.shell_line()));
+            }
+        }
+    } else {
+        report(ui, false, true, items, shown, false)?;
+    }
+    print_manual(ui, manual);
+    ui.info("dry run: nothing was changed");
+    Ok(0)
+}
+
+/// The fallback trap: without the file gpt created, kernel-install reads /proc/cmdline,
+/// which holds gpt's arguments while the host runs with them. So the cleaned line is
+/// written first, the entries are regenerated and checked from it, and only then does the
+/// file go (the paths returned). A file the regeneration rewrites (kernelstub) gets reset's
+/// bytes back after it.
+fn regeneration_order(
+    ui: &Ui,
+    args: &ResetArgs,
+    plan: &mut Plan,
+    added: &[String],
+    regenerates: bool,
+) -> Result<Vec<String>> {
     let mut trap = Vec::new();
     let mut rewritten = Vec::new();
     for change in plan.files.iter_mut() {
@@ -194,7 +224,7 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
             continue;
         }
         let now = text(&change.path, change.before.as_deref().unwrap_or_default())?;
-        let cleaned = loader.strip_args(&change.path, &now, &added)?.into_bytes();
+        let cleaned = loader.strip_args(&change.path, &now, added)?.into_bytes();
         change.after = Some(cleaned.clone());
         if args.no_update {
             ui.warn(format!(
@@ -208,47 +238,64 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         }
     }
 
-    if !run_now.is_empty() {
+    if regenerates {
         plan.after_commands.extend(rewritten);
     }
-    let lock = session.lock().expect("a real run holds the lock");
-    plan.commands = run_now;
-    let loader_steps = stack.loader.regenerate(&facts);
+    Ok(trap)
+}
+
+/// Apply the reset, with the loader's own check that the entries were regenerated.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    host: &Host,
+    ui: &Ui,
+    lock: &txn::Lock,
+    facts: &Facts,
+    stack: &Stack,
+    plan: &Plan,
+    metas: &[(PathBuf, Meta)],
+    added: &[String],
+) -> Result<txn::Outcome> {
+    let loader_steps = stack.loader.regenerate(facts);
     let entries_regenerated = plan
         .commands
         .iter()
         .any(|c| loader_steps.iter().any(|r| r.argv == c.argv));
     let confirm = |_: &Runner| {
         if entries_regenerated {
-            stack.loader.confirm(host, &facts, &[], &added)
+            stack.loader.confirm(host, facts, &[], added)
         } else {
             Ok(())
         }
     };
-    let outcome = txn::apply_verified(
+    txn::apply_verified(
         &Runner::new(host, ui),
         lock,
-        &plan,
+        plan,
         Finish::Forget,
-        &metas,
+        metas,
         &confirm,
-    )?;
-    for path in &trap {
+    )
+}
+
+/// What reset tells: the trap's warning, the commands left to run, the JSON, the result.
+fn finish(
+    ui: &Ui,
+    plan: &Plan,
+    items: &[Item],
+    outcome: &txn::Outcome,
+    manual: &[Step],
+    trap: &[String],
+) -> Result<u8> {
+    for path in trap {
         ui.warn(format!(
             "removed {path}, which gpt had created: until you reboot, a kernel or initramfs update makes kernel-install read /proc/cmdline, which still holds gpt's arguments; reboot soon (`gpt check` flags an entry that carries them)"
         ));
     }
     let changed = !plan.files.is_empty();
-    print_manual(ui, &manual);
+    print_manual(ui, manual);
     if ui.json {
-        report(
-            ui,
-            changed,
-            false,
-            &items,
-            outcome.commands.clone(),
-            changed,
-        )?;
+        report(ui, changed, false, items, outcome.commands.clone(), changed)?;
     }
     if changed {
         ui.ok(format!(
