@@ -226,6 +226,15 @@ impl Facts {
         Ok(f)
     }
 
+    /// The installed kernels that build `module` in (`_` spelling), by version.
+    pub fn built_in_by(&self, module: &str) -> Vec<&str> {
+        self.kernels
+            .iter()
+            .filter(|k| k.builtin.contains(module))
+            .map(|k| k.version.as_str())
+            .collect()
+    }
+
     /// The PCI devices and IOMMU groups, or why they could not be read.
     pub fn topology(&self) -> Result<&Topology> {
         match &self.topology_error {

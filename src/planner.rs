@@ -205,12 +205,7 @@ fn wanted(
         // neither a softdep nor an install hook nor vfio-pci.ids= (with vfio-pci a module)
         // holds it off.
         for m in &c {
-            let kernels: Vec<&str> = f
-                .kernels
-                .iter()
-                .filter(|k| k.builtin.contains(m))
-                .map(|k| k.version.as_str())
-                .collect();
+            let kernels = f.built_in_by(m);
             if !kernels.is_empty() {
                 warnings.push(format!(
                     "{m} is built into kernel {}: it can take {} at boot before vfio-pci does, and gpt \
@@ -223,12 +218,7 @@ fn wanted(
         w.softdeps.extend(c);
     }
     if w.bind == BindMode::Address {
-        let builtin: Vec<&str> = f
-            .kernels
-            .iter()
-            .filter(|k| k.builtin.contains(VFIO_PCI))
-            .map(|k| k.version.as_str())
-            .collect();
+        let builtin = f.built_in_by(VFIO_PCI);
         if !builtin.is_empty() {
             notes.push(format!(
                 "vfio-pci is built into kernel {}: kmod never runs an install command for it there, so \
