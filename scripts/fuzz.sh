@@ -4,6 +4,7 @@
 #   bash scripts/fuzz.sh                    # 60 s
 #   FUZZ_SECONDS=600 bash scripts/fuzz.sh   # longer
 #   FUZZ_SANITIZER=none bash scripts/fuzz.sh   # where the ASan runtime is missing
+#   FUZZ_SEED=1 FUZZ_RUNS=400000 bash scripts/fuzz.sh   # reproducible: same inputs every run
 #
 # Only a stable toolchain is needed: cargo-fuzz passes nightly-only flags (-Zsanitizer, …),
 # which RUSTC_BOOTSTRAP=1 lets stable rustc accept. cargo-fuzz is installed with
@@ -17,6 +18,11 @@ cd "$(dirname "$0")/.."
 
 SECONDS_MAX=${FUZZ_SECONDS:-60}
 SANITIZER=${FUZZ_SANITIZER:-address}
+# A fixed seed and a number of runs (instead of a time) make the run the same on every machine,
+# so a red CI is caused by the change it ran on; without them each run searches afresh.
+limit=(-max_total_time="$SECONDS_MAX")
+[ -n "${FUZZ_RUNS:-}" ] && limit=(-runs="$FUZZ_RUNS")
+[ -n "${FUZZ_SEED:-}" ] && limit+=(-seed="$FUZZ_SEED")
 
 if ! command -v cargo-fuzz >/dev/null; then
   echo "== installing cargo-fuzz" >&2
@@ -48,16 +54,19 @@ printf '\017\003# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes
 printf '\017\003# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\r\nGRUB_CMDLINE_LINUX=export ' \
   >"$corpus/seed-created-unquoted"
 
+# Every input that once broke a law (fuzz/regressions/grub, committed) is run first.
+cp fuzz/regressions/grub/* "$corpus/"
+
 # --- run ------------------------------------------------------------------------------------
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-echo "== fuzzing grub for ${SECONDS_MAX} s (sanitizer: $SANITIZER)" >&2
+echo "== fuzzing grub: ${limit[*]} (sanitizer: $SANITIZER)" >&2
 status=0
 # cargo-fuzz has no --locked: check fuzz/Cargo.lock first, so the build below cannot change it.
 cargo fetch --locked --manifest-path fuzz/Cargo.toml
 # cargo-fuzz's default build: optimized, with debug assertions and overflow checks.
 RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz --sanitizer "$SANITIZER" grub "$corpus" -- \
-  -max_total_time="$SECONDS_MAX" -dict=fuzz/grub.dict -timeout=10 -print_final_stats=1 \
+  "${limit[@]}" -dict=fuzz/grub.dict -timeout=10 -print_final_stats=1 \
   2>&1 | tee "$log" >&2 || status=$?
 
 done_line=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n 1 || true)

@@ -394,10 +394,14 @@ fn rewrite(
     }
     let mut quote = asg.quote;
     if !add.is_empty() && quote == Quote::None {
-        if kind == Kind::Created && !rest_after_reverse(&inner, &gtoks).is_empty() {
+        // Reset deletes gpt's created line only when nothing but `VAR=` is left of it.
+        let reset_deletes = rest_after_reverse(&inner, &gtoks).is_empty()
+            && asg.rebuild(&body, "", Quote::None) == format!("{var}=");
+        if kind == Kind::Created && !reset_deletes {
             // gpt wrote this line quoted; someone took the quotes off and put words of their
-            // own in. Adding needs the quotes back, and a "created" marker cannot say so:
-            // `gpt reset` would leave them, not the line as it is now.
+            // own in (or anything after the value). Adding needs the quotes back, and a
+            // "created" marker cannot say so: `gpt reset` would leave them, not the line as
+            // it is now.
             bail!(
                 "line {n}: {var} is the line gpt created, but its value is no longer in double quotes; adding {} would quote it again, and gpt reset could not take those quotes out exactly. Put the value back in double quotes ({var}=\"...\") and run gpt again; {NO_GUESS}",
                 add.join(" ")
@@ -1169,6 +1173,27 @@ GRUB_CMDLINE_LINUX_DEFAULT=\"console=tty1 console=ttyS0\"
         let quoted = x.replace("=export ", "=\"export\" ");
         let a = apply(&quoted, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap();
         assert_eq!(reverse(&a).unwrap(), reverse(&quoted).unwrap());
+    }
+
+    #[test]
+    fn a_created_line_stripped_of_its_quotes_with_anything_after_the_value_is_refused() {
+        // Found by the fuzzer in CI: an empty bare value followed by blanks; reset would keep
+        // the line (it is not just `VAR=`) with the quotes gpt put back.
+        let m = "# gpt: created GRUB_CMDLINE_LINUX with: quiet (gpt reset removes this line)\n";
+        for line in [
+            "GRUB_CMDLINE_LINUX=\t \n",
+            "GRUB_CMDLINE_LINUX= # mine\n",
+            "GRUB_CMDLINE_LINUX=quiet \n",
+        ] {
+            let x = format!("A=1\n{m}{line}");
+            let err = apply(&x, "GRUB_CMDLINE_LINUX", &toks(&["iommu=pt"])).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("no longer in double quotes"),
+                "{line:?}: {msg}"
+            );
+            assert!(!msg.contains("its own check"), "{line:?}: {msg}");
+        }
     }
 
     #[test]
