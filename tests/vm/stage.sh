@@ -485,12 +485,12 @@ bash_completes_fu() {
 installed_from_deb() {
     run dpkg-i dpkg -i "$deb"
     check "dpkg -i gpt.deb exits 0" exited dpkg-i 0 || bail "cannot install gpt from its .deb"
-    dpkg -L gpt >"$state/deb.files"
-    sed 's/^/  dpkg -L gpt| /' "$state/deb.files"
+    dpkg -L gpt-vfio >"$state/deb.files"
+    sed 's/^/  dpkg -L gpt-vfio| /' "$state/deb.files"
     check "gpt on PATH is the package's /usr/bin/gpt" \
-        eval 'test "$(command -v gpt)" = /usr/bin/gpt && dpkg -S /usr/bin/gpt | grep -q "^gpt: "'
+        eval 'test "$(command -v gpt)" = /usr/bin/gpt && dpkg -S /usr/bin/gpt | grep -q "^gpt-vfio: "'
     local v
-    v=$(dpkg-query -W -f '${Version}' gpt)
+    v=$(dpkg-query -W -f '${Version}' gpt-vfio)
     check "gpt --version says the package's upstream version (${v%-*} of $v)" \
         eval 'test "$(gpt --version)" = "gpt ${v%-*}"'
     check "man -w gpt finds the package's gpt(1); man -w gpt-full its gpt-full(1)" \
@@ -502,8 +502,8 @@ installed_from_deb() {
 # installed again, gpt finds its configuration where it was.
 purge_keeps_journal() {
     sha256sum /var/lib/gpt/state.json >"$W/journal.sum" 2>/dev/null
-    run purge1 dpkg --purge gpt
-    check "dpkg --purge gpt on a configured host exits 0" exited purge1 0
+    run purge1 dpkg --purge gpt-vfio
+    check "dpkg --purge gpt-vfio on a configured host exits 0" exited purge1 0
     check "... keeps /var/lib/gpt/state.json unchanged and says why" \
         eval 'sha256sum -c --quiet "$W/journal.sum" && grep -q "not deleting /var/lib/gpt" "$W/purge1.err"'
     run dpkg-i2 dpkg -i "$deb"
@@ -524,11 +524,11 @@ leftovers() {
 }
 purged_leaves_nothing() {
     echo "--- before purge: /var/lib/gpt: $(find /var/lib/gpt 2>/dev/null | tr '\n' ' ' || true)"
-    run purge apt-get purge -y gpt
-    check "apt-get purge -y gpt exits 0" exited purge 0
+    run purge apt-get purge -y gpt-vfio
+    check "apt-get purge -y gpt-vfio exits 0" exited purge 0
     echo "--- after purge: /var/lib/gpt: $(find /var/lib/gpt 2>/dev/null | tr '\n' ' ' || true)"
-    check "dpkg knows no gpt any more" eval '! dpkg-query -W gpt'
-    check "nothing of the package's file list (boot 1's dpkg -L gpt) is left" leftovers
+    check "dpkg knows no gpt-vfio any more" eval '! dpkg-query -W gpt-vfio'
+    check "nothing of the package's file list (boot 1's dpkg -L gpt-vfio) is left" leftovers
     check "no /var/lib/gpt is left" test ! -e /var/lib/gpt
     check "no gpt on PATH, no gpt(1)" eval '! command -v gpt && ! man -w gpt'
     check "/etc is still byte-identical to boot 1 (before the install)" etc_same_as "$state/etc.before"
