@@ -21,7 +21,11 @@ pub fn man(args: &ManArgs) -> Result<u8> {
         None => cmd,
         Some(name) => {
             let Some(sub) = cmd.find_subcommand(name) else {
-                let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                let names: Vec<&str> = cmd
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name())
+                    .collect();
                 crate::usage!(
                     "gpt man {name}: there is no such command; give one of {}, or nothing for gpt's own page",
                     names.join(", ")
