@@ -164,11 +164,15 @@ fn refresh_running(host: &Host) -> Option<String> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        // A script runs as `/bin/sh /usr/sbin/proxmox-boot-tool refresh`.
-        let hit = argv.iter().take(2).any(|a| {
-            let base = a.rsplit('/').next().unwrap_or(a);
-            NAMES.contains(&base)
-        });
+        // A script runs as `/bin/sh /usr/sbin/proxmox-boot-tool refresh` (its shell first).
+        let base = |i: usize| {
+            argv.get(i)
+                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+                .unwrap_or_default()
+        };
+        let hit = NAMES.contains(&base(0).as_str())
+            || (["sh", "dash", "bash"].contains(&base(0).as_str())
+                && NAMES.contains(&base(1).as_str()));
         if hit {
             return Some(format!("process {pid}: {}", argv.join(" ")));
         }
@@ -476,6 +480,12 @@ mod tests {
         let host = Host::new(d.path());
         std::fs::create_dir_all(d.path().join("proc/77")).unwrap();
         std::fs::write(d.path().join("proc/77/cmdline"), b"bash\0-l\0").unwrap();
+        std::fs::create_dir_all(d.path().join("proc/78")).unwrap();
+        std::fs::write(
+            d.path().join("proc/78/cmdline"),
+            b"less\0/usr/sbin/proxmox-boot-tool\0",
+        )
+        .unwrap();
         std::fs::write(d.path().join("proc/cmdline"), b"root=x\n").unwrap();
         assert_eq!(refresh_running(&host), None);
         std::fs::create_dir_all(d.path().join("proc/4242")).unwrap();

@@ -376,3 +376,28 @@ fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains("gpt-esp-"), "nothing stays mounted here");
 }
+
+#[test]
+fn no_esp_is_read_while_proxmox_boot_tool_runs() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    // The host's processes: a refresh (as its shell runs it) is under way.
+    std::fs::create_dir_all(r.join("proc/4242")).unwrap();
+    std::fs::write(
+        r.join("proc/4242/cmdline"),
+        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
+    )
+    .unwrap();
+    let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("in the entries on the ESPs"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(": WARN (")
+            && line.contains("proxmox-boot-tool is running (process 4242: /bin/sh /usr/sbin/proxmox-boot-tool refresh)"),
+        "{out}{err}"
+    );
+}
