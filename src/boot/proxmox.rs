@@ -485,8 +485,16 @@ impl Loader for Proxmox {
             let lacks = esp_lacks(f, esp, want)
                 .map_err(|what| anyhow::anyhow!("{after}, {what}: the refresh did not write it"))?;
             if !lacks.is_empty() {
+                let place = if esp.boots_grub(f.efi) {
+                    "grub/grub.cfg".to_string()
+                } else {
+                    esp.entries
+                        .iter()
+                        .find(|e| missing(&cmdline::split(&e.options), want) == lacks)
+                        .map_or_else(String::new, |e| format!("loader/entries/{}", e.name))
+                };
                 bail!(
-                    "{after}, an entry on ESP {} still lacks {}: the refresh did not reach it",
+                    "{after}, ESP {} {place} still lacks {}: the refresh did not reach it",
                     esp.uuid,
                     lacks.join(" ")
                 );

@@ -263,9 +263,10 @@ fn a_refresh_that_silently_wrote_nothing_rolls_back() {
         let (code, _, err) = full(r, &fakes);
         assert_eq!(code, 1, "without {what}: {err}");
         assert!(
-            err.contains(
-                "after `proxmox-boot-tool refresh`, an entry on ESP 4A1B-2C3D still lacks"
-            ) && err.contains("the refresh did not reach it"),
+            err.contains(&format!(
+                "after `proxmox-boot-tool refresh`, ESP 4A1B-2C3D \
+                 loader/entries/proxmox-{DEBIAN_KVER}.conf still lacks iommu=pt"
+            )) && err.contains("the refresh did not reach it"),
             "without {what}: {err}"
         );
         assert!(err.contains("error: rolled back"), "{err}");
