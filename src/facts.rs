@@ -109,6 +109,9 @@ pub struct Facts {
     /// On a Proxmox VE host, the ESPs proxmox-boot-tool manages as read (in a private mount
     /// namespace), or why they could not be read; `None` on other hosts.
     pub pve_esps: Option<Result<Vec<crate::boot::pve_esp::Esp>, String>>,
+    /// On a Proxmox VE host, the kernels the user told proxmox-boot-tool to keep: the lines
+    /// of `/etc/kernel/proxmox-boot-manual-kernels` and the first line of each pin file.
+    pub pve_chosen_kernels: Vec<String>,
 }
 
 impl Facts {
@@ -210,6 +213,7 @@ impl Facts {
         if let Some(Ok(id)) = &f.boot {
             if id.loader == boot::LoaderKind::Proxmox {
                 f.pve_esps = Some(boot::pve_esp::read(host));
+                f.pve_chosen_kernels = boot::pve_esp::chosen_kernels(host);
             }
         }
         if host.exists(DRACUT_CONF_D) {

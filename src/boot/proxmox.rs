@@ -151,10 +151,10 @@ fn mode_or_info(f: &Facts) -> Mode {
 
 /// The kernels proxmox-boot-tool keeps bootable that gpt can name, each with its image and
 /// initrd in /boot (the tool skips a kernel without them): the running one (the tool always
-/// keeps it) and the newest Proxmox kernel (`…-pve`; the tool keeps the newest of its kernel
-/// packages, not a Debian kernel installed beside them). The tool keeps more (the second
-/// newest, pinned and manually added ones): their entries, where present, are checked like
-/// these.
+/// keeps it), the newest Proxmox kernel (`…-pve`; the tool keeps the newest of its kernel
+/// packages, not a Debian kernel installed beside them), and the pinned and manually added
+/// ones. The tool keeps more (the second newest package, the newest of the older series):
+/// their entries, where present, are checked like these.
 fn kept_kernels(f: &Facts) -> Vec<String> {
     let has = |k: &str| {
         f.boot_names.iter().any(|n| *n == format!("vmlinuz-{k}"))
@@ -172,9 +172,19 @@ fn kept_kernels(f: &Facts) -> Vec<String> {
             out.push(r.clone());
         }
     }
-    if let Some(newest) = installed.iter().rev().find(|k| k.ends_with("-pve")) {
-        if !out.iter().any(|k| k == newest) {
-            out.push(newest.to_string());
+    let newest = installed
+        .iter()
+        .rev()
+        .find(|k| k.ends_with("-pve"))
+        .copied();
+    let chosen = f
+        .pve_chosen_kernels
+        .iter()
+        .map(String::as_str)
+        .filter(|k| installed.contains(k));
+    for k in newest.into_iter().chain(chosen) {
+        if !out.iter().any(|o| o == k) {
+            out.push(k.to_string());
         }
     }
     out
@@ -741,6 +751,13 @@ mod tests {
         running_debian.running_kernel = Some("6.12.9-amd64".into());
         let e = esp_lacks(&running_debian, &good, &args).unwrap_err();
         assert!(e.contains("proxmox-6.12.9-amd64.conf"), "{e}");
+        // A pinned or manually added kernel needs its entry; one not installed does not.
+        let mut pinned = with_esps(vec![]);
+        pinned.pve_chosen_kernels = vec!["6.12.9-amd64".into(), "6.2.16-20-pve".into()];
+        let e = esp_lacks(&pinned, &good, &args).unwrap_err();
+        assert!(e.contains("proxmox-6.12.9-amd64.conf"), "{e}");
+        pinned.pve_chosen_kernels = vec!["6.2.16-20-pve".into()];
+        assert_eq!(esp_lacks(&pinned, &good, &args), Ok(vec![]));
         // GRUB: some linux line of grub/grub.cfg carries them all.
         let mut g = esp("B0C1-D2E3", true, &[]);
         assert!(esp_lacks(&f, &g, &args).is_err(), "no grub.cfg");

@@ -122,6 +122,24 @@ pub fn uuids(list: &str) -> Vec<String> {
     out
 }
 
+/// The kernels the user told proxmox-boot-tool to keep on the ESPs: every line of
+/// `/etc/kernel/proxmox-boot-manual-kernels`, and the first line of the pin files
+/// (`proxmox-boot-pin`, `next-boot-pin`), as the tool reads them.
+pub fn chosen_kernels(host: &Host) -> Vec<String> {
+    let read = |p: &str| host.read_optional(p).ok().flatten().unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    let manual = read("/etc/kernel/proxmox-boot-manual-kernels");
+    let pins = ["/etc/kernel/proxmox-boot-pin", "/etc/kernel/next-boot-pin"]
+        .map(|p| read(p).lines().next().unwrap_or_default().to_string());
+    for k in manual.lines().map(str::to_string).chain(pins) {
+        let k = k.trim().to_string();
+        if !k.is_empty() && !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
 /// Read the helper's output back.
 pub fn parse(out: &str) -> Result<Vec<Esp>, String> {
     let doc: Doc = serde_json::from_str(out.trim())
@@ -472,6 +490,26 @@ mod tests {
             let e = parse(out).unwrap_err();
             assert!(e.contains(why), "{out:?}: {e}");
         }
+    }
+
+    #[test]
+    fn manual_and_pinned_kernels_are_the_ones_the_tool_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::new(d.path());
+        assert!(chosen_kernels(&host).is_empty());
+        let k = d.path().join("etc/kernel");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(
+            k.join("proxmox-boot-manual-kernels"),
+            "6.5.13-6-pve\n6.8.4-2-pve\n",
+        )
+        .unwrap();
+        std::fs::write(k.join("proxmox-boot-pin"), "6.8.4-2-pve\nignored\n").unwrap();
+        std::fs::write(k.join("next-boot-pin"), "6.2.16-20-pve").unwrap();
+        assert_eq!(
+            chosen_kernels(&host),
+            ["6.5.13-6-pve", "6.8.4-2-pve", "6.2.16-20-pve"]
+        );
     }
 
     #[test]
