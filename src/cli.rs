@@ -55,6 +55,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Print a QEMU command line (or libvirt XML) that passes the configured GPU to a VM
     Qemu(QemuArgs),
+    /// Internal: read the ESPs proxmox-boot-tool manages, each mounted read-only, and print
+    /// what boots from them as JSON. gpt runs it itself in a private mount namespace
+    /// (`unshare --mount --propagation private`); it refuses to mount anything in the
+    /// namespace of the gpt that started it.
+    #[command(name = "__read-esps", hide = true)]
+    ReadEsps(ReadEspsArgs),
     /// Print a shell completion script on stdout
     #[command(
         long_about = "Print a completion script for SHELL on stdout, generated from gpt's own \
@@ -232,6 +238,18 @@ pub struct QemuArgs {
     /// Print libvirt <hostdev> XML instead of a QEMU command line
     #[arg(long)]
     pub libvirt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadEspsArgs {
+    /// The inode of the starting gpt's mount namespace (`/proc/self/ns/mnt`): this process
+    /// mounts nothing unless its own namespace is another one
+    #[arg(long, value_name = "INODE")]
+    pub outside_ns: u64,
+
+    /// The ESPs, by file system UUID (`/dev/disk/by-uuid/UUID`)
+    #[arg(value_name = "UUID")]
+    pub uuids: Vec<String>,
 }
 
 /// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.

@@ -104,6 +104,14 @@ pub struct Facts {
     pub gpt_added: Vec<String>,
     /// systemd-boot's `loader.conf` says `editor no`: the command line cannot be edited at boot.
     pub editor_off: bool,
+    /// `/sys/firmware/efi` exists: the host booted by UEFI.
+    pub efi: bool,
+    /// On a Proxmox VE host, the ESPs proxmox-boot-tool manages as read (in a private mount
+    /// namespace), or why they could not be read; `None` on other hosts.
+    pub pve_esps: Option<Result<Vec<crate::boot::pve_esp::Esp>, String>>,
+    /// On a Proxmox VE host, the kernels the user told proxmox-boot-tool to keep: the lines
+    /// of `/etc/kernel/proxmox-boot-manual-kernels` and the first line of each pin file.
+    pub pve_chosen_kernels: Vec<String>,
 }
 
 impl Facts {
@@ -201,6 +209,13 @@ impl Facts {
         };
         read_loader_probe(host, &mut f, chosen)?;
         f.boot = Some(boot::detect(&f.probe));
+        f.efi = host.exists("/sys/firmware/efi");
+        if let Some(Ok(id)) = &f.boot {
+            if id.loader == boot::LoaderKind::Proxmox {
+                f.pve_esps = Some(boot::pve_esp::read(host));
+                f.pve_chosen_kernels = boot::pve_esp::chosen_kernels(host);
+            }
+        }
         if host.exists(DRACUT_CONF_D) {
             // Kept as an error for the dracut stack to report: other stacks never read it.
             match host.read_optional(DRACUT_CONF) {

@@ -13,6 +13,7 @@ pub mod grub;
 pub mod initramfs_tools;
 pub mod kernelstub;
 pub mod proxmox;
+pub mod pve_esp;
 pub mod systemd_boot;
 
 use crate::facts::Facts;

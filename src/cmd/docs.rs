@@ -6,11 +6,32 @@ use anyhow::{Context, Result};
 use clap::CommandFactory;
 
 pub fn completions(args: &CompletionsArgs) -> Result<u8> {
-    let mut cmd = Cli::command();
+    let mut cmd = without_hidden(Cli::command());
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut cmd, "gpt", &mut script);
     crate::ui::out(&String::from_utf8_lossy(&script));
     Ok(0)
+}
+
+/// `cmd` without its hidden subcommands (gpt's internal `__read-esps`), which the completion
+/// generators would offer: gpt with its version, arguments and visible subcommands.
+fn without_hidden(cmd: clap::Command) -> clap::Command {
+    let mut out = clap::Command::new("gpt").version(env!("CARGO_PKG_VERSION"));
+    if let Some(a) = cmd.get_about() {
+        out = out.about(a.clone());
+    }
+    if let Some(a) = cmd.get_long_about() {
+        out = out.long_about(a.clone());
+    }
+    for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+        if !matches!(a.get_id().as_str(), "help" | "version") {
+            out = out.arg(a.clone());
+        }
+    }
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        out = out.subcommand(sub.clone());
+    }
+    out
 }
 
 pub fn man(args: &ManArgs) -> Result<u8> {
@@ -21,7 +42,11 @@ pub fn man(args: &ManArgs) -> Result<u8> {
         None => cmd,
         Some(name) => {
             let Some(sub) = cmd.find_subcommand(name) else {
-                let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                let names: Vec<&str> = cmd
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name())
+                    .collect();
                 crate::usage!(
                     "gpt man {name}: there is no such command; give one of {}, or nothing for gpt's own page",
                     names.join(", ")

@@ -261,8 +261,12 @@ fn apply(
         .commands
         .iter()
         .any(|c| loader_steps.iter().any(|r| r.argv == c.argv));
-    let confirm = |_: &Runner| {
+    let confirm = |runner: &Runner| {
         if entries_regenerated {
+            // A loader whose entries gpt cannot read says so (the Proxmox ESPs it could not mount).
+            if let crate::boot::Entries::Unchecked(why) = stack.loader.entries(host, facts, added) {
+                runner.ui().info(format!("note: {why}"));
+            }
             stack.loader.confirm(host, facts, &[], added)
         } else {
             Ok(())

@@ -38,6 +38,7 @@ pub fn package_for(cmd: &str) -> Option<&'static str> {
         "dpkg-query" | "dpkg" => "dpkg",
         "apt-get" => "apt",
         "qemu-img" => "qemu-utils",
+        "unshare" => "util-linux",
         _ => return None,
     })
 }
@@ -163,11 +164,20 @@ impl<'a> Runner<'a> {
 
     fn spawn_and_wait(&self, argv: &[String], label: Option<&str>) -> Result<(String, Captured)> {
         let (prog, args) = self.command_line(argv)?;
-        let line = Self::shown(&prog, &args);
+        self.spawn_program(&prog, &args, label)
+    }
+
+    fn spawn_program(
+        &self,
+        prog: &Path,
+        args: &[String],
+        label: Option<&str>,
+    ) -> Result<(String, Captured)> {
+        let line = Self::shown(prog, args);
         let mut out = output_file()?;
         let mut err = output_file()?;
-        let mut cmd = Command::new(&prog);
-        cmd.args(&args)
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(err.try_clone()?))
@@ -213,6 +223,27 @@ impl<'a> Runner<'a> {
             bail!("{}", failure(&line, &c));
         }
         Ok(c)
+    }
+
+    /// Run this gpt binary itself with `args` (after `--root ROOT`) in a private mount
+    /// namespace, silently: `unshare --mount --propagation private -- GPT --root ROOT args…`.
+    /// It runs on this machine, never inside the root (it reads the root through `--root`),
+    /// and what it mounts stays in its own namespace, gone when it ends. Its exit status is
+    /// the caller's to judge.
+    pub fn query_gpt_unshared(&self, args: &[String]) -> Result<Captured> {
+        let unshare = self.which("unshare").ok_or_else(|| {
+            let install = package_for("unshare").unwrap_or("util-linux");
+            anyhow::anyhow!("unshare: command not found on PATH; install the {install} package")
+        })?;
+        let exe = std::env::current_exe().context("cannot tell where this gpt binary is")?;
+        let mut all: Vec<String> = ["--mount", "--propagation", "private", "--"]
+            .map(String::from)
+            .to_vec();
+        all.push(exe.display().to_string());
+        all.push("--root".into());
+        all.push(self.host.root().display().to_string());
+        all.extend(args.iter().cloned());
+        Ok(self.spawn_program(&unshare, &all, None)?.1)
     }
 
     /// Run a query (dpkg-query, lsinitramfs) silently; its exit status is the caller's to judge.

@@ -84,6 +84,20 @@ fn bash_completes_commands_options_and_values() {
     for s in ["bash", "zsh", "fish"] {
         assert!(shells.iter().any(|w| w == s), "{s} not offered: {shells:?}");
     }
+    // gpt's internal command (the Proxmox ESP reader) is offered by no shell.
+    assert!(
+        !commands.iter().any(|w| w.starts_with("__")),
+        "{commands:?}"
+    );
+    assert!(
+        bash_completes(&script, &["gpt", "--version"]) == ["--version"],
+        "the version flag is still completed"
+    );
+    for shell in ["zsh", "fish"] {
+        let s = stdout_of(&["completions", shell]);
+        assert!(!s.contains("read-esps"), "{shell}");
+        assert!(s.contains("dry-run") && s.contains("qemu"), "{shell}");
+    }
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Proxmox VE hosts whose ESPs proxmox-boot-tool manages.
 
 use crate::support::fakes::Fakes;
-use crate::support::hosts::{pve_zfs, DEBIAN_KVER, PVE_ESP};
+use crate::support::hosts::{efi_var, pve_esp, pve_zfs, DEBIAN_KVER, PVE_ESP};
 use crate::support::transact::snap;
+use crate::support::tree::HostTree;
 use crate::support::{gpt, run};
 use std::path::Path;
 
@@ -78,10 +79,18 @@ fn a_zfs_host_with_an_unused_grub_file_gets_etc_kernel_cmdline_and_a_refresh() {
     );
     assert!(esp(r, &entry).contains(IDS), "{}", esp(r, &entry));
     assert!(
-        err.contains("did not read their entries"),
-        "says it could not verify: {err}"
+        err.contains("(4A1B-2C3D) boot systemd-boot, as read from them"),
+        "the mode comes from the ESP: {err}"
     );
+    assert!(!err.contains("could not read"), "{err}");
     assert!(err.contains("hold Space"), "{err}");
+    // `gpt check` reads the same entries.
+    let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    assert!(
+        out.lines()
+            .any(|l| l.contains("in the entries on the ESPs") && l.ends_with("PASS")),
+        "{out}{err}"
+    );
 
     // The host reboots with the arguments; reset must not let /proc/cmdline bring them back.
     let args = line
@@ -104,6 +113,28 @@ fn a_zfs_host_with_an_unused_grub_file_gets_etc_kernel_cmdline_and_a_refresh() {
         entry_before,
         "the ESP's entry is back without the arguments"
     );
+    let (_, out, _) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    let stray = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("boot entries without vfio-pci.ids"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(stray(&out).ends_with("PASS"), "{out}");
+    // A kernel update before the reboot: without /etc/kernel/cmdline the refresh falls back to
+    // /proc/cmdline, which still holds the ids; `gpt check` reads that on the ESP.
+    assert!(fakes
+        .run(r, &["proxmox-boot-tool", "refresh"])
+        .status
+        .success());
+    let (_, out, _) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    assert!(
+        stray(&out).contains("WARN")
+            && stray(&out).contains(&format!(
+                "ESP {PVE_ESP} loader/entries/proxmox-{DEBIAN_KVER}.conf"
+            )),
+        "{out}"
+    );
 }
 
 #[test]
@@ -116,6 +147,10 @@ fn an_esp_running_grub_gets_grubs_file_and_a_refresh_never_only_update_grub() {
             .env("PATH", fakes.path())
             .args(["full", "nvidia", "--yes", "--no-deps"]));
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("boot GRUB (EFI/proxmox/grubx64.efi is on them), as read from them"),
+        "{err}"
+    );
     assert!(read(r, "/etc/default/grub").contains(IDS));
     assert!(!r.join("etc/kernel/cmdline").exists());
     let calls = fakes.calls();
@@ -136,4 +171,234 @@ fn an_esp_running_grub_gets_grubs_file_and_a_refresh_never_only_update_grub() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(etc(r), etc_before);
     assert!(!esp(r, "grub/grub.cfg").contains("vfio-pci.ids"));
+}
+
+fn full(r: &Path, fakes: &Fakes) -> (i32, String, String) {
+    run(gpt(r)
+        .env("PATH", fakes.path())
+        .args(["full", "nvidia", "--yes", "--no-deps"]))
+}
+
+/// Add ESP `uuid` (GRUB or systemd-boot) to the host's list.
+fn add_esp(r: &Path, uuid: &str, grub: bool) {
+    let mut t = HostTree::new(r);
+    pve_esp(&mut t, uuid, grub);
+    let list = read(r, "/etc/kernel/proxmox-boot-uuids");
+    std::fs::write(
+        r.join("etc/kernel/proxmox-boot-uuids"),
+        format!("{list}{uuid}\n"),
+    )
+    .unwrap();
+}
+
+fn set_loader_info(r: &Path, info: Option<&str>) {
+    let var = r.join("sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");
+    match info {
+        Some(i) => std::fs::write(var, efi_var(i)).unwrap(),
+        None => std::fs::remove_file(var).unwrap(),
+    }
+}
+
+#[test]
+fn the_esps_decide_the_loader_and_loader_info_does_not_override_them() {
+    // systemd-boot on the ESP, but no LoaderInfo (this boot came from elsewhere).
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    set_loader_info(r, None);
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    assert!(read(r, "/etc/kernel/cmdline").contains(IDS));
+    assert!(!read(r, "/etc/default/grub").contains(IDS));
+    let entry = format!("loader/entries/proxmox-{DEBIAN_KVER}.conf");
+    assert!(esp(r, &entry).contains(IDS), "{}", esp(r, &entry));
+
+    // GRUB on the ESP, while LoaderInfo names systemd-boot.
+    let (dir, fakes) = host(false);
+    let r = dir.path();
+    set_loader_info(r, Some("systemd-boot 252.33-1~deb12u1"));
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    assert!(read(r, "/etc/default/grub").contains(IDS));
+    assert!(!r.join("etc/kernel/cmdline").exists());
+    assert!(esp(r, "grub/grub.cfg").contains(IDS));
+    assert!(
+        err.contains("the LoaderInfo EFI variable names systemd-boot 252.33-1~deb12u1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn esps_that_boot_different_loaders_are_refused_and_nothing_changes() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    add_esp(r, "B0C1-D2E3", true);
+    let before = snap(r);
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("boot different loaders: 4A1B-2C3D systemd-boot")
+            && err.contains("B0C1-D2E3 GRUB")
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(snap(r), before);
+    assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
+}
+
+#[test]
+fn a_refresh_that_silently_wrote_nothing_rolls_back() {
+    for (what, undo) in [
+        // Without its hook the real refresh says so and exits 0.
+        ("the hook", "etc/kernel/postinst.d/zz-proxmox-boot"),
+        // A systemd-boot ESP without loader.conf is skipped with a warning.
+        (
+            "loader.conf",
+            "var/tmp/espmounts/4A1B-2C3D/loader/loader.conf",
+        ),
+    ] {
+        let (dir, fakes) = host(true);
+        let r = dir.path();
+        std::fs::remove_file(r.join(undo)).unwrap();
+        let before = snap(r);
+        let (code, _, err) = full(r, &fakes);
+        assert_eq!(code, 1, "without {what}: {err}");
+        assert!(
+            err.contains(&format!(
+                "after `proxmox-boot-tool refresh`, ESP 4A1B-2C3D \
+                 loader/entries/proxmox-{DEBIAN_KVER}.conf still lacks iommu=pt"
+            )) && err.contains("the refresh did not reach it"),
+            "without {what}: {err}"
+        );
+        assert!(err.contains("error: rolled back"), "{err}");
+        assert_eq!(snap(r), before, "without {what}");
+    }
+}
+
+#[test]
+fn a_reset_whose_refresh_wrote_nothing_rolls_back() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(r.join("etc/kernel/postinst.d/zz-proxmox-boot")).unwrap();
+    let before = snap(r);
+    let (code, _, err) = run(gpt(r).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "ESP {PVE_ESP} loader/entries/proxmox-{DEBIAN_KVER}.conf still carries"
+        )),
+        "{err}"
+    );
+    assert_eq!(snap(r), before, "the configuration stays as it was");
+}
+
+#[test]
+fn an_esp_without_a_device_is_said_and_loader_info_decides() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    std::fs::remove_file(r.join(format!("dev/disk/by-uuid/{PVE_ESP}"))).unwrap();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("gpt could not read the ESPs proxmox-boot-tool manages (4A1B-2C3D: /dev/disk/by-uuid/4A1B-2C3D does not exist")
+            && err.contains("goes by the LoaderInfo EFI variable: systemd-boot set it"),
+        "{err}"
+    );
+    assert!(err.contains("so it did not verify their entries"), "{err}");
+    assert!(read(r, "/etc/kernel/cmdline").contains(IDS));
+
+    // Two ESPs, one without its device: the other one is read and verified.
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    add_esp(r, "B0C1-D2E3", false);
+    std::fs::remove_file(r.join("dev/disk/by-uuid/B0C1-D2E3")).unwrap();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("(4A1B-2C3D) boot systemd-boot, as read from them; not read: B0C1-D2E3"),
+        "{err}"
+    );
+    assert!(err.contains("the 1 ESP(s) read carry them"), "{err}");
+}
+
+#[test]
+fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, _fakes) = host(true);
+    let r = dir.path();
+    let ns = std::fs::metadata("/proc/self/ns/mnt")
+        .unwrap()
+        .ino()
+        .to_string();
+    // Started without unshare, it shares this namespace: it refuses to mount.
+    let (code, out, err) = run(gpt(r).args(["__read-esps", "--outside-ns", &ns, PVE_ESP]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("mount namespace of its own"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    // Through unshare it reads the ESP (really mounted, read-only, in its namespace).
+    let exe = assert_cmd::cargo::cargo_bin("gpt");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(&exe)
+        .arg("--root")
+        .arg(r)
+        .args(["__read-esps", "--outside-ns", &ns, PVE_ESP, "C0FF-EE00"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "unshare or the mount is not permitted here: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["format"], 1, "{doc}");
+    let esp0 = &doc["esps"][0];
+    assert_eq!(esp0["uuid"], PVE_ESP, "{doc}");
+    assert_eq!(esp0["grub_efi"], false, "{doc}");
+    assert_eq!(esp0["loader_conf"], true, "{doc}");
+    assert_eq!(
+        esp0["entries"][0]["name"],
+        format!("proxmox-{DEBIAN_KVER}.conf"),
+        "{doc}"
+    );
+    assert_eq!(
+        esp0["entries"][0]["options"], "root=ZFS=rpool/ROOT/pve-1 boot=zfs",
+        "{doc}"
+    );
+    assert!(
+        doc["esps"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/disk/by-uuid/C0FF-EE00 does not exist"),
+        "{doc}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("gpt-esp-"), "nothing stays mounted here");
+}
+
+#[test]
+fn no_esp_is_read_while_proxmox_boot_tool_runs() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    // The host's processes: a refresh (as its shell runs it) is under way.
+    std::fs::create_dir_all(r.join("proc/4242")).unwrap();
+    std::fs::write(
+        r.join("proc/4242/cmdline"),
+        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
+    )
+    .unwrap();
+    let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("in the entries on the ESPs"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(": WARN (")
+            && line.contains("proxmox-boot-tool is running (process 4242: /bin/sh /usr/sbin/proxmox-boot-tool refresh)"),
+        "{out}{err}"
+    );
 }

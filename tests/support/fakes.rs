@@ -32,10 +32,15 @@
 //!   `systemd.machine_id=` when the token is the machine id; other layouts write nothing and
 //!   exit 0. `KERNEL_INSTALL_CONF_ROOT` makes it read those files from that folder only.
 //!   `FAKE_ESP_UNMOUNTED=1` makes `add` see no ESP (as when it is not mounted).
-//! - `proxmox-boot-tool refresh` syncs every ESP listed in `ROOT/etc/kernel/proxmox-boot-uuids`;
-//!   the fake keeps ESP `UUID` at `ROOT/var/tmp/espmounts/UUID` (the real one mounts it only
-//!   while it works). An ESP with `EFI/proxmox/grubx64.efi` gets `grub/grub.cfg` from
-//!   `/etc/default/grub`; the others get `loader/entries/proxmox-KVER.conf` whose `options`
+//! - `proxmox-boot-tool refresh` runs only with its hook `ROOT/etc/kernel/postinst.d/zz-proxmox-boot`
+//!   present (without it the real one says so and exits 0, having written nothing), and syncs
+//!   every ESP listed in `ROOT/etc/kernel/proxmox-boot-uuids` whose
+//!   `ROOT/dev/disk/by-uuid/UUID` exists (else it warns and skips it, as the real one): the
+//!   fake writes into the folder that link leads to (the hosts keep it at
+//!   `ROOT/var/tmp/espmounts/UUID`; the real tool mounts the device only while it works). An
+//!   ESP with `EFI/proxmox/grubx64.efi`, or any ESP on a host without `/sys/firmware/efi`, gets
+//!   `grub/grub.cfg` from `/etc/default/grub`; the others, when they hold `loader/loader.conf`
+//!   (else skipped, as the real one), get `loader/entries/proxmox-KVER.conf` whose `options`
 //!   are the first line of `/etc/kernel/cmdline`, else `/proc/cmdline` less `initrd=`, and it
 //!   fails without `root=` there, as the real one.
 //! - `kernelstub [-a OPTS] [-d OPTS]` edits `user.kernel_options` of
@@ -333,7 +338,11 @@ const PROXMOX_BOOT_TOOL: &str = r##"
 fake_begin proxmox-boot-tool yes "$@"
 root=$FAKE_ROOT
 [ "${1:-}" = refresh ] || { echo "fake proxmox-boot-tool: only refresh" >&2; exit 2; }
-echo "Running hook script 'proxmox-auto-removal'.." >&2
+if [ ! -f "$root/etc/kernel/postinst.d/zz-proxmox-boot" ]; then
+  echo "Hook script 'zz-proxmox-boot' not found or not executable, skipping." >&2
+  exit 0
+fi
+echo "Running hook script 'zz-proxmox-boot'.." >&2
 uuids=$(grep -v '^#' "$root/etc/kernel/proxmox-boot-uuids" 2>/dev/null | awk '{print $1}')
 if [ -z "$uuids" ]; then
   echo "No /etc/kernel/proxmox-boot-uuids found, skipping ESP sync." >&2
@@ -349,9 +358,13 @@ else
   opts=$(echo $opts)
 fi
 for u in $uuids; do
-  esp="$root/var/tmp/espmounts/$u"
-  echo "Copying and configuring kernels on /dev/disk/by-uuid/$u" >&2
-  if [ -f "$esp/EFI/proxmox/grubx64.efi" ]; then
+  if [ ! -e "$root/dev/disk/by-uuid/$u" ]; then
+    echo "WARN: /dev/disk/by-uuid/$u does not exist - clean '/etc/kernel/proxmox-boot-uuids'! - skipping" >&2
+    continue
+  fi
+  esp=$(readlink -f "$root/dev/disk/by-uuid/$u")
+  if [ -f "$esp/EFI/proxmox/grubx64.efi" ] || [ ! -d "$root/sys/firmware/efi" ]; then
+    echo "Copying and configuring kernels on /dev/disk/by-uuid/$u" >&2
     vals=$(
       set +u
       . "$root/etc/default/grub" || exit 1
@@ -364,6 +377,11 @@ for u in $uuids; do
 ' "$k" "$vals"
     done > "$esp/grub/grub.cfg"
   else
+    if [ ! -f "$esp/loader/loader.conf" ]; then
+      echo "/dev/disk/by-uuid/$u contains no loader.conf - skipping" >&2
+      continue
+    fi
+    echo "Copying and configuring kernels on /dev/disk/by-uuid/$u" >&2
     if [[ " $opts " != *" root="* ]]; then
       echo "No root= parameter in /etc/kernel/cmdline found!" >&2
       exit 1

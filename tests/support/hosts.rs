@@ -585,10 +585,12 @@ pub fn sdboot(
 
 pub const PVE_ESP: &str = "4A1B-2C3D";
 
-/// The RocketLake host as a Proxmox VE install on ZFS: proxmox-boot-tool manages one ESP (the
-/// fake keeps it at /var/tmp/espmounts/UUID), and the unused /etc/default/grub is still there.
-/// With `sdboot` the ESP runs systemd-boot and LoaderInfo says so; otherwise GRUB (Secure
-/// Boot) and no LoaderInfo.
+/// The RocketLake host as a Proxmox VE install on ZFS: proxmox-boot-tool manages one ESP, and
+/// the unused /etc/default/grub is still there. The ESP's file system is the folder
+/// /var/tmp/espmounts/UUID, which /dev/disk/by-uuid/UUID links to ([`pve_esp`]): what the fake
+/// refresh writes there is what gpt reads back by bind-mounting the link's folder. With
+/// `sdboot` the ESP runs systemd-boot and LoaderInfo says so; otherwise GRUB (Secure Boot) and
+/// no LoaderInfo.
 pub fn pve_zfs(root: &Path, sdboot: bool) -> HostTree {
     let mut t = rocketlake(root);
     dpkg_status(
@@ -609,20 +611,46 @@ pub fn pve_zfs(root: &Path, sdboot: bool) -> HostTree {
             "/proc/cmdline",
             &format!("initrd=\\EFI\\proxmox\\{DEBIAN_KVER}\\initrd.img-{DEBIAN_KVER} root=ZFS=rpool/ROOT/pve-1 boot=zfs\n"),
         );
-    let esp = format!("/var/tmp/espmounts/{PVE_ESP}");
+    t.file(
+        "/etc/kernel/postinst.d/zz-proxmox-boot",
+        "#!/bin/sh\n# proxmox-boot-tool refresh runs this hook\n",
+    );
+    pve_esp(&mut t, PVE_ESP, !sdboot);
+    // Booted by UEFI either way (GRUB: with Secure Boot, and a GRUB before 2.12 that sets no
+    // LoaderInfo).
+    let dir = root.join("sys/firmware/efi/efivars");
+    std::fs::create_dir_all(&dir).unwrap();
     if sdboot {
-        t.file(&format!("{esp}/EFI/systemd/systemd-bootx64.efi"), "MZ");
-        let dir = root.join("sys/firmware/efi/efivars");
-        std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"),
             efi_var("systemd-boot 252.33-1~deb12u1"),
         )
         .unwrap();
-    } else {
-        t.file(&format!("{esp}/EFI/proxmox/grubx64.efi"), "MZ");
     }
     t
+}
+
+/// One more ESP proxmox-boot-tool manages on a Proxmox host: its file system (a folder at
+/// /var/tmp/espmounts/UUID, which /dev/disk/by-uuid/UUID links to, relatively, as udev's links
+/// do), set up for GRUB (`EFI/proxmox/grubx64.efi`) or systemd-boot (`loader/loader.conf`).
+/// Not added to /etc/kernel/proxmox-boot-uuids. Returns the folder, as on the host.
+pub fn pve_esp(t: &mut HostTree, uuid: &str, grub: bool) -> String {
+    let esp = format!("/var/tmp/espmounts/{uuid}");
+    t.symlink(
+        &format!("/dev/disk/by-uuid/{uuid}"),
+        &format!("../../../var/tmp/espmounts/{uuid}"),
+    );
+    if grub {
+        t.file(&format!("{esp}/EFI/proxmox/grubx64.efi"), "MZ");
+        t.file(&format!("{esp}/grub/grubenv"), "# GRUB Environment Block\n");
+    } else {
+        t.file(&format!("{esp}/EFI/systemd/systemd-bootx64.efi"), "MZ");
+        t.file(
+            &format!("{esp}/loader/loader.conf"),
+            "timeout 3\ndefault proxmox-*\n",
+        );
+    }
+    esp
 }
 
 /// kernelstub's configuration on Pop!_OS 22.04, as kernelstub writes it (json.dump, indent 2,

@@ -1,0 +1,538 @@
+//! The ESPs Proxmox VE's proxmox-boot-tool manages (listed in `/etc/kernel/proxmox-boot-uuids`,
+//! not kept mounted), read as they are: which loader each boots, and the command lines of its
+//! entries.
+//!
+//! gpt never mounts them in the host's mount namespace. It starts itself again through the
+//! runner as `unshare --mount --propagation private -- gpt --root ROOT __read-esps
+//! --outside-ns INODE UUID…` (proxmox-boot-tool re-executes itself in a private namespace the
+//! same way). That process refuses to mount anything unless its mount namespace is another one
+//! than its starter's, makes every mount in it private, mounts each `/dev/disk/by-uuid/UUID`
+//! read-only (vfat; nosuid, nodev, noexec) on a temp folder, reads it, unmounts it, and prints
+//! one JSON document ([`parse`] reads it back). The mounts die with the namespace.
+//!
+//! Under a `--root` other than `/` the device is looked up inside the root
+//! (`ROOT/dev/disk/by-uuid/UUID`, symlinks resolved inside it), and a folder there stands for
+//! the file system: it is bind-mounted read-only instead. That is how the tests read, with
+//! real processes and real mounts, what the fake `proxmox-boot-tool refresh` wrote.
+//!
+//! Not while a refresh runs: gpt reads only after its own refresh ended (the runner waits for
+//! it), under its own lock. proxmox-boot-tool takes no lock gpt could share (none in the
+//! proxmox-kernel-helper scripts read for this: they mount, write, unmount), so gpt looks for a
+//! running `proxmox-boot-tool` or one of its hook scripts in the host's processes and does not
+//! read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
+//! mount of it (EBUSY), which gpt reports as such.
+
+use crate::cli::ReadEspsArgs;
+use crate::host::Host;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The list of managed ESPs.
+pub const UUIDS: &str = "/etc/kernel/proxmox-boot-uuids";
+/// The hidden subcommand that reads them.
+pub const HELPER: &str = "__read-esps";
+/// The version of the helper's output.
+const FORMAT: u32 = 1;
+
+/// One managed ESP as read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Esp {
+    pub uuid: String,
+    /// Why it could not be read (nothing else is known then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `EFI/proxmox/grubx64.efi` (the machine's GRUB image) exists: proxmox-boot-tool puts
+    /// GRUB's configuration on this ESP, not systemd-boot entries.
+    #[serde(default)]
+    pub grub_efi: bool,
+    /// `loader/loader.conf` exists (systemd-boot's; proxmox-boot-tool skips a systemd-boot
+    /// ESP without it).
+    #[serde(default)]
+    pub loader_conf: bool,
+    /// `loader/entries/proxmox-*.conf`, in name order.
+    #[serde(default)]
+    pub entries: Vec<EspEntry>,
+    /// `grub/grub.cfg` exists.
+    #[serde(default)]
+    pub grub_cfg: bool,
+    /// The arguments of each `linux` line of `grub/grub.cfg` (kernel path first).
+    #[serde(default)]
+    pub grub_linux: Vec<String>,
+}
+
+/// One systemd-boot entry proxmox-boot-tool wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EspEntry {
+    /// `proxmox-6.8.12-4-pve.conf`
+    pub name: String,
+    /// Its `options` lines, joined by a space.
+    pub options: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Doc {
+    format: u32,
+    esps: Vec<Esp>,
+}
+
+impl Esp {
+    /// Whether proxmox-boot-tool puts GRUB on this ESP: its GRUB image is there, or the host
+    /// did not boot by UEFI (`efi`: `/sys/firmware/efi` exists).
+    pub fn boots_grub(&self, efi: bool) -> bool {
+        self.grub_efi || !efi
+    }
+
+    /// The kernel version of an entry `proxmox-KVER.conf`.
+    pub fn entry_of(&self, kver: &str) -> Option<&EspEntry> {
+        let name = format!("proxmox-{kver}.conf");
+        self.entries.iter().find(|e| e.name == name)
+    }
+}
+
+/// The GRUB image proxmox-boot-tool looks for in `EFI/proxmox/`, by machine.
+fn grub_image() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "grubaa64.efi",
+        "loongarch64" => "grubloongarch64.efi",
+        "riscv64" => "grubriscv64.efi",
+        _ => "grubx64.efi",
+    }
+}
+
+/// Whether `s` is a VFAT volume id as proxmox-boot-tool lists them (`4A1B-2C3D`).
+fn is_vfat_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 9
+        && b[4] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || c.is_ascii_hexdigit())
+}
+
+/// The ESPs of the list, in its order: the lines that are a VFAT volume id (proxmox-boot-tool
+/// skips the others, its own `#` comment among them).
+pub fn uuids(list: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in list.lines() {
+        if is_vfat_uuid(l) && !out.iter().any(|u| u == l) {
+            out.push(l.to_string());
+        }
+    }
+    out
+}
+
+/// The kernels the user told proxmox-boot-tool to keep on the ESPs: every line of
+/// `/etc/kernel/proxmox-boot-manual-kernels`, and the first line of the pin files
+/// (`proxmox-boot-pin`, `next-boot-pin`), as the tool reads them.
+pub fn chosen_kernels(host: &Host) -> Vec<String> {
+    let read = |p: &str| host.read_optional(p).ok().flatten().unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    let manual = read("/etc/kernel/proxmox-boot-manual-kernels");
+    let pins = ["/etc/kernel/proxmox-boot-pin", "/etc/kernel/next-boot-pin"]
+        .map(|p| read(p).lines().next().unwrap_or_default().to_string());
+    for k in manual.lines().map(str::to_string).chain(pins) {
+        let k = k.trim().to_string();
+        if !k.is_empty() && !out.contains(&k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Read the helper's output back.
+pub fn parse(out: &str) -> Result<Vec<Esp>, String> {
+    let doc: Doc = serde_json::from_str(out.trim())
+        .map_err(|e| format!("the ESP reader printed something gpt cannot read ({e})"))?;
+    if doc.format != FORMAT {
+        return Err(format!(
+            "the ESP reader printed format {} where gpt reads format {FORMAT}",
+            doc.format
+        ));
+    }
+    for e in &doc.esps {
+        if !is_vfat_uuid(&e.uuid) {
+            return Err(format!(
+                "the ESP reader printed an ESP without a valid UUID ({:?})",
+                e.uuid
+            ));
+        }
+    }
+    Ok(doc.esps)
+}
+
+/// A running proxmox-boot-tool (or one of the hook scripts a refresh runs), as `pid command`,
+/// from the host's `/proc`.
+fn refresh_running(host: &Host) -> Option<String> {
+    const NAMES: [&str; 3] = [
+        "proxmox-boot-tool",
+        "zz-proxmox-boot",
+        "proxmox-auto-removal",
+    ];
+    let me = std::process::id().to_string();
+    for pid in host.list_dir("/proc").ok()? {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(raw) = host.read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // A script runs as `/bin/sh /usr/sbin/proxmox-boot-tool refresh` (its shell first).
+        let base = |i: usize| {
+            argv.get(i)
+                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+                .unwrap_or_default()
+        };
+        let hit = NAMES.contains(&base(0).as_str())
+            || (["sh", "dash", "bash"].contains(&base(0).as_str())
+                && NAMES.contains(&base(1).as_str()));
+        if hit {
+            return Some(format!("process {pid}: {}", argv.join(" ")));
+        }
+    }
+    None
+}
+
+/// The inode of this process's mount namespace.
+fn mount_namespace() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/mnt")?.ino())
+}
+
+/// The managed ESPs as they are now, each read in a private mount namespace; or why they
+/// could not be read (then gpt falls back to what it can tell without them, and says so).
+pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
+    let list = match host.read_optional(UUIDS) {
+        Ok(Some(l)) => l,
+        Ok(None) => return Err(format!("there is no {UUIDS}")),
+        Err(e) => return Err(format!("{e:#}")),
+    };
+    let uuids = uuids(&list);
+    if uuids.is_empty() {
+        return Err(format!("{UUIDS} lists no ESP"));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err("gpt is not running as root, so it cannot mount the ESPs to read them".into());
+    }
+    if let Some(p) = refresh_running(host) {
+        return Err(format!(
+            "proxmox-boot-tool is running ({p}): gpt does not read the ESPs while it may be \
+             writing them"
+        ));
+    }
+    let ns = mount_namespace().map_err(|e| format!("cannot read /proc/self/ns/mnt: {e}"))?;
+    let ui = crate::ui::Ui::new(true);
+    let runner = crate::txn::Runner::new(host, &ui);
+    let mut args = vec![
+        HELPER.to_string(),
+        "--outside-ns".to_string(),
+        ns.to_string(),
+    ];
+    args.extend(uuids);
+    let c = runner
+        .query_gpt_unshared(&args)
+        .map_err(|e| format!("cannot read the ESPs: {e:#}"))?;
+    if !c.status.success() {
+        let err = String::from_utf8_lossy(&c.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "reading the ESPs in a private mount namespace (unshare --mount) failed: {}",
+            if tail.is_empty() {
+                format!("{}, without a message", c.status)
+            } else {
+                tail.join(" / ")
+            }
+        ));
+    }
+    parse(&c.stdout_str())
+}
+
+/// `gpt __read-esps`: in a private mount namespace only, read each ESP and print the JSON
+/// document [`parse`] reads.
+pub fn helper(host: &Host, args: &ReadEspsArgs) -> Result<u8> {
+    let here = mount_namespace().context("cannot read /proc/self/ns/mnt")?;
+    if here == args.outside_ns {
+        bail!(
+            "{HELPER} mounts the ESPs only in a mount namespace of its own, and this is the one \
+             of the gpt that started it; gpt runs it through `unshare --mount --propagation \
+             private`"
+        );
+    }
+    // Nothing mounted here may reach another namespace, whatever unshare was told.
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("cannot make the mounts of this namespace private")?;
+    let esps = args.uuids.iter().map(|u| read_one(host, u)).collect();
+    let doc = Doc {
+        format: FORMAT,
+        esps,
+    };
+    println!("{}", serde_json::to_string(&doc)?);
+    Ok(0)
+}
+
+/// The file system to mount for ESP `uuid`, and whether it is a folder standing for one
+/// (only under a root other than `/`).
+fn source(host: &Host, uuid: &str) -> Result<(PathBuf, bool), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let abs = format!("/dev/disk/by-uuid/{uuid}");
+    let path = if host.is_real_root() {
+        PathBuf::from(&abs)
+    } else {
+        host.resolve(&abs).map_err(|e| format!("{e:#}"))?
+    };
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{abs} does not exist (proxmox-boot-tool skips it too; `proxmox-boot-tool clean` \
+                 takes it off {UUIDS})"
+            ))
+        }
+        Err(e) => return Err(format!("cannot look at {abs}: {e}")),
+    };
+    if meta.file_type().is_block_device() {
+        Ok((path, false))
+    } else if meta.is_dir() && !host.is_real_root() {
+        Ok((path, true))
+    } else {
+        Err(format!("{abs} is not a block device"))
+    }
+}
+
+/// Mount one ESP read-only on a temp folder, read it, unmount it.
+fn read_one(host: &Host, uuid: &str) -> Esp {
+    let mut esp = Esp {
+        uuid: uuid.to_string(),
+        ..Esp::default()
+    };
+    if let Err(why) = mount_and_read(host, &mut esp) {
+        esp = Esp {
+            uuid: uuid.to_string(),
+            error: Some(why),
+            ..Esp::default()
+        };
+    }
+    esp
+}
+
+fn mount_and_read(host: &Host, esp: &mut Esp) -> Result<(), String> {
+    use nix::errno::Errno;
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    if !is_vfat_uuid(&esp.uuid) {
+        return Err(format!("{:?} is not a VFAT volume id", esp.uuid));
+    }
+    let (src, folder) = source(host, &esp.uuid)?;
+    let dir = tempfile::Builder::new()
+        .prefix("gpt-esp-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a folder to mount it on: {e}"))?;
+    let safe = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounted = if folder {
+        mount(
+            Some(&src),
+            dir.path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .and_then(|()| {
+            let r = mount(
+                None::<&str>,
+                dir.path(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | safe,
+                None::<&str>,
+            );
+            if r.is_err() {
+                let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+            }
+            r
+        })
+    } else {
+        mount(Some(&src), dir.path(), Some("vfat"), safe, None::<&str>)
+    };
+    let shown = format!("/dev/disk/by-uuid/{}", esp.uuid);
+    match mounted {
+        Ok(()) => {}
+        Err(Errno::EBUSY) => {
+            return Err(format!(
+                "cannot mount {shown} read-only: it is mounted read-write elsewhere (a \
+                 proxmox-boot-tool refresh running?)"
+            ))
+        }
+        Err(e) => return Err(format!("cannot mount {shown} read-only: {e}")),
+    }
+    let read = read_tree(dir.path(), esp);
+    let unmounted = umount2(dir.path(), MntFlags::MNT_DETACH);
+    read?;
+    unmounted.map_err(|e| format!("cannot unmount {shown}: {e}"))
+}
+
+/// A regular file's text (`None`: absent or not a regular file).
+fn text(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => std::fs::read(path)
+            .map(|b| Some(String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// What boots from the ESP mounted at `dir`.
+fn read_tree(dir: &Path, esp: &mut Esp) -> Result<(), String> {
+    esp.grub_efi = is_file(&dir.join("EFI/proxmox").join(grub_image()));
+    esp.loader_conf = is_file(&dir.join("loader/loader.conf"));
+    let entries = dir.join("loader/entries");
+    let mut names: Vec<String> = match std::fs::read_dir(&entries) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("proxmox-") && n.ends_with(".conf"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("cannot list loader/entries: {e}")),
+    };
+    names.sort();
+    for name in names {
+        if let Some(t) = text(&entries.join(&name))? {
+            let options = super::systemd_boot::entry_options(&t).join(" ");
+            esp.entries.push(EspEntry { name, options });
+        }
+    }
+    if let Some(cfg) = text(&dir.join("grub/grub.cfg"))? {
+        esp.grub_cfg = true;
+        esp.grub_linux = cfg
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_ascii_whitespace();
+                matches!(words.next(), Some("linux" | "linuxefi" | "linux16"))
+                    .then(|| words.collect::<Vec<_>>().join(" "))
+            })
+            .collect();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_gives_vfat_ids_in_order_and_skips_the_rest() {
+        let list = "# This file is auto-generated by proxmox-boot-tool\n4A1B-2C3D\n\n\
+                    b0c1-d2e3\n 4A1B-2C3D\n../../etc\n4A1B-2C3D\n12345-678\n";
+        assert_eq!(uuids(list), ["4A1B-2C3D", "b0c1-d2e3"]);
+        assert!(uuids("# only a comment\n").is_empty());
+    }
+
+    #[test]
+    fn the_readers_output_is_read_back() {
+        let doc = r#"{"format":1,"esps":[
+            {"uuid":"4A1B-2C3D","grub_efi":false,"loader_conf":true,
+             "entries":[{"name":"proxmox-6.8.12-4-pve.conf","options":"root=ZFS=rpool/ROOT/pve-1 boot=zfs iommu=pt"}],
+             "grub_cfg":false,"grub_linux":[]},
+            {"uuid":"B0C1-D2E3","grub_efi":true,"grub_cfg":true,
+             "grub_linux":["/vmlinuz-6.8.12-4-pve root=ZFS=rpool/ROOT/pve-1 ro quiet"]},
+            {"uuid":"C0FF-EE00","error":"/dev/disk/by-uuid/C0FF-EE00 does not exist"}
+        ]}"#;
+        let esps = parse(doc).unwrap();
+        assert_eq!(esps.len(), 3);
+        assert!(!esps[0].boots_grub(true));
+        assert!(
+            esps[0].boots_grub(false),
+            "a BIOS boot is GRUB's on every ESP"
+        );
+        assert_eq!(
+            esps[0].entry_of("6.8.12-4-pve").unwrap().options,
+            "root=ZFS=rpool/ROOT/pve-1 boot=zfs iommu=pt"
+        );
+        assert!(esps[0].entry_of("6.8.12-5-pve").is_none());
+        assert!(esps[1].boots_grub(true) && esps[1].entries.is_empty());
+        assert!(esps[2].error.as_deref().unwrap().contains("does not exist"));
+        // What the helper writes is what the parser reads.
+        let again = serde_json::to_string(&Doc {
+            format: FORMAT,
+            esps: esps.clone(),
+        })
+        .unwrap();
+        assert_eq!(parse(&again).unwrap(), esps);
+    }
+
+    #[test]
+    fn output_gpt_cannot_trust_is_refused_with_the_reason() {
+        for (out, why) in [
+            ("", "cannot read"),
+            ("mount: permission denied", "cannot read"),
+            (r#"{"format":2,"esps":[]}"#, "format 2"),
+            (r#"{"esps":[]}"#, "cannot read"),
+            (r#"{"format":1,"esps":[{"uuid":"../../x"}]}"#, "valid UUID"),
+            (r#"{"format":1,"esps":[{"grub_efi":true}]}"#, "cannot read"),
+        ] {
+            let e = parse(out).unwrap_err();
+            assert!(e.contains(why), "{out:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn manual_and_pinned_kernels_are_the_ones_the_tool_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::new(d.path());
+        assert!(chosen_kernels(&host).is_empty());
+        let k = d.path().join("etc/kernel");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(
+            k.join("proxmox-boot-manual-kernels"),
+            "6.5.13-6-pve\n6.8.4-2-pve\n",
+        )
+        .unwrap();
+        std::fs::write(k.join("proxmox-boot-pin"), "6.8.4-2-pve\nignored\n").unwrap();
+        std::fs::write(k.join("next-boot-pin"), "6.2.16-20-pve").unwrap();
+        assert_eq!(
+            chosen_kernels(&host),
+            ["6.5.13-6-pve", "6.8.4-2-pve", "6.2.16-20-pve"]
+        );
+    }
+
+    #[test]
+    fn a_refresh_is_seen_in_the_hosts_processes() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host::new(d.path());
+        std::fs::create_dir_all(d.path().join("proc/77")).unwrap();
+        std::fs::write(d.path().join("proc/77/cmdline"), b"bash\0-l\0").unwrap();
+        std::fs::create_dir_all(d.path().join("proc/78")).unwrap();
+        std::fs::write(
+            d.path().join("proc/78/cmdline"),
+            b"less\0/usr/sbin/proxmox-boot-tool\0",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("proc/cmdline"), b"root=x\n").unwrap();
+        assert_eq!(refresh_running(&host), None);
+        std::fs::create_dir_all(d.path().join("proc/4242")).unwrap();
+        std::fs::write(
+            d.path().join("proc/4242/cmdline"),
+            b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
+        )
+        .unwrap();
+        let seen = refresh_running(&host).unwrap();
+        assert!(seen.contains("4242") && seen.contains("refresh"), "{seen}");
+    }
+}
