@@ -4,6 +4,7 @@
 //! editors in `edit`.
 
 use crate::boot::Stack;
+use crate::edit::early::{EarlyBind, EarlyTarget, Gate};
 use crate::edit::{cmdline, modprobe};
 use crate::facts::{self, Facts, VFIO_PCI};
 use crate::paths::MODPROBE_CONF;
@@ -47,6 +48,8 @@ pub struct Planned {
     pub warnings: Vec<String>,
     /// Passthrough configuration gpt did not write (a guide's), found on this host.
     pub existing: Vec<crate::passthrough::Found>,
+    /// gpt's early binding step in the initramfs, when the configuration has one.
+    pub early: Option<EarlyBind>,
 }
 
 /// Which IOMMU arguments this host needs: `intel_iommu=on` when the firmware's IOMMU is Intel
@@ -65,18 +68,25 @@ pub fn iommu_args(f: &Facts) -> Vec<String> {
     args
 }
 
-/// The modules that would claim a device if vfio-pci did not come first.
-fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet<String> {
+/// The modules that would claim a device if vfio-pci did not come first, and the driver that
+/// holds it now when that driver is built into the running kernel (its folder in sysfs has no
+/// module link).
+fn claimants(
+    f: &Facts,
+    dev: &PciDevice,
+    warnings: &mut Vec<String>,
+) -> (BTreeSet<String>, Option<String>) {
     let mut out = BTreeSet::new();
+    let mut running_builtin = None;
     if let Some(drv) = dev.driver.as_deref().filter(|d| *d != "vfio-pci") {
         match f.driver_modules.get(drv) {
             Some(Some(module)) => {
                 out.insert(module.replace('-', "_"));
             }
-            _ => warnings.push(format!(
-                "{} is driven by {drv}, which is built into the kernel: a softdep cannot hold it off; \
-                 vfio-pci.ids= on the command line must win the race, so check with `gpt check` after \
-                 the reboot",
+            Some(None) => running_builtin = Some(drv.to_string()),
+            None => warnings.push(format!(
+                "{} is driven by {drv}, which is not among the PCI drivers in sysfs: gpt cannot tell \
+                 its module, so check with `gpt check` after the reboot",
                 dev.address
             )),
         }
@@ -106,7 +116,50 @@ fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet
     for never in [VFIO_PCI, "pcieport", "vfio_pci_core"] {
         out.remove(never);
     }
+    (out, running_builtin)
+}
+
+/// Of a device's claimants, those built into a kernel, each with the kernels that build it
+/// in (a driver built into the running kernel, with that kernel).
+fn built_in_claimants(
+    f: &Facts,
+    claimants: &BTreeSet<String>,
+    running_builtin: Option<&str>,
+) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = claimants
+        .iter()
+        .map(|m| {
+            let k: Vec<String> = f.built_in_by(m).into_iter().map(str::to_string).collect();
+            (m.clone(), k)
+        })
+        .filter(|(_, k)| !k.is_empty())
+        .collect();
+    if let Some(drv) = running_builtin {
+        let kernel = f
+            .running_kernel
+            .clone()
+            .unwrap_or_else(|| "the running kernel".into());
+        out.push((drv.to_string(), vec![kernel]));
+    }
     out
+}
+
+/// The kernels that do not build `module` in, as a phrase ("a module on kernel X").
+fn modular_on(f: &Facts, module: &str) -> String {
+    let modular: Vec<&str> = f
+        .kernels
+        .iter()
+        .filter(|k| !k.builtin.contains(module))
+        .map(|k| k.version.as_str())
+        .collect();
+    if modular.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; a module on kernel {} (held off by its softdep or install hook)",
+            modular.join(", ")
+        )
+    }
 }
 
 /// What the configuration needs, before it is put into files.
@@ -121,6 +174,8 @@ struct Wanted {
     devices: Vec<String>,
     gpus: Vec<String>,
     ids: Vec<String>,
+    /// gpt's early binding step in the initramfs (`None`: not needed).
+    early: Option<EarlyBind>,
 }
 
 /// The user's own kernel arguments must not fight the configuration.
@@ -199,20 +254,41 @@ fn wanted(
         w.args.push("video=efifb:off".into());
     }
     w.initramfs_modules = early_modules(f);
+    let mut early_targets = Vec::new();
     for d in &devices {
-        let c = claimants(f, d, warnings);
+        let (c, running_builtin) = claimants(f, d, warnings);
         // A claimant built into a kernel binds its function before any userspace runs:
         // neither a softdep nor an install hook nor vfio-pci.ids= (with vfio-pci a module)
-        // holds it off.
-        for m in &c {
-            let kernels = f.built_in_by(m);
-            if !kernels.is_empty() {
+        // holds it off. The early step unbinds it there; never from the console's GPU.
+        let built_in = built_in_claimants(f, &c, running_builtin.as_deref());
+        let unbind = !built_in.is_empty() && !d.boot_vga;
+        for (m, kernels) in &built_in {
+            if d.boot_vga {
                 warnings.push(format!(
-                    "{m} is built into kernel {}: it can take {} at boot before vfio-pci does, and gpt \
-                     cannot hold it off; `gpt check` after the reboot says whether it did",
+                    "{m} is built into kernel {} and can take {}, the GPU that drives the console, at \
+                     boot before vfio-pci does; gpt never unbinds the console's GPU, so check with \
+                     `gpt check` after the reboot",
                     kernels.join(", "),
                     d.address
                 ));
+            } else {
+                notes.push(format!(
+                    "{m} is built into kernel {}: it holds {} before any userspace runs, so gpt's early \
+                     step unbinds it there and hands it to vfio-pci{}",
+                    kernels.join(", "),
+                    d.address,
+                    modular_on(f, m)
+                ));
+            }
+        }
+        if let (Some(vendor), Some(device)) = (d.vendor, d.device) {
+            if unbind || w.bind == BindMode::Address {
+                early_targets.push(EarlyTarget {
+                    address: d.address.to_string(),
+                    vendor,
+                    device,
+                    unbind,
+                });
             }
         }
         w.softdeps.extend(c);
@@ -222,12 +298,21 @@ fn wanted(
         if !builtin.is_empty() {
             notes.push(format!(
                 "vfio-pci is built into kernel {}: kmod never runs an install command for it there, so \
-                 the hooks on the drivers that could claim the devices ({}) set the overrides and have \
-                 the PCI core probe the devices again",
+                 the early step and the hooks on the drivers that could claim the devices ({}) set the \
+                 overrides and have the PCI core probe the devices again",
                 builtin.join(", "),
                 w.softdeps.iter().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
+    }
+    if !early_targets.is_empty() {
+        w.early = Some(EarlyBind {
+            targets: early_targets,
+            gate: match w.bind {
+                BindMode::Address => Gate::Address,
+                BindMode::Ids => Gate::Ids,
+            },
+        });
     }
     let bind_targets: Vec<modprobe::BindTarget> = match w.bind {
         BindMode::Ids => Vec::new(),
@@ -312,6 +397,21 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     let user_args = stack.loader.user_args(f)?;
     refuse_conflicts(&user_args, &stack)?;
     let w = wanted(f, sel, opts, &mut warnings, &mut notes);
+    if let Some(e) = &w.early {
+        notes.push(format!(
+            "early in the initramfs, {}: {}",
+            stack.initramfs.early_how(),
+            e.targets
+                .iter()
+                .map(|t| if t.unbind {
+                    format!("{} (unbound first)", t.address)
+                } else {
+                    t.address.clone()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let where_ = format!("{} configuration", stack.loader.kind().name());
     let existing = crate::passthrough::find(
         &f.modprobe_d,
@@ -348,7 +448,14 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     notes.extend(args_edit.notes.iter().cloned());
     let mut plan = Plan::default();
     plan.push_file(args_edit.change.clone());
-    if let Some(change) = stack.initramfs.edit_modules(f, &w.initramfs_modules)? {
+    if let Some(change) =
+        stack
+            .initramfs
+            .edit_modules(f, &w.initramfs_modules, w.early.is_some())?
+    {
+        plan.push_file(change);
+    }
+    for change in stack.initramfs.edit_early(f, w.early.as_ref())? {
         plan.push_file(change);
     }
     plan.push_file(modprobe_change(f, w.conf_text.clone())?);
@@ -385,6 +492,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         boot: stack.id(),
         no_idle_d3: opts.no_idle_d3 && phase == Phase::Vfio,
     };
+    let early = w.early;
     Ok(Planned {
         plan,
         config,
@@ -392,6 +500,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         notes,
         warnings,
         existing,
+        early,
     })
 }
 
