@@ -834,4 +834,145 @@ mod tests {
             )
         );
     }
+
+    /// One card with a USB-C controller (xhci_hcd, a module in the running kernel) on
+    /// `kernels` (version, builds xhci_pci in): the early step's functions, and the notes.
+    fn usb_card(kernels: &[(&str, bool)], gpu_is_boot_vga: bool) -> (Option<EarlyBind>, Planned) {
+        let mut rows = vec![
+            IGPU,
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                11,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.1",
+                0x10de,
+                0x228e,
+                0x040300,
+                11,
+                "snd_hda_intel",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.2",
+                0x10de,
+                0x1ada,
+                0x0c0330,
+                11,
+                "xhci_hcd",
+                "",
+                NO_SUB,
+            ),
+        ];
+        if gpu_is_boot_vga {
+            // The card's GPU drives the console (the iGPU is gone) and its claimant is built in.
+            rows.remove(0);
+        }
+        let mut f = facts(&rows, false);
+        f.kernels = kernels
+            .iter()
+            .map(|(v, xhci)| Kernel {
+                version: v.to_string(),
+                modules: ["vfio", "vfio_iommu_type1", "vfio_pci", "nouveau"]
+                    .map(String::from)
+                    .into(),
+                builtin: if *xhci {
+                    ["xhci_pci".to_string()].into()
+                } else {
+                    Default::default()
+                },
+            })
+            .collect();
+        if gpu_is_boot_vga {
+            f.topology
+                .devices
+                .get_mut(&"0000:01:00.0".parse().unwrap())
+                .unwrap()
+                .boot_vga = true;
+            for k in &mut f.kernels {
+                k.builtin.insert("nouveau".into());
+            }
+        }
+        let req = Request {
+            devices: vec!["01:00.0".into()],
+            force: gpu_is_boot_vga,
+            ..Request::default()
+        };
+        let sel = select(&f.topology, &Names::default(), &req, &BTreeMap::new()).unwrap();
+        let p = plan(&f, Some(&sel), &Options::default()).unwrap();
+        (p.early.clone(), p)
+    }
+
+    #[test]
+    fn a_claimant_built_into_one_kernel_gets_the_early_step_said_per_kernel() {
+        // xhci_pci built into the newer kernel only: the USB-C function is unbound early,
+        // gated by vfio-pci.ids= (bound by ids), and the notes name both kernels.
+        let (early, p) = usb_card(
+            &[("6.1.0-13-amd64", false), ("6.17.0-5-generic", true)],
+            false,
+        );
+        let early = early.expect("an early step");
+        assert_eq!(early.gate, Gate::Ids);
+        assert_eq!(
+            early.targets,
+            [EarlyTarget {
+                address: "0000:01:00.2".into(),
+                vendor: 0x10de,
+                device: 0x1ada,
+                unbind: true
+            }]
+        );
+        assert!(
+            p.notes.iter().any(|n| n.starts_with(
+                "xhci_pci is built into kernel 6.17.0-5-generic: it holds 0000:01:00.2"
+            ) && n.ends_with(
+                "a module on kernel 6.1.0-13-amd64 (held off by its softdep or install hook)"
+            )),
+            "{:?}",
+            p.notes
+        );
+        // Every kernel builds it as a module: no early step, nothing said.
+        let (early, p) = usb_card(&[("6.1.0-13-amd64", false)], false);
+        assert_eq!(early, None);
+        assert!(
+            !p.notes.iter().any(|n| n.contains("early")),
+            "{:?}",
+            p.notes
+        );
+        // Built in everywhere: no "module on" clause.
+        let (_, p) = usb_card(&[("6.17.0-5-generic", true)], false);
+        assert!(
+            p.notes.iter().any(|n| n.ends_with("hands it to vfio-pci")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn the_console_gpu_is_never_unbound_early_and_gpt_says_so() {
+        let (early, p) = usb_card(&[("6.17.0-5-generic", true)], true);
+        let early = early.unwrap();
+        let gpu = early.targets.iter().find(|t| t.address == "0000:01:00.0");
+        // By ids, the console GPU is not in the step at all; its USB-C function is.
+        assert_eq!(gpu, None, "{early:?}");
+        assert!(early
+            .targets
+            .iter()
+            .any(|t| t.address == "0000:01:00.2" && t.unbind));
+        assert!(
+            p.warnings.iter().any(
+                |w| w.contains("0000:01:00.0, the GPU that drives the console")
+                    && w.contains("gpt never unbinds the console's GPU")
+            ),
+            "{:?}",
+            p.warnings
+        );
+    }
 }
