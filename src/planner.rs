@@ -139,7 +139,10 @@ fn built_in_claimants(
             .running_kernel
             .clone()
             .unwrap_or_else(|| "the running kernel".into());
-        out.push((drv.to_string(), vec![kernel]));
+        // Said once: modules.builtin may name it already (xhci_hcd is module xhci_pci).
+        if !out.iter().any(|(_, k)| k.contains(&kernel)) {
+            out.push((drv.to_string(), vec![kernel]));
+        }
     }
     out
 }
@@ -953,6 +956,62 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    #[test]
+    fn a_driver_built_into_the_running_kernel_counts_once() {
+        // sysfs says xhci_hcd has no module (built into the running kernel), and the running
+        // kernel's modules.builtin says xhci_pci: one note, one early unbind.
+        let rows = [
+            IGPU,
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                11,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.2",
+                0x10de,
+                0x1ada,
+                0x0c0330,
+                11,
+                "xhci_hcd",
+                "",
+                NO_SUB,
+            ),
+        ];
+        for listed in [true, false] {
+            let mut f = facts(&rows, false);
+            f.driver_modules.insert("xhci_hcd".into(), None);
+            f.running_kernel = Some("6.1.0-13-amd64".into());
+            if listed {
+                f.kernels[0].builtin.insert("xhci_pci".into());
+            }
+            let req = Request {
+                devices: vec!["01:00.0".into()],
+                ..Request::default()
+            };
+            let sel = select(&f.topology, &Names::default(), &req, &BTreeMap::new()).unwrap();
+            let p = plan(&f, Some(&sel), &Options::default()).unwrap();
+            let said: Vec<&String> = p
+                .notes
+                .iter()
+                .filter(|n| {
+                    n.contains("is built into kernel 6.1.0-13-amd64: it holds 0000:01:00.2")
+                })
+                .collect();
+            assert_eq!(said.len(), 1, "{listed}: {:?}", p.notes);
+            let want = if listed { "xhci_pci" } else { "xhci_hcd" };
+            assert!(said[0].starts_with(want), "{said:?}");
+            let early = p.early.unwrap();
+            assert_eq!(early.targets.len(), 1);
+            assert!(early.targets[0].unbind);
+        }
     }
 
     #[test]
