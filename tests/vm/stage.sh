@@ -222,7 +222,7 @@ sanity() {
         bail "no IOMMU groups in the guest"
     check "$GPU is the fake GPU [$GPU_ID]" test "$(id_of $GPU)" = $GPU_ID || bail "unexpected PCI layout"
     check "$AUDIO is its audio function [$AUDIO_ID]" test "$(id_of $AUDIO)" = $AUDIO_ID || bail "unexpected PCI layout"
-    if [ "$scenario" = twin ]; then
+    if [ "$scenario" = twin ] || [ "$scenario" = twin-dracut ]; then
         check "$TWIN is an identical second GPU [$GPU_ID] in another IOMMU group" \
             eval 'test "$(id_of $TWIN)" = $GPU_ID && test "$(group_of $TWIN)" != "$(group_of $GPU)"' ||
             bail "unexpected PCI layout"
@@ -443,7 +443,7 @@ dracut_sanity() {
     check "the dracut package is installed ($v)" pkg_installed dracut || bail "not a dracut guest"
     check "initramfs-tools is not installed" eval '! pkg_installed initramfs-tools'
     case $scenario in
-    dracut)
+    dracut | twin-dracut)
         check "dracut < 107: no update-initramfs on the guest" \
             eval 'dpkg --compare-versions "$v" lt 107 && ! command -v update-initramfs'
         check "no initramfs-tools-core, no /etc/initramfs-tools" \
@@ -673,6 +673,49 @@ twin:5)
     check "gpt reset removed the early step, and the image no longer holds it" \
         eval 'test ! -e $EARLY_SCRIPT && ! initrd_list "/boot/initrd.img-$(uname -r)" | grep -q scripts/init-top/gpt-vfio'
     check "no early step ran in this boot" eval '! early_said ""'
+    complete=yes
+    ;;
+# twin-dracut: twin's two identical GPUs on the trixie dracut guest, whose image forces bochs and
+# snd_hda_intel in (rd.driver.pre, in dracut's cmdline stage): gpt's install hooks in the image set
+# the overrides then, and gpt's pre-udev hook, from its module 90gpt-vfio, runs after them (it says
+# nothing for a function already on vfio-pci; the rescue boot shows it ran).
+twin-dracut:1)
+    sanity
+    dracut_sanity
+    record $GPU $AUDIO $TWIN
+    full_configures full --device $GPU
+    check "gpt full wrote its dracut module (module-setup.sh, gpt-vfio.sh naming $GPU and $AUDIO, never the twin)" \
+        eval 'd=/usr/lib/dracut/modules.d/90gpt-vfio; test -f $d/module-setup.sh &&
+              grep -q "gpt_vfio $GPU " $d/gpt-vfio.sh && grep -q "gpt_vfio $AUDIO " $d/gpt-vfio.sh && ! grep -q "$TWIN" $d/gpt-vfio.sh'
+    check "/etc/dracut.conf.d/gpt-vfio.conf adds the module (add_dracutmodules+=\" gpt-vfio \")" \
+        grep -qx 'add_dracutmodules+=" gpt-vfio "' /etc/dracut.conf.d/gpt-vfio.conf
+    check "lsinitrd of every image lists the pre-udev hook 00-gpt-vfio.sh" every_image_lists 'dracut/hooks/pre-udev/00-gpt-vfio\.sh'
+    full_again_is_noop full2 --device $GPU
+    ;;
+twin-dracut:2)
+    check "/proc/cmdline: vfio-pci.ids= does not hold $GPU_ID (it would take the twin too)" \
+        eval '! cmdline_ids | grep -qxF $GPU_ID'
+    check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check "the twin $TWIN stays on its boot-1 driver" drivers_match <(grep "^$TWIN " "$state/drivers.before")
+    check "the early step never touched the twin $TWIN" eval '! early_said $TWIN'
+    check_json_passes
+    cp /boot/grub/grub.cfg "$state/grub.cfg.configured"
+    sed -i -E '/^[[:space:]]*linux[[:space:]]/ s/$/ gpt.bind=off/' /boot/grub/grub.cfg
+    check "rescue: the next boot's entry has gpt.bind=off" grep -q 'gpt\.bind=off' /boot/grub/grub.cfg
+    ;;
+twin-dracut:3)
+    check "rescue: /proc/cmdline has gpt.bind=off" cmdline_has gpt.bind=off
+    check "rescue: with gpt.bind=off all three functions are on boot 1's drivers" \
+        drivers_match "$state/drivers.before"
+    check "rescue: gpt's pre-udev hook ran in the initramfs, said gpt.bind=off and bound nothing" \
+        eval 'early_said "gpt.bind=off: nothing bound early" && ! early_said "$GPU driver_override"'
+    cat "$state/grub.cfg.configured" >/boot/grub/grub.cfg
+    reset_restores
+    ;;
+twin-dracut:4)
+    restored
+    check "gpt reset removed its dracut module, and no image lists the hook" \
+        eval 'test ! -e /usr/lib/dracut/modules.d/90gpt-vfio && ! every_image_lists 00-gpt-vfio'
     complete=yes
     ;;
 # dracut (Debian 13, dracut 106: gpt regenerates with dracut itself) and dracut-testing (dracut
