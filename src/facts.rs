@@ -72,6 +72,8 @@ pub struct Facts {
     /// Why gpt's dracut file could not be read (only a dracut host cares).
     pub dracut_conf_error: Option<String>,
     pub modprobe_conf: Option<String>,
+    /// The files of gpt's early binding step that exist (every generator's), path → bytes.
+    pub early_files: BTreeMap<String, Vec<u8>>,
     /// The other `/etc/modprobe.d/*.conf` files, in name order (path, text).
     pub modprobe_d: Vec<(String, String)>,
     /// `/etc/modules` and `/etc/modules-load.d/*.conf` (path, text).
@@ -168,6 +170,13 @@ impl Facts {
         }
         f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
         f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
+        for g in boot::generators() {
+            for path in g.early_files() {
+                if let Some(bytes) = read_bytes(host, path)? {
+                    f.early_files.insert(path.to_string(), bytes);
+                }
+            }
+        }
         for name in host.list_dir(MODPROBE_D)? {
             let path = format!("{MODPROBE_D}/{name}");
             if name.ends_with(".conf") && path != MODPROBE_CONF {

@@ -13,6 +13,16 @@ pub const INITRAMFS_MODULES: &str = "/etc/initramfs-tools/modules";
 pub const DRACUT_CONF_D: &str = "/etc/dracut.conf.d";
 /// gpt's own dracut snippet: the vfio modules forced into the image.
 pub const DRACUT_CONF: &str = "/etc/dracut.conf.d/gpt-vfio.conf";
+/// gpt's early binding step on initramfs-tools: an `init-top` script from /etc, which
+/// mkinitramfs copies into the image. Its name sorts before `udev`: see
+/// `crate::boot::initramfs_tools`.
+pub const INITRAMFS_EARLY: &str = "/etc/initramfs-tools/scripts/init-top/gpt-vfio";
+/// gpt's early binding step on dracut: a module of its own (dracut reads modules only from
+/// here), added by gpt's dracut.conf.d file, whose `module-setup.sh` installs the hook as a
+/// `pre-udev` hook.
+pub const DRACUT_EARLY_DIR: &str = "/usr/lib/dracut/modules.d/90gpt-vfio";
+pub const DRACUT_EARLY_SETUP: &str = "/usr/lib/dracut/modules.d/90gpt-vfio/module-setup.sh";
+pub const DRACUT_EARLY_HOOK: &str = "/usr/lib/dracut/modules.d/90gpt-vfio/gpt-vfio.sh";
 pub const MODPROBE_D: &str = "/etc/modprobe.d";
 /// gpt's own modprobe.d file: softdeps (and the bind-by-address hook).
 pub const MODPROBE_CONF: &str = "/etc/modprobe.d/gpt-vfio.conf";

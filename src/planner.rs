@@ -4,6 +4,7 @@
 //! editors in `edit`.
 
 use crate::boot::Stack;
+use crate::edit::early::{EarlyBind, EarlyTarget, Gate};
 use crate::edit::{cmdline, modprobe};
 use crate::facts::{self, Facts, VFIO_PCI};
 use crate::paths::MODPROBE_CONF;
@@ -47,6 +48,8 @@ pub struct Planned {
     pub warnings: Vec<String>,
     /// Passthrough configuration gpt did not write (a guide's), found on this host.
     pub existing: Vec<crate::passthrough::Found>,
+    /// gpt's early binding step in the initramfs, when the configuration has one.
+    pub early: Option<EarlyBind>,
 }
 
 /// Which IOMMU arguments this host needs: `intel_iommu=on` when the firmware's IOMMU is Intel
@@ -65,18 +68,25 @@ pub fn iommu_args(f: &Facts) -> Vec<String> {
     args
 }
 
-/// The modules that would claim a device if vfio-pci did not come first.
-fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet<String> {
+/// The modules that would claim a device if vfio-pci did not come first, and the driver that
+/// holds it now when that driver is built into the running kernel (its folder in sysfs has no
+/// module link).
+fn claimants(
+    f: &Facts,
+    dev: &PciDevice,
+    warnings: &mut Vec<String>,
+) -> (BTreeSet<String>, Option<String>) {
     let mut out = BTreeSet::new();
+    let mut running_builtin = None;
     if let Some(drv) = dev.driver.as_deref().filter(|d| *d != "vfio-pci") {
         match f.driver_modules.get(drv) {
             Some(Some(module)) => {
                 out.insert(module.replace('-', "_"));
             }
-            _ => warnings.push(format!(
-                "{} is driven by {drv}, which is built into the kernel: a softdep cannot hold it off; \
-                 vfio-pci.ids= on the command line must win the race, so check with `gpt check` after \
-                 the reboot",
+            Some(None) => running_builtin = Some(drv.to_string()),
+            None => warnings.push(format!(
+                "{} is driven by {drv}, which is not among the PCI drivers in sysfs: gpt cannot tell \
+                 its module, so check with `gpt check` after the reboot",
                 dev.address
             )),
         }
@@ -106,7 +116,53 @@ fn claimants(f: &Facts, dev: &PciDevice, warnings: &mut Vec<String>) -> BTreeSet
     for never in [VFIO_PCI, "pcieport", "vfio_pci_core"] {
         out.remove(never);
     }
+    (out, running_builtin)
+}
+
+/// Of a device's claimants, those built into a kernel, each with the kernels that build it
+/// in (a driver built into the running kernel, with that kernel).
+fn built_in_claimants(
+    f: &Facts,
+    claimants: &BTreeSet<String>,
+    running_builtin: Option<&str>,
+) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = claimants
+        .iter()
+        .map(|m| {
+            let k: Vec<String> = f.built_in_by(m).into_iter().map(str::to_string).collect();
+            (m.clone(), k)
+        })
+        .filter(|(_, k)| !k.is_empty())
+        .collect();
+    if let Some(drv) = running_builtin {
+        let kernel = f
+            .running_kernel
+            .clone()
+            .unwrap_or_else(|| "the running kernel".into());
+        // Said once: modules.builtin may name it already (xhci_hcd is module xhci_pci).
+        if !out.iter().any(|(_, k)| k.contains(&kernel)) {
+            out.push((drv.to_string(), vec![kernel]));
+        }
+    }
     out
+}
+
+/// The kernels that do not build `module` in, as a phrase ("a module on kernel X").
+fn modular_on(f: &Facts, module: &str) -> String {
+    let modular: Vec<&str> = f
+        .kernels
+        .iter()
+        .filter(|k| !k.builtin.contains(module))
+        .map(|k| k.version.as_str())
+        .collect();
+    if modular.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; a module on kernel {} (held off by its softdep or install hook)",
+            modular.join(", ")
+        )
+    }
 }
 
 /// What the configuration needs, before it is put into files.
@@ -121,6 +177,8 @@ struct Wanted {
     devices: Vec<String>,
     gpus: Vec<String>,
     ids: Vec<String>,
+    /// gpt's early binding step in the initramfs (`None`: not needed).
+    early: Option<EarlyBind>,
 }
 
 /// The user's own kernel arguments must not fight the configuration.
@@ -199,20 +257,41 @@ fn wanted(
         w.args.push("video=efifb:off".into());
     }
     w.initramfs_modules = early_modules(f);
+    let mut early_targets = Vec::new();
     for d in &devices {
-        let c = claimants(f, d, warnings);
+        let (c, running_builtin) = claimants(f, d, warnings);
         // A claimant built into a kernel binds its function before any userspace runs:
         // neither a softdep nor an install hook nor vfio-pci.ids= (with vfio-pci a module)
-        // holds it off.
-        for m in &c {
-            let kernels = f.built_in_by(m);
-            if !kernels.is_empty() {
+        // holds it off. The early step unbinds it there; never from the console's GPU.
+        let built_in = built_in_claimants(f, &c, running_builtin.as_deref());
+        let unbind = !built_in.is_empty() && !d.boot_vga;
+        for (m, kernels) in &built_in {
+            if d.boot_vga {
                 warnings.push(format!(
-                    "{m} is built into kernel {}: it can take {} at boot before vfio-pci does, and gpt \
-                     cannot hold it off; `gpt check` after the reboot says whether it did",
+                    "{m} is built into kernel {} and can take {}, the GPU that drives the console, at \
+                     boot before vfio-pci does; gpt never unbinds the console's GPU, so check with \
+                     `gpt check` after the reboot",
                     kernels.join(", "),
                     d.address
                 ));
+            } else {
+                notes.push(format!(
+                    "{m} is built into kernel {}: it holds {} before any userspace runs, so gpt's early \
+                     step unbinds it there and hands it to vfio-pci{}",
+                    kernels.join(", "),
+                    d.address,
+                    modular_on(f, m)
+                ));
+            }
+        }
+        if let (Some(vendor), Some(device)) = (d.vendor, d.device) {
+            if unbind || w.bind == BindMode::Address {
+                early_targets.push(EarlyTarget {
+                    address: d.address.to_string(),
+                    vendor,
+                    device,
+                    unbind,
+                });
             }
         }
         w.softdeps.extend(c);
@@ -222,12 +301,21 @@ fn wanted(
         if !builtin.is_empty() {
             notes.push(format!(
                 "vfio-pci is built into kernel {}: kmod never runs an install command for it there, so \
-                 the hooks on the drivers that could claim the devices ({}) set the overrides and have \
-                 the PCI core probe the devices again",
+                 the early step and the hooks on the drivers that could claim the devices ({}) set the \
+                 overrides and have the PCI core probe the devices again",
                 builtin.join(", "),
                 w.softdeps.iter().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
+    }
+    if !early_targets.is_empty() {
+        w.early = Some(EarlyBind {
+            targets: early_targets,
+            gate: match w.bind {
+                BindMode::Address => Gate::Address,
+                BindMode::Ids => Gate::Ids,
+            },
+        });
     }
     let bind_targets: Vec<modprobe::BindTarget> = match w.bind {
         BindMode::Ids => Vec::new(),
@@ -312,6 +400,21 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     let user_args = stack.loader.user_args(f)?;
     refuse_conflicts(&user_args, &stack)?;
     let w = wanted(f, sel, opts, &mut warnings, &mut notes);
+    if let Some(e) = &w.early {
+        notes.push(format!(
+            "early in the initramfs, {}: {}",
+            stack.initramfs.early_how(),
+            e.targets
+                .iter()
+                .map(|t| if t.unbind {
+                    format!("{} (unbound first)", t.address)
+                } else {
+                    t.address.clone()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let where_ = format!("{} configuration", stack.loader.kind().name());
     let existing = crate::passthrough::find(
         &f.modprobe_d,
@@ -348,7 +451,14 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
     notes.extend(args_edit.notes.iter().cloned());
     let mut plan = Plan::default();
     plan.push_file(args_edit.change.clone());
-    if let Some(change) = stack.initramfs.edit_modules(f, &w.initramfs_modules)? {
+    if let Some(change) =
+        stack
+            .initramfs
+            .edit_modules(f, &w.initramfs_modules, w.early.is_some())?
+    {
+        plan.push_file(change);
+    }
+    for change in stack.initramfs.edit_early(f, w.early.as_ref())? {
         plan.push_file(change);
     }
     plan.push_file(modprobe_change(f, w.conf_text.clone())?);
@@ -385,6 +495,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         boot: stack.id(),
         no_idle_d3: opts.no_idle_d3 && phase == Phase::Vfio,
     };
+    let early = w.early;
     Ok(Planned {
         plan,
         config,
@@ -392,6 +503,7 @@ pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planne
         notes,
         warnings,
         existing,
+        early,
     })
 }
 
@@ -723,6 +835,203 @@ mod tests {
                 s(&[]),
                 s(&["amdgpu", "radeon", "snd_hda_intel", "xhci_pci"])
             )
+        );
+    }
+
+    /// One card with a USB-C controller (xhci_hcd, a module in the running kernel) on
+    /// `kernels` (version, builds xhci_pci in): the early step's functions, and the notes.
+    fn usb_card(kernels: &[(&str, bool)], gpu_is_boot_vga: bool) -> (Option<EarlyBind>, Planned) {
+        let mut rows = vec![
+            IGPU,
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                11,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.1",
+                0x10de,
+                0x228e,
+                0x040300,
+                11,
+                "snd_hda_intel",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.2",
+                0x10de,
+                0x1ada,
+                0x0c0330,
+                11,
+                "xhci_hcd",
+                "",
+                NO_SUB,
+            ),
+        ];
+        if gpu_is_boot_vga {
+            // The card's GPU drives the console (the iGPU is gone) and its claimant is built in.
+            rows.remove(0);
+        }
+        let mut f = facts(&rows, false);
+        f.kernels = kernels
+            .iter()
+            .map(|(v, xhci)| Kernel {
+                version: v.to_string(),
+                modules: ["vfio", "vfio_iommu_type1", "vfio_pci", "nouveau"]
+                    .map(String::from)
+                    .into(),
+                builtin: if *xhci {
+                    ["xhci_pci".to_string()].into()
+                } else {
+                    Default::default()
+                },
+            })
+            .collect();
+        if gpu_is_boot_vga {
+            f.topology
+                .devices
+                .get_mut(&"0000:01:00.0".parse().unwrap())
+                .unwrap()
+                .boot_vga = true;
+            for k in &mut f.kernels {
+                k.builtin.insert("nouveau".into());
+            }
+        }
+        let req = Request {
+            devices: vec!["01:00.0".into()],
+            force: gpu_is_boot_vga,
+            ..Request::default()
+        };
+        let sel = select(&f.topology, &Names::default(), &req, &BTreeMap::new()).unwrap();
+        let p = plan(&f, Some(&sel), &Options::default()).unwrap();
+        (p.early.clone(), p)
+    }
+
+    #[test]
+    fn a_claimant_built_into_one_kernel_gets_the_early_step_said_per_kernel() {
+        // xhci_pci built into the newer kernel only: the USB-C function is unbound early,
+        // gated by vfio-pci.ids= (bound by ids), and the notes name both kernels.
+        let (early, p) = usb_card(
+            &[("6.1.0-13-amd64", false), ("6.17.0-5-generic", true)],
+            false,
+        );
+        let early = early.expect("an early step");
+        assert_eq!(early.gate, Gate::Ids);
+        assert_eq!(
+            early.targets,
+            [EarlyTarget {
+                address: "0000:01:00.2".into(),
+                vendor: 0x10de,
+                device: 0x1ada,
+                unbind: true
+            }]
+        );
+        assert!(
+            p.notes.iter().any(|n| n.starts_with(
+                "xhci_pci is built into kernel 6.17.0-5-generic: it holds 0000:01:00.2"
+            ) && n.ends_with(
+                "a module on kernel 6.1.0-13-amd64 (held off by its softdep or install hook)"
+            )),
+            "{:?}",
+            p.notes
+        );
+        // Every kernel builds it as a module: no early step, nothing said.
+        let (early, p) = usb_card(&[("6.1.0-13-amd64", false)], false);
+        assert_eq!(early, None);
+        assert!(
+            !p.notes.iter().any(|n| n.contains("early")),
+            "{:?}",
+            p.notes
+        );
+        // Built in everywhere: no "module on" clause.
+        let (_, p) = usb_card(&[("6.17.0-5-generic", true)], false);
+        assert!(
+            p.notes.iter().any(|n| n.ends_with("hands it to vfio-pci")),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn a_driver_built_into_the_running_kernel_counts_once() {
+        // sysfs says xhci_hcd has no module (built into the running kernel), and the running
+        // kernel's modules.builtin says xhci_pci: one note, one early unbind.
+        let rows = [
+            IGPU,
+            (
+                "0000:01:00.0",
+                0x10de,
+                0x2504,
+                0x030000,
+                11,
+                "nouveau",
+                "",
+                NO_SUB,
+            ),
+            (
+                "0000:01:00.2",
+                0x10de,
+                0x1ada,
+                0x0c0330,
+                11,
+                "xhci_hcd",
+                "",
+                NO_SUB,
+            ),
+        ];
+        for listed in [true, false] {
+            let mut f = facts(&rows, false);
+            f.driver_modules.insert("xhci_hcd".into(), None);
+            f.running_kernel = Some("6.1.0-13-amd64".into());
+            if listed {
+                f.kernels[0].builtin.insert("xhci_pci".into());
+            }
+            let req = Request {
+                devices: vec!["01:00.0".into()],
+                ..Request::default()
+            };
+            let sel = select(&f.topology, &Names::default(), &req, &BTreeMap::new()).unwrap();
+            let p = plan(&f, Some(&sel), &Options::default()).unwrap();
+            let said: Vec<&String> = p
+                .notes
+                .iter()
+                .filter(|n| {
+                    n.contains("is built into kernel 6.1.0-13-amd64: it holds 0000:01:00.2")
+                })
+                .collect();
+            assert_eq!(said.len(), 1, "{listed}: {:?}", p.notes);
+            let want = if listed { "xhci_pci" } else { "xhci_hcd" };
+            assert!(said[0].starts_with(want), "{said:?}");
+            let early = p.early.unwrap();
+            assert_eq!(early.targets.len(), 1);
+            assert!(early.targets[0].unbind);
+        }
+    }
+
+    #[test]
+    fn the_console_gpu_is_never_unbound_early_and_gpt_says_so() {
+        let (early, p) = usb_card(&[("6.17.0-5-generic", true)], true);
+        let early = early.unwrap();
+        let gpu = early.targets.iter().find(|t| t.address == "0000:01:00.0");
+        // By ids, the console GPU is not in the step at all; its USB-C function is.
+        assert_eq!(gpu, None, "{early:?}");
+        assert!(early
+            .targets
+            .iter()
+            .any(|t| t.address == "0000:01:00.2" && t.unbind));
+        assert!(
+            p.warnings.iter().any(
+                |w| w.contains("0000:01:00.0, the GPU that drives the console")
+                    && w.contains("gpt never unbinds the console's GPU")
+            ),
+            "{:?}",
+            p.warnings
         );
     }
 }

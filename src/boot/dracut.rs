@@ -4,13 +4,24 @@
 //! host's kernel updates do it: with dracut's own `update-initramfs` where the package ships
 //! one (107 and later; it runs the post-update hooks), else `dracut --force --regenerate-all`.
 //! Images are listed with `lsinitrd`.
+//!
+//! The early binding step is a `pre-udev` hook: dracut's systemd initramfs runs those in
+//! `dracut-pre-udev.service` (`Before=systemd-udevd.service dracut-pre-trigger.service`), its
+//! shell initramfs in `init` before it starts udevd. dracut reads its modules only from
+//! `/usr/lib/dracut/modules.d` (hooks from `/etc/dracut/hooks` only since dracut 110, and the
+//! image's hook folder moved from `/lib/dracut/hooks` to `/var/lib/dracut/hooks` in dracut-ng),
+//! so gpt writes a module of its own there, `90gpt-vfio`, whose `module-setup.sh` installs the
+//! script with dracut's `inst_hook` (right for each version) and asks to be included only when
+//! named: gpt's dracut.conf.d file names it (`add_dracutmodules+=`). Both files are gpt's and
+//! journalled; reset removes them and the folder.
 
 use super::initramfs_tools::depmod;
 use super::{Generator, InitramfsKind};
 use crate::edit::dracut;
+use crate::edit::early::{self, EarlyBind, Flavour};
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::paths::{self, DRACUT_CONF, MODPROBE_CONF};
+use crate::paths::{self, DRACUT_CONF, DRACUT_EARLY_HOOK, DRACUT_EARLY_SETUP, MODPROBE_CONF};
 use crate::plan::{FileChange, Step};
 use crate::txn::Runner;
 use anyhow::{bail, Result};
@@ -23,7 +34,12 @@ impl Generator for Dracut {
         InitramfsKind::Dracut
     }
 
-    fn edit_modules(&self, f: &Facts, wanted: &[String]) -> Result<Option<FileChange>> {
+    fn edit_modules(
+        &self,
+        f: &Facts,
+        wanted: &[String],
+        early: bool,
+    ) -> Result<Option<FileChange>> {
         if let Some(e) = &f.dracut_conf_error {
             bail!("{e}");
         }
@@ -34,7 +50,8 @@ impl Generator for Dracut {
                 );
             }
         }
-        let after = dracut::render(wanted, &[MODPROBE_CONF]);
+        let modules: &[&str] = if early { &[early::DRACUT_MODULE] } else { &[] };
+        let after = dracut::render(wanted, &[MODPROBE_CONF], modules);
         Ok(Some(FileChange::new(
             DRACUT_CONF,
             f.dracut_conf.clone().map(String::into_bytes),
@@ -42,24 +59,52 @@ impl Generator for Dracut {
         )))
     }
 
+    fn edit_early(&self, f: &Facts, bind: Option<&EarlyBind>) -> Result<Vec<FileChange>> {
+        let hook = bind.map(|b| early::render(b, Flavour::DracutHook));
+        let setup = bind.map(|_| early::dracut_module_setup());
+        Ok(vec![
+            super::early_change(f, DRACUT_EARLY_SETUP, setup, 0o755)?,
+            super::early_change(f, DRACUT_EARLY_HOOK, hook, 0o755)?,
+        ])
+    }
+
+    fn early_files(&self) -> Vec<&'static str> {
+        vec![DRACUT_EARLY_SETUP, DRACUT_EARLY_HOOK]
+    }
+
+    fn early_how(&self) -> &'static str {
+        "a dracut pre-udev hook (gpt's module 90gpt-vfio), which runs before udevd starts"
+    }
+
+    fn early_in_image(&self) -> &'static str {
+        "dracut/hooks/pre-udev/00-gpt-vfio.sh"
+    }
+
     fn owns(&self, path: &Path) -> bool {
-        path == Path::new(DRACUT_CONF)
+        path == Path::new(DRACUT_CONF) || self.early_files().iter().any(|e| path == Path::new(e))
     }
 
     fn files(&self, _host: &Host) -> Result<Vec<PathBuf>> {
-        Ok(vec![PathBuf::from(DRACUT_CONF)])
+        let mut files = vec![PathBuf::from(DRACUT_CONF)];
+        files.extend(self.early_files().into_iter().map(PathBuf::from));
+        Ok(files)
     }
 
     fn has_marks(&self, text: &str) -> bool {
-        dracut::is_gpt_owned(text)
+        dracut::is_gpt_owned(text) || early::is_gpt_script(text)
     }
 
     fn strip(&self, _path: &Path, text: &str) -> Result<Option<String>> {
-        Ok((!dracut::is_gpt_owned(text)).then(|| text.to_string()))
+        Ok((!self.has_marks(text)).then(|| text.to_string()))
     }
 
     fn inputs(&self) -> Vec<&'static str> {
-        vec![DRACUT_CONF, MODPROBE_CONF]
+        vec![
+            DRACUT_CONF,
+            MODPROBE_CONF,
+            DRACUT_EARLY_SETUP,
+            DRACUT_EARLY_HOOK,
+        ]
     }
 
     fn regenerate(&self, f: &Facts) -> Vec<Step> {

@@ -16,6 +16,7 @@ pub mod proxmox;
 pub mod pve_esp;
 pub mod systemd_boot;
 
+use crate::edit::early::EarlyBind;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::plan::{FileChange, Step};
@@ -203,9 +204,25 @@ pub trait Loader: Sync {
 pub trait Generator: Sync {
     fn kind(&self) -> InitramfsKind;
     /// The change to the generator's early-modules file that lists exactly `modules` as gpt's
-    /// (`None`: this generator needs no file for them).
-    fn edit_modules(&self, f: &Facts, modules: &[String]) -> Result<Option<FileChange>>;
-    /// Whether `path` is the generator's early-modules file.
+    /// (`None`: this generator needs no file for them); `early`: gpt's early binding step is
+    /// configured too (a generator that enables it in that file does so).
+    fn edit_modules(
+        &self,
+        f: &Facts,
+        modules: &[String],
+        early: bool,
+    ) -> Result<Option<FileChange>>;
+    /// The changes that make exactly `early` run in the initramfs before udev (`None`: no
+    /// step; gpt's files of an earlier run go).
+    fn edit_early(&self, f: &Facts, early: Option<&EarlyBind>) -> Result<Vec<FileChange>>;
+    /// The files of the early step, as on the host (the facts read them; reset looks for
+    /// them).
+    fn early_files(&self) -> Vec<&'static str>;
+    /// How the early step runs, for the plan ("an init-top script, before udev").
+    fn early_how(&self) -> &'static str;
+    /// The end of the path the early step has in an image's file list.
+    fn early_in_image(&self) -> &'static str;
+    /// Whether `path` is the generator's early-modules file or a file of its early step.
     fn owns(&self, path: &Path) -> bool;
     /// The files that can carry gpt's modules (reset looks for gpt's marks in them).
     fn files(&self, host: &Host) -> Result<Vec<PathBuf>>;
@@ -340,6 +357,29 @@ impl Stack {
         problems
     }
 
+    /// The images of `kernels` that do not hold gpt's early binding step (each with why).
+    pub fn images_lacking_early(
+        &self,
+        host: &Host,
+        runner: &Runner,
+        kernels: &[crate::facts::Kernel],
+    ) -> Vec<String> {
+        let end = self.initramfs.early_in_image();
+        let mut problems = Vec::new();
+        for k in kernels {
+            let image = self.initramfs.image(host, &k.version);
+            match self.initramfs.list(runner, &image) {
+                Ok(list) if list.lines().any(|l| l.trim_end().ends_with(end)) => {}
+                Ok(_) => problems.push(format!(
+                    "{image} does not contain gpt's early binding step ({end}); run `{}` and reboot",
+                    self.initramfs.regenerate_hint()
+                )),
+                Err(e) => problems.push(format!("could not list {image}: {e:#}")),
+            }
+        }
+        problems
+    }
+
     /// After the regeneration: the entries carry `args`, each image holds vfio_pci.
     pub fn verify(
         &self,
@@ -367,6 +407,27 @@ impl Stack {
         }
         problems
     }
+}
+
+/// The change of one file of the early step (`after`: its content, `None`: no file), created
+/// with `mode`; refused when a file gpt did not write has its name.
+pub(crate) fn early_change(
+    f: &Facts,
+    path: &str,
+    after: Option<String>,
+    mode: u32,
+) -> Result<FileChange> {
+    let before = f.early_files.get(path).cloned();
+    if let Some(b) = &before {
+        if !crate::edit::early::is_gpt_script(&String::from_utf8_lossy(b)) {
+            anyhow::bail!(
+                "{path} exists and was not written by gpt; move it aside and run this again"
+            );
+        }
+    }
+    let mut c = FileChange::new(path, before, after.map(String::into_bytes));
+    c.new_mode = mode;
+    Ok(c)
 }
 
 /// Whether an image's file list holds the module (`…/vfio-pci.ko`, `…/vfio_pci.ko.zst`).

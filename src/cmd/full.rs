@@ -332,6 +332,9 @@ fn verify(runner: &Runner, f: &Facts, stack: &Stack, planned: &Planned) -> Vec<S
     if images {
         problems.extend(stack.images_lacking(host, runner, &f.kernels, crate::facts::VFIO_PCI));
     }
+    if regenerated(stack.initramfs.regenerate(f)) && planned.early.is_some() {
+        problems.extend(stack.images_lacking_early(host, runner, &f.kernels));
+    }
     problems
 }
 

@@ -489,7 +489,7 @@ fn edited(
     };
     let gpt_conf = written
         .and_then(|w| std::str::from_utf8(w).ok())
-        .is_some_and(edit::modprobe::is_gpt_owned);
+        .is_some_and(|w| edit::modprobe::is_gpt_owned(w) || edit::early::is_gpt_script(w));
     let kept = "you changed it after gpt wrote it: removed only gpt's part and kept your changes";
     if let Some(loader) = args_owner(path) {
         let after = loader

@@ -9,9 +9,11 @@
 //! - [`modules`]: `/etc/initramfs-tools/modules`, plus clean-up helpers for the old setup.sh.
 //! - [`modprobe`]: gpt's own `/etc/modprobe.d/gpt-vfio.conf`.
 //! - [`dracut`]: gpt's own `/etc/dracut.conf.d/gpt-vfio.conf`.
+//! - [`early`]: gpt's early binding step in the initramfs (init-top script, dracut hook).
 
 pub mod cmdline;
 pub mod dracut;
+pub mod early;
 pub mod grub;
 pub mod modprobe;
 pub mod modules;

@@ -209,7 +209,7 @@ fn valid_module(name: &str) -> bool {
 }
 
 /// `dddd:bb:dd.f` in lowercase hex, as sysfs names PCI functions.
-fn valid_address(a: &str) -> bool {
+pub(crate) fn valid_address(a: &str) -> bool {
     let b = a.as_bytes();
     let hex = |r: std::ops::Range<usize>| {
         b[r].iter()

@@ -8,6 +8,7 @@ mod check;
 mod concurrency;
 mod docs;
 mod dracut;
+mod early;
 mod example;
 mod full;
 mod iommu;

@@ -707,22 +707,40 @@ mod with_real_full {
     }
 }
 
-/// The real `gpt full` stopped dead at each fail point of its plan, on two hosts (the old
+/// The real `gpt full` stopped dead at each fail point of its plan, on five hosts (the old
 /// README's RocketLake: three files, Intel IOMMU; an AMD server with a 3D controller and a
-/// built-in vfio-pci; RocketLake with dracut as on Ubuntu 26.04): a re-run of `full` leaves
-/// grub.cfg carrying the ids, and `reset` then gives back the byte-identical tree.
+/// built-in vfio-pci; RocketLake with dracut as on Ubuntu 26.04; a card whose USB-C
+/// controller's xhci_pci one kernel builds in, on initramfs-tools and on dracut, so the early
+/// step's files are among the writes): a re-run of `full` leaves grub.cfg carrying the ids,
+/// and `reset` then gives back the byte-identical tree.
 #[cfg(feature = "failpoints")]
 #[test]
 fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
-    use crate::support::hosts::{amd_datacenter, rocketlake, rocketlake_dracut, Dracut};
+    use crate::support::hosts::{
+        amd_datacenter, cards_with_usb, on_dracut, rocketlake, rocketlake_dracut, Dracut,
+    };
     type Build = fn(&Path) -> crate::support::tree::HostTree;
-    let hosts: [(&str, Build, &str); 3] = [
+    let hosts: [(&str, Build, &str); 5] = [
         ("rocketlake", rocketlake, "vfio-pci.ids=10de:1f08"),
         ("amd-datacenter", amd_datacenter, "vfio-pci.ids=10de:2331"),
         (
             "rocketlake-dracut",
             |r| rocketlake_dracut(r, Dracut::Ubuntu2604),
             "vfio-pci.ids=10de:1f08",
+        ),
+        (
+            "xhci-built-in",
+            |r| cards_with_usb(r, false, true),
+            "vfio-pci.ids=10de:2504,10de:228e,10de:1ada",
+        ),
+        (
+            "xhci-built-in-dracut",
+            |r| {
+                let mut t = cards_with_usb(r, false, true);
+                on_dracut(&mut t, r);
+                t
+            },
+            "vfio-pci.ids=10de:2504,10de:228e,10de:1ada",
         ),
     ];
     let mut total = 0;
@@ -743,6 +761,13 @@ fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
             .count();
         let commands = plan["commands"].as_array().unwrap().len();
         assert!(writes >= 2 && commands >= 2, "{name}: {out}");
+        if name.starts_with("xhci") {
+            let early = plan["files"].as_array().unwrap().iter().any(|f| {
+                let p = f["path"].as_str().unwrap();
+                p.ends_with("init-top/gpt-vfio") || p.ends_with("90gpt-vfio/gpt-vfio.sh")
+            });
+            assert!(early, "{name}: the early step is among the writes: {out}");
+        }
         let mut points = vec!["after-journal".to_string()];
         points.extend((1..=writes).map(|n| format!("after-write:{n}")));
         for n in 1..=commands {

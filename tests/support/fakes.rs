@@ -251,6 +251,11 @@ for k in $kvers; do
       [ -e "$c" ] || continue
       echo "conf etc/modprobe.d/$(basename "$c") $(cksum < "$c" | cut -d' ' -f1)"
     done
+    # CONFDIR/scripts, as mkinitramfs copies them; ORDER takes only executable ones.
+    for c in "$root"/etc/initramfs-tools/scripts/*/*; do
+      [ -f "$c" ] && [ -x "$c" ] || continue
+      echo "conf scripts/${c#"$root"/etc/initramfs-tools/scripts/} $(cksum < "$c" | cut -d' ' -f1)"
+    done
   } > "$img.new" && mv -f "$img.new" "$img" || exit 1
 done
 "##;
@@ -464,7 +469,9 @@ fake_list_image lsinitramfs "" "${1:-}"
 /// dracut: `--force --regenerate-all`, or `--force IMAGE KVER`. The image is in the fake
 /// update-initramfs's format: one `module` line per module of the `force_drivers+=` and
 /// `add_drivers+=` lines of `ROOT/etc/dracut.conf.d/*.conf` (only `.conf` files, as dracut),
-/// one `conf` line per `install_items+=` file (and per modprobe.d file when `hostonly="yes"`).
+/// one `conf` line per `install_items+=` file (and per modprobe.d file when `hostonly="yes"`),
+/// and for each module of `add_dracutmodules+=` one `conf` line per `inst_hook` of its
+/// `ROOT/usr/lib/dracut/modules.d/NNNAME/module-setup.sh` (a module not there fails, as dracut).
 const DRACUT: &str = r##"
 if [ -z "${FAKE_QUIET_LOG:-}" ]; then fake_begin dracut yes "$@"; fi
 root=$FAKE_ROOT
@@ -499,7 +506,26 @@ build() { # KVER IMAGE
     for f in $(conf_value install_items); do
       [ -f "$root$f" ] && echo "conf ${f#/} $(cksum < "$root$f" | cut -d' ' -f1)"
     done
+    for want in $(conf_value add_dracutmodules); do
+      module_hooks "$want" || return 1
+    done
   } > "$img.new" && mv -f "$img.new" "$img"
+}
+module_hooks() { # NAME: the hooks its module-setup.sh installs with inst_hook HOOK NN "$moddir/FILE"
+  local dir setup hook nn file
+  for dir in "$root"/usr/lib/dracut/modules.d/[0-9][0-9]"$1"; do
+    setup=$dir/module-setup.sh
+    [ -f "$setup" ] || continue
+    while read -r cmd hook nn file; do
+      [ "$cmd" = inst_hook ] || continue
+      file=${file//\"/}; file=${file#\$moddir/}
+      [ -f "$dir/$file" ] || { echo "dracut: Cannot install a hook ($dir/$file) that does not exist." >&2; return 1; }
+      echo "conf var/lib/dracut/hooks/$hook/$nn-$file $(cksum < "$dir/$file" | cut -d' ' -f1)"
+    done < "$setup"
+    return 0
+  done
+  echo "dracut: Module '$1' cannot be found or installed." >&2
+  return 1
 }
 if [ -n "$all" ]; then
   for k in $(fake_kernels); do build "$k" "/boot/initrd.img-$k" || exit 1; done

@@ -961,3 +961,95 @@ pub fn twin_cards(root: &Path, makers_differ: bool, xhci_builtin: bool) -> HostT
     );
     t
 }
+
+/// An Ubuntu-style kernel that builds xhci_pci in (as Ubuntu 26.04's config does), every
+/// vfio module and GPU driver a module.
+pub const XHCI_BUILTIN_KVER: &str = "6.17.0-5-generic";
+
+/// RTX 3060 cards with their USB-C controller (GPU, HDMI audio, xHCI at .2, one group per
+/// card): two identical ones with `twin`, else one. Kernels: Debian's 6.1 (everything a
+/// module; xhci_hcd is a module in the running kernel) and, with `xhci_builtin`,
+/// [`XHCI_BUILTIN_KVER`], which builds xhci_pci in: a host whose kernels differ.
+pub fn cards_with_usb(root: &Path, twin: bool, xhci_builtin: bool) -> HostTree {
+    let mut t = layout_base(root, "GenuineIntel");
+    let sub = (0x1043, 0x87f3);
+    let card = |slot: &str, port: &str, g: u32| {
+        [
+            Dev::new(&format!("{slot}.0"), (0x10de, 0x2504), 0x030000)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("nouveau")
+                .behind(port),
+            Dev::new(&format!("{slot}.1"), (0x10de, 0x228e), 0x040300)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("snd_hda_intel")
+                .behind(port),
+            Dev::new(&format!("{slot}.2"), (0x10de, 0x1ada), 0x0c0330)
+                .subsys(sub.0, sub.1)
+                .group(g)
+                .driver("xhci_hcd")
+                .behind(port),
+        ]
+    };
+    t.device(
+        Dev::new("00:02.0", (0x8086, 0x4680), 0x030000)
+            .group(0)
+            .boot_vga()
+            .driver("i915"),
+    )
+    .device(
+        Dev::new("00:01.0", (0x8086, 0x460d), 0x060400)
+            .group(1)
+            .driver("pcieport"),
+    );
+    for d in card("01:00", "00:01.0", 11) {
+        t.device(d);
+    }
+    if twin {
+        t.device(
+            Dev::new("00:06.0", (0x8086, 0x464d), 0x060400)
+                .group(2)
+                .driver("pcieport"),
+        );
+        for d in card("02:00", "00:06.0", 12) {
+            t.device(d);
+        }
+    }
+    if xhci_builtin {
+        t.kernel(
+            XHCI_BUILTIN_KVER,
+            &[
+                "kernel/drivers/vfio/vfio.ko",
+                "kernel/drivers/vfio/vfio_iommu_type1.ko",
+                "kernel/drivers/vfio/pci/vfio-pci.ko",
+                "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+                "kernel/drivers/gpu/drm/nouveau/nouveau.ko",
+                "kernel/sound/pci/hda/snd-hda-intel.ko",
+            ],
+            &[
+                "kernel/drivers/pci/pcie/portdrv.ko",
+                "kernel/drivers/usb/host/xhci-pci.ko",
+            ],
+            "alias pci:v000010DEd*sv*sd*bc03sc*i* nouveau\n",
+        );
+    }
+    t
+}
+
+/// The same host on dracut, as Debian 13 has it (initramfs-tools removed): dracut's package,
+/// its base module in `/usr/lib/dracut/modules.d`, Debian's generic-image setting.
+pub fn on_dracut(t: &mut HostTree, root: &Path) {
+    t.file("/usr/bin/dracut", "#!/bin/sh\n")
+        .file(
+            "/usr/lib/dracut/modules.d/99base/module-setup.sh",
+            "#!/bin/bash\ncheck() {\n    return 0\n}\n",
+        )
+        .file(
+            "/etc/dracut.conf.d/10-debian.conf",
+            "do_prelink=\"no\"\nhostonly=\"no\"\n",
+        );
+    std::fs::remove_file(root.join("usr/sbin/update-initramfs")).unwrap();
+    std::fs::remove_dir_all(root.join("etc/initramfs-tools")).unwrap();
+    dpkg_status(t, &["dracut", "dracut-core"]);
+}

@@ -24,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin dracut dracut-testing)
+all_scenarios=(main twin dracut dracut-testing twin-dracut)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
 # Longest first: with two at a time, dracut beside main then twin ends sooner than after them.
 default_scenarios=(dracut main twin)
@@ -169,9 +169,10 @@ fi
 #   main, twin       --suite (bookworm), initramfs-tools
 #   dracut           trixie (Debian 13: dracut 106, no update-initramfs of its own), dracut only
 #   dracut-testing   testing (dracut >= 107 with its update-initramfs), initramfs-tools-core kept
+#   twin-dracut      trixie's dracut image with twin's two identical GPUs (gpt's pre-udev hook)
 image_of() {
     case $1 in
-    dracut) echo trixie dracut ;;
+    dracut | twin-dracut) echo trixie dracut ;;
     dracut-testing) echo testing dracut-itc ;;
     *) echo "$suite" initramfs-tools ;;
     esac
@@ -215,7 +216,7 @@ qemu_devices() {
     echo -vga none -device cirrus-vga,bus=pcie.0
     echo -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=1c.0
     echo -device VGA,bus=rp1,addr=00.0,multifunction=on -device ich9-intel-hda,bus=rp1,addr=00.1
-    if [ "$1" = twin ]; then
+    if [ "$1" = twin ] || [ "$1" = twin-dracut ]; then
         echo -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=1d.0
         echo -device VGA,bus=rp2,addr=00.0
     fi

@@ -150,6 +150,47 @@ initrd_list() {
 }
 initrd_has_vfio() { initrd_list "/boot/initrd.img-$(uname -r)" | grep -q '/vfio-pci\.ko\|/vfio_pci\.ko'; }
 
+# --- gpt's early binding step (initramfs-tools: the init-top script gpt-vfio) ---------------------
+EARLY_SCRIPT=/etc/initramfs-tools/scripts/init-top/gpt-vfio
+# early_in_image: the image lists gpt's init-top script, and the ORDER file mkinitramfs wrote for
+# init-top runs it before initramfs-tools' udev script.
+early_in_image() {
+    local img d order g u
+    img=/boot/initrd.img-$(uname -r)
+    d=$W/unpacked
+    initrd_list "$img" | grep -q '\(^\|/\)scripts/init-top/gpt-vfio$' || { why="lsinitramfs does not list scripts/init-top/gpt-vfio"; return 1; }
+    rm -rf "$d"
+    unmkinitramfs "$img" "$d" >/dev/null 2>&1 || { why="unmkinitramfs $img failed"; return 1; }
+    order=$(find "$d" -path '*/scripts/init-top/ORDER' | head -n 1)
+    [ -n "$order" ] || { why="no scripts/init-top/ORDER in $img"; return 1; }
+    cp "$order" "$W/init-top.ORDER"
+    g=$(grep -n 'init-top/gpt-vfio ' "$order" | head -n 1 | cut -d: -f1)
+    u=$(grep -n 'init-top/udev ' "$order" | head -n 1 | cut -d: -f1)
+    rm -rf "$d"
+    [ -n "$g" ] && [ -n "$u" ] && [ "$g" -lt "$u" ] && return 0
+    why="ORDER runs gpt-vfio at line ${g:-none}, udev at line ${u:-none}"
+    return 1
+}
+# early_ran ADDR...: this boot's kernel log says the early step handed each ADDR to vfio-pci, and
+# it said so before any line of bochs (the fake GPU's driver, loaded by udev) and of vfio-pci
+# (loaded after init-top).
+early_ran() {
+    local a n first_other
+    dmesg >"$W/dmesg.txt" 2>&1
+    grep 'gpt-vfio' "$W/dmesg.txt" | sed 's/^/  dmesg| /'
+    for a in "$@"; do
+        n=$(grep -n "gpt-vfio: $a driver_override vfio-pci (early, before udev)" "$W/dmesg.txt" | head -n 1 | cut -d: -f1)
+        [ -n "$n" ] || { why="no 'gpt-vfio: $a driver_override' line in dmesg"; return 1; }
+        # Driver lines only (case matters: the firmware's ACPI tables say BOCHS from 0 s on).
+        first_other=$(grep -n 'bochs\|vfio-pci 0000:\|vfio_pci' "$W/dmesg.txt" | grep -v 'gpt-vfio\|Command line' | head -n 1 | cut -d: -f1)
+        [ -z "$first_other" ] || [ "$n" -lt "$first_other" ] || {
+            why="the gpt-vfio line for $a (dmesg line $n) comes after: $(sed -n "${first_other}p" "$W/dmesg.txt")"
+            return 1
+        }
+    done
+}
+early_said() { dmesg | grep -qF "gpt-vfio: $1"; } # early_said TEXT
+
 diagnose() {
     echo "--- kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s; cmdline: $(cat /proc/cmdline)"
     for a in $GPU $AUDIO $TWIN; do
@@ -181,7 +222,7 @@ sanity() {
         bail "no IOMMU groups in the guest"
     check "$GPU is the fake GPU [$GPU_ID]" test "$(id_of $GPU)" = $GPU_ID || bail "unexpected PCI layout"
     check "$AUDIO is its audio function [$AUDIO_ID]" test "$(id_of $AUDIO)" = $AUDIO_ID || bail "unexpected PCI layout"
-    if [ "$scenario" = twin ]; then
+    if [ "$scenario" = twin ] || [ "$scenario" = twin-dracut ]; then
         check "$TWIN is an identical second GPU [$GPU_ID] in another IOMMU group" \
             eval 'test "$(id_of $TWIN)" = $GPU_ID && test "$(group_of $TWIN)" != "$(group_of $GPU)"' ||
             bail "unexpected PCI layout"
@@ -402,7 +443,7 @@ dracut_sanity() {
     check "the dracut package is installed ($v)" pkg_installed dracut || bail "not a dracut guest"
     check "initramfs-tools is not installed" eval '! pkg_installed initramfs-tools'
     case $scenario in
-    dracut)
+    dracut | twin-dracut)
         check "dracut < 107: no update-initramfs on the guest" \
             eval 'dpkg --compare-versions "$v" lt 107 && ! command -v update-initramfs'
         check "no initramfs-tools-core, no /etc/initramfs-tools" \
@@ -594,6 +635,10 @@ twin:2)
     # After the killed run and a reboot, a re-run converges (it runs the update commands the
     # killed run owed).
     full_configures full --device $GPU --no-idle-d3
+    check "gpt full wrote the early step $EARLY_SCRIPT (mode 755) naming $GPU and $AUDIO, never the twin" \
+        eval 'test "$(stat -c %a $EARLY_SCRIPT)" = 755 && grep -q "gpt_vfio $GPU " $EARLY_SCRIPT &&
+              grep -q "gpt_vfio $AUDIO " $EARLY_SCRIPT && ! grep -q "$TWIN" $EARLY_SCRIPT'
+    check "the image holds the early step, and init-top's ORDER runs it before udev" early_in_image
     full_again_is_noop full2 --device $GPU --no-idle-d3
     ;;
 twin:3)
@@ -602,6 +647,9 @@ twin:3)
     check "/proc/cmdline: intel_iommu=on" cmdline_has intel_iommu=on
     check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
     check "the twin $TWIN stays on its boot-1 driver" drivers_match <(grep "^$TWIN " "$state/drivers.before")
+    check "the early step ran: dmesg has its override of $GPU and $AUDIO before bochs or vfio-pci said anything" \
+        early_ran $GPU $AUDIO
+    check "the early step never touched the twin $TWIN" eval '! early_said $TWIN'
     check_json_passes
     reset_facts_reported $GPU $AUDIO
     check "vfio_pci's disable_idle_d3 reads Y (gpt full --no-idle-d3)" idle_d3_off
@@ -615,11 +663,59 @@ twin:4)
     check "rescue: /proc/cmdline has gpt.bind=off" cmdline_has gpt.bind=off
     check "rescue: with gpt.bind=off all three functions are on boot 1's drivers" \
         drivers_match "$state/drivers.before"
+    check "rescue: the early step said gpt.bind=off and bound nothing" \
+        eval 'early_said "gpt.bind=off: nothing bound early" && ! early_said "$GPU driver_override"'
     cat "$state/grub.cfg.configured" >/boot/grub/grub.cfg # the one-off edit is over
     reset_restores
     ;;
 twin:5)
     restored
+    check "gpt reset removed the early step, and the image no longer holds it" \
+        eval 'test ! -e $EARLY_SCRIPT && ! initrd_list "/boot/initrd.img-$(uname -r)" | grep -q scripts/init-top/gpt-vfio'
+    check "no early step ran in this boot" eval '! early_said ""'
+    complete=yes
+    ;;
+# twin-dracut: twin's two identical GPUs on the trixie dracut guest, whose image forces bochs and
+# snd_hda_intel in (rd.driver.pre, in dracut's cmdline stage): gpt's install hooks in the image set
+# the overrides then, and gpt's pre-udev hook, from its module 90gpt-vfio, runs after them (it says
+# nothing for a function already on vfio-pci; the rescue boot shows it ran).
+twin-dracut:1)
+    sanity
+    dracut_sanity
+    record $GPU $AUDIO $TWIN
+    full_configures full --device $GPU
+    check "gpt full wrote its dracut module (module-setup.sh, gpt-vfio.sh naming $GPU and $AUDIO, never the twin)" \
+        eval 'd=/usr/lib/dracut/modules.d/90gpt-vfio; test -f $d/module-setup.sh &&
+              grep -q "gpt_vfio $GPU " $d/gpt-vfio.sh && grep -q "gpt_vfio $AUDIO " $d/gpt-vfio.sh && ! grep -q "$TWIN" $d/gpt-vfio.sh'
+    check "/etc/dracut.conf.d/gpt-vfio.conf adds the module (add_dracutmodules+=\" gpt-vfio \")" \
+        grep -qx 'add_dracutmodules+=" gpt-vfio "' /etc/dracut.conf.d/gpt-vfio.conf
+    check "lsinitrd of every image lists the pre-udev hook 00-gpt-vfio.sh" every_image_lists 'dracut/hooks/pre-udev/00-gpt-vfio\.sh'
+    full_again_is_noop full2 --device $GPU
+    ;;
+twin-dracut:2)
+    check "/proc/cmdline: vfio-pci.ids= does not hold $GPU_ID (it would take the twin too)" \
+        eval '! cmdline_ids | grep -qxF $GPU_ID'
+    check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check "the twin $TWIN stays on its boot-1 driver" drivers_match <(grep "^$TWIN " "$state/drivers.before")
+    check "the early step never touched the twin $TWIN" eval '! early_said $TWIN'
+    check_json_passes
+    cp /boot/grub/grub.cfg "$state/grub.cfg.configured"
+    sed -i -E '/^[[:space:]]*linux[[:space:]]/ s/$/ gpt.bind=off/' /boot/grub/grub.cfg
+    check "rescue: the next boot's entry has gpt.bind=off" grep -q 'gpt\.bind=off' /boot/grub/grub.cfg
+    ;;
+twin-dracut:3)
+    check "rescue: /proc/cmdline has gpt.bind=off" cmdline_has gpt.bind=off
+    check "rescue: with gpt.bind=off all three functions are on boot 1's drivers" \
+        drivers_match "$state/drivers.before"
+    check "rescue: gpt's pre-udev hook ran in the initramfs, said gpt.bind=off and bound nothing" \
+        eval 'early_said "gpt.bind=off: nothing bound early" && ! early_said "$GPU driver_override"'
+    cat "$state/grub.cfg.configured" >/boot/grub/grub.cfg
+    reset_restores
+    ;;
+twin-dracut:4)
+    restored
+    check "gpt reset removed its dracut module, and no image lists the hook" \
+        eval 'test ! -e /usr/lib/dracut/modules.d/90gpt-vfio && ! every_image_lists 00-gpt-vfio'
     complete=yes
     ;;
 # dracut (Debian 13, dracut 106: gpt regenerates with dracut itself) and dracut-testing (dracut
