@@ -24,7 +24,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin dracut dracut-testing)
+all_scenarios=(main twin dracut dracut-testing sdboot)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
 # Longest first: with two at a time, dracut beside main then twin ends sooner than after them.
 default_scenarios=(dracut main twin)
@@ -169,10 +169,12 @@ fi
 #   main, twin       --suite (bookworm), initramfs-tools
 #   dracut           trixie (Debian 13: dracut 106, no update-initramfs of its own), dracut only
 #   dracut-testing   testing (dracut >= 107 with its update-initramfs), initramfs-tools-core kept
+#   sdboot           trixie, systemd-boot (kernel-install, BLS entries on the ESP), no GRUB
 image_of() {
     case $1 in
     dracut) echo trixie dracut ;;
     dracut-testing) echo testing dracut-itc ;;
+    sdboot) echo trixie sdboot ;;
     *) echo "$suite" initramfs-tools ;;
     esac
 }
@@ -198,7 +200,8 @@ ensure_image() {
             note "building the $suite $variant image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
             # Older images of this suite and variant are of no further use.
             find "$cache" -maxdepth 1 -name "$suite-$variant-*" ! -name "$suite-$variant-$key" -exec rm -rf {} +
-            bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2
+            # (set -e does not reach into this subshell: it runs on the left of ||)
+            bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2 || exit 1
             note "image $suite $variant built in $((SECONDS - t0)) s"
         fi
     ) 9>"$cache/.lock-$suite-$variant" || return 1
