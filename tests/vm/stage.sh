@@ -805,10 +805,10 @@ sdboot:2)
     # argument, booted once (LoaderEntryOneShot), as a user with a locked editor would do.
     e=$(ls "$ESP"/loader/entries/*-"$(uname -r)".conf | head -n 1)
     sed -E -e '/^options/ s/[[:space:]]vfio-pci\.ids=[^[:space:]]*//g' \
-        -e 's/^title[[:space:]].*/title      gpt VM test: rescue boot without vfio-pci.ids=/' "$e" >"$ESP/loader/entries/$RESCUE_ENTRY"
+        -e 's/^title[[:space:]].*/title      gpt VM test: rescue boot without the vfio-pci ids/' "$e" >"$ESP/loader/entries/$RESCUE_ENTRY"
     sed 's/^/  rescue| /' "$ESP/loader/entries/$RESCUE_ENTRY"
     check "rescue: $RESCUE_ENTRY is the entry of $(uname -r) without vfio-pci.ids=" \
-        eval '! grep -q "vfio-pci\.ids=" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^options.*intel_iommu=on" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^linux" "$ESP/loader/entries/$RESCUE_ENTRY"'
+        eval '! grep -q "^options.*vfio-pci\.ids=" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^options.*intel_iommu=on" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^linux" "$ESP/loader/entries/$RESCUE_ENTRY"'
     run list bootctl list --no-pager
     run oneshot bootctl set-oneshot "$RESCUE_ENTRY"
     check "bootctl set-oneshot $RESCUE_ENTRY exits 0" exited oneshot 0
