@@ -341,7 +341,11 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
     if p.kernel_install && sdboot_possible {
         let ui = crate::ui::Ui::new(true);
         let runner = crate::txn::Runner::new(host, &ui);
-        p.inspect = Some(match runner.query(&["kernel-install", "inspect"]) {
+        let image = inspect_image(host, f.running_kernel.as_deref(), &f.kernels);
+        let mut argv = vec!["kernel-install", "inspect"];
+        argv.extend(image.as_deref());
+        let p = &mut f.probe;
+        p.inspect = Some(match runner.query(&argv) {
             Ok(c) if c.status.success() => parse_inspect(&c.stdout_str()),
             Ok(c) => Err(format!(
                 "`kernel-install inspect` failed: {}",
@@ -369,6 +373,19 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
         f.gpt_added = c.added_args;
     }
     Ok(())
+}
+
+/// The kernel image `kernel-install inspect` is given: the running kernel's `/boot/vmlinuz-KVER`,
+/// else the newest installed kernel's. Without an image, systemd 256 and later take
+/// `/usr/lib/modules/$(uname -r)/vmlinuz`, which Debian's kernel packages do not ship: there
+/// `inspect` alone fails ("Kernel image not installed to …"). One argument is the image path
+/// for every version that has `inspect` (the shell version of 251/252 ignores it).
+fn inspect_image(host: &Host, running: Option<&str>, kernels: &[Kernel]) -> Option<String> {
+    running
+        .into_iter()
+        .chain(kernels.iter().rev().map(|k| k.version.as_str()))
+        .map(|v| format!("/boot/vmlinuz-{v}"))
+        .find(|path| host.exists(path))
 }
 
 fn read_bytes(host: &Host, abs: &str) -> Result<Option<Vec<u8>>> {

@@ -71,7 +71,7 @@ fn full_writes_etc_kernel_cmdline_regenerates_each_kernel_and_reset_gives_it_bac
     assert_eq!(
         fakes.calls(),
         [
-            "kernel-install inspect".to_string(),
+            format!("kernel-install inspect /boot/vmlinuz-{DEBIAN_KVER}"),
             format!("depmod -a {DEBIAN_KVER}"),
             "update-initramfs -u -k all".into(),
             format!("kernel-install add {DEBIAN_KVER} /boot/vmlinuz-{DEBIAN_KVER} /boot/initrd.img-{DEBIAN_KVER}"),
@@ -99,7 +99,12 @@ fn full_writes_etc_kernel_cmdline_regenerates_each_kernel_and_reset_gives_it_bac
     let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--yes", "--no-deps"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("already configured"), "{err}");
-    assert_eq!(fakes.calls(), ["kernel-install inspect"]);
+    assert_eq!(
+        fakes.calls(),
+        [format!(
+            "kernel-install inspect /boot/vmlinuz-{DEBIAN_KVER}"
+        )]
+    );
     assert_eq!(snap(r), before);
 
     let (code, _, err) = gpt_f(r, &fakes, &["reset", "--yes"]);
@@ -321,6 +326,41 @@ fn reset_keeps_the_users_later_edits_to_etc_kernel_cmdline() {
     );
     assert!(err.contains("kept your changes"), "{err}");
     assert!(!options(r).contains("vfio-pci.ids"), "{}", options(r));
+}
+
+/// systemd 256 and later take `/usr/lib/modules/$(uname -r)/vmlinuz` when `inspect` names no
+/// image, and Debian's kernel packages ship none there: a bare `kernel-install inspect` fails
+/// on Debian 13 (seen in the VM test's trixie guest), and gpt refused every systemd-boot host.
+/// gpt names the running kernel's image, else the newest installed kernel's.
+#[test]
+fn kernel_install_inspect_is_given_an_image_debian_ships_none_under_usr_lib_modules() {
+    let (dir, fakes) = host(Some(CMDLINE), false, Some("systemd-boot 257.9-1~deb13u1"));
+    let r = dir.path();
+    assert!(!r
+        .join(format!("usr/lib/modules/{DEBIAN_KVER}/vmlinuz"))
+        .exists());
+    let (code, out, err) = gpt_f(r, &fakes, &["full", "nvidia", "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["boot"]["loader"], "systemd-boot", "{doc}");
+    assert_eq!(
+        fakes.calls(),
+        [format!(
+            "kernel-install inspect /boot/vmlinuz-{DEBIAN_KVER}"
+        )]
+    );
+    // The running kernel's image is gone (removed after the boot): the installed one's.
+    std::fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
+    std::fs::write(r.join("proc/sys/kernel/osrelease"), "6.99.0-gone-amd64\n").unwrap();
+    fakes.reset_log();
+    let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fakes.calls(),
+        [format!(
+            "kernel-install inspect /boot/vmlinuz-{DEBIAN_KVER}"
+        )]
+    );
 }
 
 #[test]

@@ -24,7 +24,9 @@
 //!   else the first of `/efi`, `/boot`, `/boot/efi` that is a mounted ESP (here: holds `EFI/`),
 //!   else `/boot`; the entry token from `ROOT/etc/kernel/entry-token`, else the machine id; the
 //!   layout from `layout=`, else `$BOOT/loader/entries.srel` (`type1` → bls), else bls when
-//!   `$BOOT/TOKEN` exists, else other. `inspect` prints the environment list of the C version;
+//!   `$BOOT/TOKEN` exists, else other. `inspect [[KVER] IMAGE]` prints the environment list of the C version
+//!   and, as systemd 257's, fails without an image unless `/usr/lib/modules/$(uname -r)/vmlinuz`
+//!   exists (Debian ships none);
 //!   `add KVER KERNEL [INITRD…]` in the bls layout copies the files to `$BOOT/TOKEN/KVER/` and
 //!   writes `$BOOT/loader/entries/TOKEN-KVER.conf`, whose `options` come from
 //!   `/etc/kernel/cmdline` (lines joined, `#` lines skipped), else `/usr/lib/kernel/cmdline`,
@@ -286,6 +288,15 @@ fi
 verb=${1:-inspect}
 case $verb in
   inspect)
+    # systemd 257: `inspect [[KVER] KERNEL-IMAGE]`; without an image it takes
+    # /usr/lib/modules/$(uname -r)/vmlinuz, which Debian's kernel packages do not ship.
+    case $# in
+      0|1) image=/usr/lib/modules/$(uname -r)/vmlinuz
+         [ -e "$root$image" ] || { echo "Kernel image not installed to '$image', requiring manual kernel image path specification." >&2; exit 1; } ;;
+      2) image=$2 ;;
+      *) image=$3 ;;
+    esac
+    [ -f "$root$image" ] || { echo "Failed to open kernel image file '$image': No such file or directory" >&2; exit 1; }
     printf 'Plugins:\n  /usr/lib/kernel/install.d/90-loaderentry.install\n\nEnvironments:\n'
     printf '  LC_COLLATE=C\n  KERNEL_INSTALL_VERBOSE=0\n  KERNEL_INSTALL_IMAGE_TYPE=unknown\n'
     printf '  KERNEL_INSTALL_MACHINE_ID=%s\n  KERNEL_INSTALL_ENTRY_TOKEN=%s\n' "$machine_id" "$token"

@@ -9,6 +9,12 @@
 #   dracut-itc       then `apt-get install dracut` alone, initramfs-tools-core kept installed with
 #                    /etc/initramfs-tools: the layout of Ubuntu 26.04. (Where the suite's kernel
 #                    already prefers dracut, as Debian testing's does, debootstrap installs it.)
+#   sdboot           initramfs-tools, and systemd-boot instead of GRUB (no GRUB package at all):
+#                    `bootctl install` puts systemd-boot on the ESP (also as EFI/BOOT/BOOTX64.EFI,
+#                    the removable path OVMF boots), `kernel-install add` writes the kernel's Boot
+#                    Loader Specification entry (loader/entries/<machine-id>-<kver>.conf), and the
+#                    guest mounts the ESP at /boot/efi (fstab). No /etc/kernel/cmdline: the guest's
+#                    kernel-install falls back to /proc/cmdline, as on a fresh install.
 # A dracut image carries /etc/dracut.conf.d/10-gpt-vm.conf: lz4 images and force_drivers of the fake
 # GPU's own drivers (bochs, snd_hda_intel), which the initramfs then loads before anything else
 # unless gpt's configuration holds them off. The dracut variant keeps Debian's generic images (no
@@ -16,10 +22,13 @@
 # host-only images (dracut copies /etc/modprobe.d itself). Under TCG both rebuild in about the same
 # time (measured: 144 s generic, 150 s host-only, lz4).
 #
-# Writes OUTDIR/disk.img (GPT: 64 MiB FAT ESP + 3 GiB ext4 root labelled gpt-root) and
+# Writes OUTDIR/disk.img (GPT: FAT ESP labelled ESP, 64 MiB (sdboot: 512 MiB, room for each
+# kernel's copy of its kernel and initramfs) + 3 GiB ext4 root labelled gpt-root) and
 # OUTDIR/root.offset (byte offset of the root partition, for debugfs). No loop devices and no
 # mounts of the image: the root fs is made with `mkfs.ext4 -d`, the ESP with mtools, and the
-# partitions are dd'ed into a sparse file. Needs root (debootstrap).
+# partitions are dd'ed into a sparse file. (sdboot's bootctl and kernel-install run in a private
+# mount namespace with a tmpfs on the tree's /boot/efi and /proc mounted: both vanish with the
+# namespace.) Needs root (debootstrap, unshare).
 #
 # The image holds no gpt and no test logic: run.sh writes gpt (its binary, or its .deb for the
 # main scenario, which installs it: hence man-db and bash-completion here) and the stage script
@@ -41,11 +50,15 @@ log() { printf '[image] %s\n' "$*" >&2; }
 # What debootstrap installs besides the kernel: the generator of the variant. A dracut variant names
 # none, so the kernel's own first choice comes in (initramfs-tools up to Debian 13, dracut in
 # testing: debootstrap takes the first alternative of a dependency, and both cannot be installed).
+# The boot loader: GRUB's EFI modules (a standalone GRUB is built from them below), or for sdboot
+# systemd-boot with its EFI binaries and bootctl (split into three packages since Debian 13).
+loader=grub-efi-amd64-bin,grub-common,grub2-common,
 case $variant in
 initramfs-tools) generator=initramfs-tools, ;;
 dracut) generator= ;;
 dracut-itc) generator=initramfs-tools-core, ;;
-*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc)"; exit 2 ;;
+sdboot) generator=initramfs-tools, loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
+*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc, sdboot)"; exit 2 ;;
 esac
 
 tmp=$out.tmp
@@ -61,7 +74,7 @@ log "debootstrap $suite (minbase)"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
     $([ -r $keyring ] && echo "--keyring=$keyring") \
-    --include=linux-image-amd64,${generator}kmod,grub-efi-amd64-bin,grub-common,grub2-common,udev,systemd-sysv,lz4,jq,pciutils,man-db,bash-completion \
+    --include=linux-image-amd64,${generator}${loader}kmod,udev,systemd-sysv,lz4,jq,pciutils,man-db,bash-completion \
     "$suite" "$root" ${mirror:+"$mirror"} >"$tmp/debootstrap.log" 2>&1 || {
     tail -n 30 "$tmp/debootstrap.log" >&2
     exit 1
@@ -82,7 +95,7 @@ chroot_apt() {
         DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get -y -q -o APT::Install-Recommends=false \
         -o Dpkg::Use-Pty=false "$@"
 }
-if [ "$variant" != initramfs-tools ]; then
+if [ "$variant" = dracut ] || [ "$variant" = dracut-itc ]; then
     t1=$SECONDS
     log "variant $variant: apt-get install dracut"
     # The packages' scripts would build an initramfs here, host-only, in a tree without /proc:
@@ -118,19 +131,27 @@ log "kernel $kver"
 echo gpt-vm >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tgpt-vm\n' >"$root/etc/hosts"
 printf 'LABEL=gpt-root\t/\text4\trw,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
+if [ "$variant" = sdboot ]; then
+    # The ESP where bootctl and kernel-install expect it; umask as Debian's installer mounts it.
+    printf 'LABEL=ESP\t/boot/efi\tvfat\tumask=0077\t0\t0\n' >>"$root/etc/fstab"
+fi
 
-# Stock /etc/default/grub, made quiet and serial. no_timer_check: on a loaded machine a TCG guest
-# can miss the kernel's IO-APIC timer test, and with interrupt remapping on (intel_iommu=on, after
-# gpt full) that is a panic ("timer doesn't work through Interrupt-remapped IO-APIC").
-cp "$root/usr/share/grub/default/grub" "$root/etc/default/grub"
-sed -i \
-    -e 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=0/' \
-    -e 's/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX="console=ttyS0 no_timer_check"/' \
-    -e 's/^#\?GRUB_TERMINAL=.*/GRUB_TERMINAL=serial/' \
-    "$root/etc/default/grub"
-grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo 'GRUB_TERMINAL=serial' >>"$root/etc/default/grub"
+# The kernel's own arguments on every image. no_timer_check: on a loaded machine a TCG guest can
+# miss the kernel's IO-APIC timer test, and with interrupt remapping on (intel_iommu=on, after gpt
+# full) that is a panic ("timer doesn't work through Interrupt-remapped IO-APIC").
+base_cmdline="console=ttyS0 no_timer_check"
+if [ "$variant" != sdboot ]; then
+    # Stock /etc/default/grub, made quiet and serial.
+    cp "$root/usr/share/grub/default/grub" "$root/etc/default/grub"
+    sed -i \
+        -e 's/^GRUB_TIMEOUT=.*/GRUB_TIMEOUT=0/' \
+        -e "s/^GRUB_CMDLINE_LINUX=.*/GRUB_CMDLINE_LINUX=\"$base_cmdline\"/" \
+        -e 's/^#\?GRUB_TERMINAL=.*/GRUB_TERMINAL=serial/' \
+        "$root/etc/default/grub"
+    grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo 'GRUB_TERMINAL=serial' >>"$root/etc/default/grub"
+fi
 
-if [ "$variant" = initramfs-tools ]; then
+if [ "$variant" = initramfs-tools ] || [ "$variant" = sdboot ]; then
     # A small initramfs is what keeps update-initramfs under TCG at ~2 minutes instead of 8+.
     sed -i -e 's/^MODULES=.*/MODULES=dep/' -e 's/^COMPRESS=.*/COMPRESS=lz4/' \
         "$root/etc/initramfs-tools/initramfs.conf"
@@ -170,7 +191,7 @@ install -m 0644 "$here/guest/gpt-test.service" "$here/guest/gpt-test.target" "$r
 ln -sfn /etc/systemd/system/gpt-test.target "$root/etc/systemd/system/default.target"
 install -d -m 0755 "$root/usr/local/lib/gpt-test" "$root/var/lib/gpt-test"
 
-if [ "$variant" = initramfs-tools ]; then
+if [ "$variant" = initramfs-tools ] || [ "$variant" = sdboot ]; then
     # First initramfs: MODULES=dep cannot look at the guest's disk from here, so build this one from a
     # copy of the configuration with an explicit module list; the guest's own rebuilds (gpt's
     # update-initramfs) then use the image's MODULES=dep. /etc stays as the packages left it.
@@ -198,15 +219,56 @@ else
     }
 fi
 
-# A first grub.cfg by hand (grub-mkconfig cannot probe the guest's disk from here); the guest's
-# update-grub replaces it, and the EFI binary always loads whatever /boot/grub/grub.cfg holds.
-# Its command line is what update-grub will write (bar root=), so boot 1 can be compared with later ones.
-cmdline=$(
-    eval "$(grep -E '^GRUB_CMDLINE_LINUX(_DEFAULT)?=' "$root/etc/default/grub")"
-    echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"
-)
-mkdir -p "$root/boot/grub"
-cat >"$root/boot/grub/grub.cfg" <<EOF
+if [ "$variant" = sdboot ]; then
+    # systemd-boot and the kernel's entry, by the image's own bootctl and kernel-install. Both
+    # insist that the ESP is the root of a mount (SYSTEMD_RELAX_ESP_CHECKS=1 waives only its file
+    # system and partition checks), and 90-loaderentry.install finds the ESP's mount point with
+    # `stat -c %m` (else the entry names /boot/efi/... paths; a bind mount has the root's device
+    # and does not count): so inside the chroot, in a private mount namespace, a tmpfs on
+    # /boot/efi takes them, /proc is mounted, and what they wrote is copied out to /tmp/esp
+    # before the namespace and its mounts go away. --no-variables: OVMF boots the removable path
+    # EFI/BOOT/BOOTX64.EFI, which bootctl installs too. The entry's arguments come from a file
+    # outside /etc (KERNEL_INSTALL_CONF_ROOT): the guest has no /etc/kernel/cmdline.
+    mkdir -p "$root/boot/efi" "$root/tmp/kernel-conf"
+    echo "root=LABEL=gpt-root ro $base_cmdline" >"$root/tmp/kernel-conf/cmdline"
+    log "bootctl install; kernel-install add $kver"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --propagation private chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LC_ALL=C SYSTEMD_RELAX_ESP_CHECKS=1 /bin/sh -ec '
+        mount -t proc proc /proc
+        mount -t tmpfs -o mode=0755 esp /boot/efi
+        bootctl install --esp-path=/boot/efi --no-variables --random-seed=no
+        KERNEL_INSTALL_CONF_ROOT=/tmp/kernel-conf kernel-install --esp-path=/boot/efi \
+            add "$1" "/boot/vmlinuz-$1" "/boot/initrd.img-$1"
+        cp -a /boot/efi /tmp/esp
+    ' sh "$kver" >"$tmp/sdboot.log" 2>&1 || {
+        tail -n 30 "$tmp/sdboot.log" >&2
+        exit 1
+    }
+    rm -rf "$root/tmp/kernel-conf"
+    if findmnt -rn -o TARGET | grep -qF "$(cd "$root" && pwd)/"; then
+        log "something is still mounted under $root; refusing to continue"
+        exit 1
+    fi
+    token=$(cat "$root/etc/machine-id")
+    entry=$root/tmp/esp/loader/entries/$token-$kver.conf
+    grep -q '^options.*root=LABEL=gpt-root' "$entry" && grep -q "^linux */$token/$kver/linux\$" "$entry" || {
+        log "kernel-install wrote no usable entry for $kver:"
+        cat "$entry" "$tmp/sdboot.log" >&2
+        exit 1
+    }
+    # The ESP's files go to the ESP; the root fs keeps an empty /boot/efi to mount it on.
+    mv "$root/tmp/esp" "$tmp/esp-tree"
+else
+    # A first grub.cfg by hand (grub-mkconfig cannot probe the guest's disk from here); the guest's
+    # update-grub replaces it, and the EFI binary always loads whatever /boot/grub/grub.cfg holds.
+    # Its command line is what update-grub will write (bar root=), so boot 1 can be compared with later ones.
+    cmdline=$(
+        eval "$(grep -E '^GRUB_CMDLINE_LINUX(_DEFAULT)?=' "$root/etc/default/grub")"
+        echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT"
+    )
+    mkdir -p "$root/boot/grub"
+    cat >"$root/boot/grub/grub.cfg" <<EOF
 set timeout=0
 serial --unit=0 --speed=115200
 terminal_input serial
@@ -217,25 +279,35 @@ menuentry 'Debian GNU/Linux (gpt VM test, first boot)' {
     initrd /boot/initrd.img-$kver
 }
 EOF
+fi
 
 # --- disk image -------------------------------------------------------------------------------
 root_mib=3072
 esp_mib=64
+# systemd-boot loads the kernels from the ESP: each installed kernel keeps a copy of its kernel
+# and initramfs there.
+[ "$variant" != sdboot ] || esp_mib=512
 log "mkfs.ext4 -d (${root_mib} MiB)"
 mkfs.ext4 -q -F -L gpt-root -d "$root" "$tmp/root.ext4" "${root_mib}M" >/dev/null
 
-log "EFI system partition"
-cat >"$tmp/embedded.cfg" <<'EOF'
+log "EFI system partition (${esp_mib} MiB)"
+rm -f "$tmp/esp.img"
+if [ "$variant" = sdboot ]; then
+    mkfs.vfat -C -F 32 -n ESP "$tmp/esp.img" $((esp_mib * 1024)) >/dev/null
+    MTOOLS_SKIP_CHECK=1 mcopy -s -i "$tmp/esp.img" "$tmp/esp-tree"/* ::/
+    rm -rf "$tmp/esp-tree"
+else
+    cat >"$tmp/embedded.cfg" <<'EOF'
 search --no-floppy --file /etc/debian_version --set=root
 configfile /boot/grub/grub.cfg
 EOF
-grub-mkstandalone -O x86_64-efi -d "$root/usr/lib/grub/x86_64-efi" -o "$tmp/BOOTX64.EFI" \
-    --modules="part_gpt ext2 fat search search_fs_file search_label configfile linux normal serial terminal" \
-    "boot/grub/grub.cfg=$tmp/embedded.cfg"
-rm -f "$tmp/esp.img"
-mkfs.vfat -C -n ESP "$tmp/esp.img" $((esp_mib * 1024)) >/dev/null
-mmd -i "$tmp/esp.img" ::/EFI ::/EFI/BOOT
-mcopy -i "$tmp/esp.img" "$tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+    grub-mkstandalone -O x86_64-efi -d "$root/usr/lib/grub/x86_64-efi" -o "$tmp/BOOTX64.EFI" \
+        --modules="part_gpt ext2 fat search search_fs_file search_label configfile linux normal serial terminal" \
+        "boot/grub/grub.cfg=$tmp/embedded.cfg"
+    mkfs.vfat -C -n ESP "$tmp/esp.img" $((esp_mib * 1024)) >/dev/null
+    mmd -i "$tmp/esp.img" ::/EFI ::/EFI/BOOT
+    mcopy -i "$tmp/esp.img" "$tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+fi
 
 log "disk.img (GPT)"
 esp_start=2048                              # sectors of 512 bytes

@@ -24,10 +24,11 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin dracut dracut-testing twin-dracut)
+all_scenarios=(main twin dracut dracut-testing twin-dracut sdboot)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
-# Longest first: with two at a time, dracut beside main then twin ends sooner than after them.
-default_scenarios=(dracut main twin)
+# Longest first: with two at a time, dracut and sdboot start together, then main and twin take
+# whichever slot frees first.
+default_scenarios=(dracut sdboot main twin)
 
 usage() {
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -170,10 +171,12 @@ fi
 #   dracut           trixie (Debian 13: dracut 106, no update-initramfs of its own), dracut only
 #   dracut-testing   testing (dracut >= 107 with its update-initramfs), initramfs-tools-core kept
 #   twin-dracut      trixie's dracut image with twin's two identical GPUs (gpt's pre-udev hook)
+#   sdboot           trixie, systemd-boot (kernel-install, BLS entries on the ESP), no GRUB
 image_of() {
     case $1 in
     dracut | twin-dracut) echo trixie dracut ;;
     dracut-testing) echo testing dracut-itc ;;
+    sdboot) echo trixie sdboot ;;
     *) echo "$suite" initramfs-tools ;;
     esac
 }
@@ -199,7 +202,8 @@ ensure_image() {
             note "building the $suite $variant image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
             # Older images of this suite and variant are of no further use.
             find "$cache" -maxdepth 1 -name "$suite-$variant-*" ! -name "$suite-$variant-$key" -exec rm -rf {} +
-            bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2
+            # (set -e does not reach into this subshell: it runs on the left of ||)
+            bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2 || exit 1
             note "image $suite $variant built in $((SECONDS - t0)) s"
         fi
     ) 9>"$cache/.lock-$suite-$variant" || return 1

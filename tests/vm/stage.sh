@@ -256,7 +256,11 @@ full_configures() {
         jqt "$name" '.changed == true and .phase == "vfio" and .reboot_required == true'
     check "gpt full: devices are exactly $GPU and $AUDIO" \
         jqt "$name" '(.devices | sort) == [$g, $a]' --arg g $GPU --arg a $AUDIO
-    check "the regenerated grub.cfg carries the IOMMU arguments" grep -q 'intel_iommu=on' /boot/grub/grub.cfg
+    if [ "$scenario" = sdboot ]; then
+        check "gpt full --json: \"boot\": {\"loader\": \"systemd-boot\"}" jqt "$name" '.boot.loader == "systemd-boot"'
+    else
+        check "the regenerated grub.cfg carries the IOMMU arguments" grep -q 'intel_iommu=on' /boot/grub/grub.cfg
+    fi
     check "the new initramfs holds vfio-pci" initrd_has_vfio
 }
 
@@ -299,13 +303,13 @@ full_again_is_noop() {
     local name=$1
     shift
     etc_manifest >"$W/etc.after-full"
-    ls -l --time-style=full-iso /boot >"$W/boot.after-full"
+    ls -lR --time-style=full-iso /boot >"$W/boot.after-full"
     run "$name" gpt full "$@" --yes --no-deps --json
     echo "# second gpt full took $secs s"
     check "second gpt full exits 0" exited "$name" 0
     check "second gpt full: \"changed\": false" jqt "$name" '.changed == false'
     check "second gpt full left /etc as it was" etc_same_as "$W/etc.after-full"
-    check "second gpt full rebuilt nothing in /boot" eval 'ls -l --time-style=full-iso /boot | diff -q - "$W/boot.after-full"'
+    check "second gpt full rebuilt nothing under /boot (ls -lR: a mounted ESP too)" eval 'ls -lR --time-style=full-iso /boot | diff -q - "$W/boot.after-full"'
 }
 
 check_json_passes() {
@@ -504,6 +508,116 @@ dracut_configured() {
 check_json_names_dracut() {
     check "gpt check --json: \"boot\": {\"loader\": \"grub\", \"initramfs\": \"dracut\"}" \
         jqt check '.boot.loader == "grub" and .boot.initramfs == "dracut"'
+}
+
+# --- systemd-boot guests ------------------------------------------------------------------------------
+ESP=/boot/efi
+LOADER_GUID=4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+RESCUE_ENTRY=gpt-vm-rescue.conf
+# efivar NAME: the string of a Boot Loader Interface variable (4 attribute bytes, then UTF-16LE;
+# the loader writes ASCII, so dropping the NULs leaves it); fails when the variable is absent.
+efivar() {
+    local f=/sys/firmware/efi/efivars/$1-$LOADER_GUID
+    [ -r "$f" ] || return 1
+    # efivarfs cannot seek: read it whole.
+    cat "$f" | tail -c +5 | tr -d '\0'
+}
+efivar_is() { # efivar_is NAME WANT
+    local got
+    got=$(efivar "$1") || { why="no $1 variable"; return 1; }
+    [ "$got" = "$2" ] && return 0
+    why="$1 is '$got'"
+    return 1
+}
+# kernel_entries: the BLS entry of each installed kernel (<token>-<kver>.conf), one per line.
+kernel_entries() {
+    local k
+    for k in /boot/vmlinuz-*; do
+        [ -e "$k" ] || continue
+        ls "$ESP"/loader/entries/*-"${k#/boot/vmlinuz-}".conf 2>/dev/null
+    done
+}
+entry_options() { sed -n 's/^options[[:space:]]\{1,\}//p' "$1" | tr -s ' \t' '\n\n'; }
+# entries_carry REGEX...: there is an entry of every installed kernel, and each entry's options
+# have an argument matching each REGEX (whole argument).
+entries_carry() {
+    local k e a n=0 bad=
+    for k in /boot/vmlinuz-*; do
+        [ -e "$k" ] || continue
+        n=$((n + 1))
+        e=$(ls "$ESP"/loader/entries/*-"${k#/boot/vmlinuz-}".conf 2>/dev/null | head -n 1)
+        [ -n "$e" ] || { bad="$bad ${k#/boot/vmlinuz-}:no-entry"; continue; }
+        for a in "$@"; do entry_options "$e" | grep -qx -- "$a" || bad="$bad $(basename "$e"):$a"; done
+    done
+    [ "$n" -gt 0 ] || { why="no /boot/vmlinuz-*"; return 1; }
+    [ -z "$bad" ] && return 0
+    why="lacking:$bad"
+    return 1
+}
+# no_entry_carries_gpt_args: no entry at all under the ESP's loader/entries has an argument gpt
+# added (the list boot 1 took from /etc/kernel/cmdline after gpt full).
+no_entry_carries_gpt_args() {
+    local e a bad=
+    [ -s "$state/gpt-args" ] || { why="no list of gpt's arguments from boot 1"; return 1; }
+    for e in "$ESP"/loader/entries/*.conf; do
+        [ -e "$e" ] || continue
+        while read -r a; do entry_options "$e" | grep -qxF -- "$a" && bad="$bad $(basename "$e"):$a"; done <"$state/gpt-args"
+    done
+    [ -z "$bad" ] && return 0
+    why="still:$bad"
+    return 1
+}
+show_entries() {
+    local e
+    for e in "$ESP"/loader/entries/*.conf; do
+        [ -e "$e" ] || continue
+        sed "s/^/  $(basename "$e")| /" "$e"
+    done
+}
+# The guest really boots systemd-boot, with the ESP mounted and no GRUB, and the entry of the
+# running kernel is the one that booted.
+sdboot_sanity() {
+    local info sel want
+    info=$(efivar LoaderInfo)
+    sel=$(efivar LoaderEntrySelected)
+    want=$(basename "$(ls "$ESP"/loader/entries/*-"$(uname -r)".conf 2>/dev/null | head -n 1)")
+    echo "--- LoaderInfo: ${info:-none}; LoaderEntrySelected: ${sel:-none}; ESP: $(findmnt -n -o SOURCE,FSTYPE,OPTIONS "$ESP" || echo 'not mounted')"
+    show_entries
+    check "LoaderInfo names systemd-boot ($info)" eval 'case "$info" in "systemd-boot "*) true ;; *) false ;; esac' ||
+        bail "the guest did not boot systemd-boot"
+    check "no GRUB package is installed, no /etc/default/grub, no /boot/grub" \
+        eval '! dpkg-query -W -f "\${db:Status-Abbrev} \${Package}\n" | grep -q "^ii .*grub" && test ! -e /etc/default/grub && test ! -e /boot/grub'
+    check "the ESP is mounted at $ESP (vfat)" test "$(findmnt -n -o FSTYPE "$ESP")" = vfat || bail "no ESP"
+    run is-installed bootctl is-installed
+    check "bootctl is-installed" exited is-installed 0
+    check "systemd-boot booted the running kernel's entry (LoaderEntrySelected $sel)" \
+        eval 'test -n "$want" && test "$sel" = "$want"'
+    check "no /etc/kernel/cmdline: kernel-install falls back to /proc/cmdline" test ! -e /etc/kernel/cmdline
+    # Diagnosis: systemd 257's inspect without an image looks for /usr/lib/modules/KVER/vmlinuz,
+    # which Debian does not ship (gpt names the image).
+    run inspect-bare kernel-install inspect
+    run inspect kernel-install inspect "/boot/vmlinuz-$(uname -r)"
+    check "kernel-install inspect (with the image): layout bls, boot root $ESP" \
+        eval 'grep -q "Layout: bls" "$W/inspect.out" && grep -q "Boot Root: $ESP\$" "$W/inspect.out"'
+}
+check_json_names_sdboot() {
+    check "gpt check --json: \"boot\": {\"loader\": \"systemd-boot\", \"initramfs\": \"initramfs-tools\"}" \
+        jqt "$1" '.boot.loader == "systemd-boot" and .boot.initramfs == "initramfs-tools"'
+}
+# What gpt full must have done on a systemd-boot guest: /etc/kernel/cmdline created from
+# /proc/cmdline with its arguments, every kernel's entry regenerated with them.
+sdboot_configured() {
+    sed 's/^/  cmdline| /' /etc/kernel/cmdline 2>/dev/null
+    show_entries
+    check "gpt full created /etc/kernel/cmdline, one line with root= from /proc/cmdline" \
+        eval 'test "$(wc -l </etc/kernel/cmdline)" = 1 && grep -q "root=LABEL=gpt-root" /etc/kernel/cmdline && ! grep -q "initrd=\|BOOT_IMAGE=" /etc/kernel/cmdline'
+    # gpt's arguments: what the file has beyond boot 1's command line.
+    tr ' ' '\n' </etc/kernel/cmdline | grep -v '^$' | grep -vxF -f <(tr ' ' '\n' <"$state/cmdline.before" | grep -v '^$') >"$state/gpt-args"
+    echo "--- gpt's arguments: $(tr '\n' ' ' <"$state/gpt-args")"
+    check "gpt's arguments include intel_iommu=on, iommu=pt and vfio-pci.ids=" \
+        eval 'grep -qx intel_iommu=on "$state/gpt-args" && grep -qx iommu=pt "$state/gpt-args" && grep -q "^vfio-pci\.ids=" "$state/gpt-args"'
+    check "every kernel's entry carries intel_iommu=on, iommu=pt and vfio-pci.ids=" \
+        entries_carry intel_iommu=on iommu=pt 'vfio-pci\.ids=.*'
 }
 
 # --- gpt's Debian package (main: installed in boot 1, purged in the last boot) ---------------------------
@@ -759,6 +873,67 @@ dracut:4 | dracut-testing:4)
     check "lsinitrd of every image lists no vfio_pci" every_image_lacks '/vfio-pci\.ko\|/vfio_pci\.ko'
     check "bochs-drm and snd_hda_intel took the card in the initramfs again" \
         eval 'loaded_before_root "Initialized bochs-drm" && loaded_before_root "snd_hda_intel $AUDIO"'
+    complete=yes
+    ;;
+# sdboot (Debian 13, systemd-boot, no GRUB): main's cycle where the arguments go through
+# /etc/kernel/cmdline and kernel-install into the BLS entries on the ESP, and the rescue boot is a
+# one-shot entry (bootctl set-oneshot) without vfio-pci.ids=.
+sdboot:1)
+    sanity
+    sdboot_sanity
+    record $GPU $AUDIO
+    run check0 gpt check --json
+    check_json_names_sdboot check0
+    iommu_json
+    full_configures full 1234
+    sdboot_configured
+    full_again_is_noop full2 1234
+    ;;
+sdboot:2)
+    check "/proc/cmdline: vfio-pci.ids= holds exactly $GPU_ID and $AUDIO_ID" \
+        eval 'test "$(cmdline_ids | tr "\n" ,)" = "$(printf "%s\n" $GPU_ID $AUDIO_ID | sort | tr "\n" ,)"'
+    check "/proc/cmdline: intel_iommu=on" cmdline_has intel_iommu=on
+    check "/proc/cmdline: iommu=pt" cmdline_has iommu=pt
+    check "systemd-boot booted (LoaderInfo) the running kernel's entry" \
+        eval 'efivar LoaderInfo | grep -q "^systemd-boot " && test "$(efivar LoaderEntrySelected)" = "$(basename "$(kernel_entries | head -n 1)")"'
+    check "$GPU and $AUDIO are bound to vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check_json_passes
+    check_json_names_sdboot check
+    qemu_names_both
+    # The rescue: one boot without vfio-pci.ids=. A copy of the running kernel's entry without the
+    # argument, booted once (LoaderEntryOneShot), as a user with a locked editor would do.
+    e=$(ls "$ESP"/loader/entries/*-"$(uname -r)".conf | head -n 1)
+    sed -E -e '/^options/ s/[[:space:]]vfio-pci\.ids=[^[:space:]]*//g' \
+        -e 's/^title[[:space:]].*/title      gpt VM test: rescue boot without the vfio-pci ids/' "$e" >"$ESP/loader/entries/$RESCUE_ENTRY"
+    sed 's/^/  rescue| /' "$ESP/loader/entries/$RESCUE_ENTRY"
+    check "rescue: $RESCUE_ENTRY is the entry of $(uname -r) without vfio-pci.ids=" \
+        eval '! grep -q "^options.*vfio-pci\.ids=" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^options.*intel_iommu=on" "$ESP/loader/entries/$RESCUE_ENTRY" && grep -q "^linux" "$ESP/loader/entries/$RESCUE_ENTRY"'
+    run list bootctl list --no-pager
+    run oneshot bootctl set-oneshot "$RESCUE_ENTRY"
+    check "bootctl set-oneshot $RESCUE_ENTRY exits 0" exited oneshot 0
+    check "LoaderEntryOneShot is $RESCUE_ENTRY" efivar_is LoaderEntryOneShot "$RESCUE_ENTRY"
+    ;;
+sdboot:3)
+    check "rescue: systemd-boot booted the one-shot entry (LoaderEntrySelected $RESCUE_ENTRY)" \
+        efivar_is LoaderEntrySelected "$RESCUE_ENTRY"
+    check "rescue: /proc/cmdline has no vfio-pci.ids= but still intel_iommu=on" \
+        eval '! grep -q "vfio-pci\.ids=" /proc/cmdline && cmdline_has intel_iommu=on'
+    check "rescue: without vfio-pci.ids= the devices are back on boot 1's drivers" \
+        drivers_match "$state/drivers.before"
+    rm -f "$ESP/loader/entries/$RESCUE_ENTRY"
+    check "the rescue entry is removed again" test ! -e "$ESP/loader/entries/$RESCUE_ENTRY"
+    reset_restores
+    show_entries
+    check "after reset no entry under $ESP/loader/entries carries an argument of gpt's" no_entry_carries_gpt_args
+    check "after reset /etc/kernel/cmdline, which gpt created, is gone" test ! -e /etc/kernel/cmdline
+    ;;
+sdboot:4)
+    restored
+    show_entries
+    check "systemd-boot booted the running kernel's own entry again" \
+        eval 'test "$(efivar LoaderEntrySelected)" = "$(basename "$(kernel_entries | head -n 1)")"'
+    check "no entry under $ESP/loader/entries carries an argument of gpt's" no_entry_carries_gpt_args
+    check "no /etc/kernel/cmdline" test ! -e /etc/kernel/cmdline
     complete=yes
     ;;
 *)
