@@ -238,7 +238,12 @@ impl Host {
     pub fn resolve(&self, abs: impl AsRef<Path>) -> Result<PathBuf> {
         let abs = abs.as_ref();
         if self.real {
-            return Ok(Path::new("/").join(abs));
+            // Opening the path would follow the links anyway, but callers also read the
+            // resolved path itself (the PCI addresses on the way from /sys/class/block/vda1 to
+            // its controller, the bus above a function): resolve it as the walk below does.
+            // A path that does not exist (or a dangling link) stays as it was given.
+            let plain = Path::new("/").join(abs);
+            return Ok(std::fs::canonicalize(&plain).unwrap_or(plain));
         }
         if let Some(plain) = self.plain_path(abs) {
             return Ok(plain);

@@ -252,6 +252,9 @@ full_configures() {
     run "$name" gpt full "$@" --yes --no-deps --json
     echo "# gpt full took $secs s"
     check "gpt full $* --yes --no-deps --json exits 0" exited "$name" 0 || bail "gpt full failed"
+    # The disk holding / is a virtio PCI function: gpt must find it through sysfs's links.
+    check "gpt full knew which PCI controller backs / (no \"could not tell\" warning)" \
+        eval '! grep -q "could not tell which controller backs" "$W/$name.err"'
     check "gpt full: \"changed\": true, phase vfio, reboot required" \
         jqt "$name" '.changed == true and .phase == "vfio" and .reboot_required == true'
     check "gpt full: devices are exactly $GPU and $AUDIO" \
