@@ -1,6 +1,7 @@
 //! The command line: what each subcommand takes. Parsing only; the work is in `cmd`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use crate::refusal::UsageError;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -252,22 +253,3 @@ pub struct ReadEspsArgs {
     pub uuids: Vec<String>,
 }
 
-/// An error in how gpt was called: printed like any error, but exit code 2 as for clap's.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Bail out with a usage error (exit 2).
-#[macro_export]
-macro_rules! usage {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::cli::UsageError(format!($($arg)*))))
-    };
-}

@@ -369,10 +369,20 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
                 && matches!(w.next(), Some("no" | "0" | "false" | "off" | "n"))
         });
     }
-    if let Ok(Some(c)) = crate::state::load_config(host) {
+    if let Ok(Some(c)) = crate::facts::recorded_config(host) {
         f.gpt_added = c.added_args;
     }
     Ok(())
+}
+
+/// What `gpt full` configured on this host, as its journal records it (`None`: gpt has not
+/// configured it). Read-only: the journal is the transaction's; this is the reader's view of it.
+pub fn recorded_config(host: &Host) -> Result<Option<crate::model::Config>> {
+    match host.read(crate::paths::STATE_FILE) {
+        Ok(raw) => Ok(crate::model::State::parse(&raw)?.config),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::ioerr::error("read", Path::new(crate::paths::STATE_FILE), &e)),
+    }
 }
 
 /// The kernel image `kernel-install inspect` is given: the running kernel's `/boot/vmlinuz-KVER`,

@@ -12,7 +12,6 @@
 use crate::edit::{cmdline, grub, modules};
 use crate::host::Host;
 use crate::plan::{FileChange, Plan};
-use crate::state;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -84,7 +83,7 @@ impl Files {
     pub fn read(host: &Host, plan: &Plan) -> Result<Files> {
         let planned = |p: &str| plan.files.iter().find(|f| f.path == Path::new(p));
         let mut files = Files {
-            keep: state::load_config(host)?
+            keep: crate::facts::recorded_config(host)?
                 .map(|c| c.args)
                 .unwrap_or_default(),
             ..Files::default()
@@ -417,7 +416,7 @@ mod tests {
         )
         .unwrap();
         let state = r#"{"version":1,"config":{"phase":"vfio","gpus":["0000:02:00.0"],"devices":["0000:02:00.0"],"ids":["10de:1f08"],"bind":"ids","grub_file":"/etc/default/grub","grub_var":"GRUB_CMDLINE_LINUX_DEFAULT","args":["iommu=pt","intel_iommu=on","kvm.ignore_msrs=1"],"initramfs_modules":[],"softdeps":[],"kernels":[]},"files":[]}"#;
-        let dir = tree(&[(GRUB, &edited), (state::STATE_FILE, state)]);
+        let dir = tree(&[(GRUB, &edited), (crate::paths::STATE_FILE, state)]);
         let found = scan(&Host::new(dir.path())).unwrap();
         assert_eq!(found.len(), 1);
         let after = text(&found[0].changes[0]).unwrap();

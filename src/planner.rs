@@ -11,7 +11,7 @@ use crate::paths::MODPROBE_CONF;
 use crate::pci::PciDevice;
 use crate::plan::{FileChange, Plan, Step};
 use crate::select::Selection;
-use crate::state::{BindMode, Config, Phase};
+use crate::model::{BindMode, Config, Phase};
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 pub const PACKAGES: [&str; 7] = [
@@ -192,7 +192,7 @@ fn refuse_conflicts(user_args: &[String], stack: &Stack) -> Result<()> {
             );
         }
         if cmdline::key(t) == "vfio_pci.ids" {
-            return Err(crate::ui::Refusal::error(
+            return Err(crate::refusal::Refusal::error(
                 "existing_vfio_ids",
                 Vec::<String>::new(),
                 format!(

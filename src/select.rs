@@ -4,8 +4,8 @@
 use crate::describe::lspci_nn;
 use crate::pci::{PciAddress, PciDevice, Topology};
 use crate::pciids::Names;
-use crate::state::BindMode;
-use crate::ui::Refusal;
+use crate::model::BindMode;
+use crate::refusal::Refusal;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@
 //! goes to stderr.
 
 use console::{Style, Term};
+pub use crate::refusal::{Refusal, UsageError};
 use std::fmt::Display;
 
 #[derive(Debug, Clone)]
@@ -81,61 +82,12 @@ impl Ui {
     }
 }
 
-/// gpt declined to go ahead, for a reason a script can act on: a stable `kind`, the devices
-/// involved and what to do. Printed as `error: {message}` and, under `--json`, as the one
-/// JSON document on stdout (`"ok": false`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Refusal {
-    /// Stable, snake_case: `shared_group`, `bridge_with_driver`, `host_critical`, …
-    pub kind: &'static str,
-    /// The whole explanation, as printed after `error:`.
-    pub message: String,
-    /// Full PCI addresses of the devices involved.
-    pub devices: Vec<String>,
-    /// What the user can do about it.
-    pub todo: String,
-}
-
-impl Refusal {
-    /// The refusal as an error to return.
-    pub fn error(
-        kind: &'static str,
-        devices: impl IntoIterator<Item = impl ToString>,
-        message: impl Into<String>,
-        todo: impl Into<String>,
-    ) -> anyhow::Error {
-        anyhow::Error::new(Refusal {
-            kind,
-            message: message.into(),
-            devices: devices.into_iter().map(|d| d.to_string()).collect(),
-            todo: todo.into(),
-        })
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)?;
-        if !self.todo.is_empty() && !self.message.contains(&self.todo) {
-            let sep = if self.message.ends_with('\n') {
-                ""
-            } else {
-                " "
-            };
-            write!(f, "{sep}{}", self.todo)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Refusal {}
-
 /// The JSON document of a command that failed: `ok: false`, the kind of failure (a
 /// [`Refusal`]'s, `usage` or `error`), the text, the devices involved and what to do.
 pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
     let (kind, devices, todo) = match err.downcast_ref::<Refusal>() {
         Some(r) => (r.kind, r.devices.clone(), r.todo.clone()),
-        None if err.downcast_ref::<crate::cli::UsageError>().is_some() => {
+        None if err.downcast_ref::<UsageError>().is_some() => {
             ("usage", Vec::new(), String::new())
         }
         None => ("error", Vec::new(), String::new()),

@@ -14,7 +14,7 @@
 //! them; without them, a single candidate (or Proxmox or kernelstub, which manage the loader
 //! the others' packages install) wins, and otherwise gpt refuses and names `--boot-loader`.
 
-use super::{InitramfsKind, LoaderKind, StackId};
+use crate::model::{Choice, InitramfsKind, LoaderKind, StackId};
 use std::collections::BTreeSet;
 
 /// The vendor GUID of the Boot Loader Interface's EFI variables.
@@ -30,26 +30,6 @@ pub struct Inspect {
     /// The entries' name prefix (the machine id, `debian`, …).
     pub entry_token: String,
     pub machine_id: Option<String>,
-}
-
-/// The loader `--boot-loader` names (what the user says boots this host).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    Grub,
-    SystemdBoot,
-    Proxmox,
-    Kernelstub,
-}
-
-impl Choice {
-    pub fn name(self) -> &'static str {
-        match self {
-            Choice::Grub => "grub",
-            Choice::SystemdBoot => "systemd-boot",
-            Choice::Proxmox => "proxmox",
-            Choice::Kernelstub => "kernelstub",
-        }
-    }
 }
 
 /// What detection looks at.

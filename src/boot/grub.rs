@@ -8,7 +8,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::paths::{GRUB_CFG, GRUB_D, GRUB_DEFAULT};
 use crate::plan::{FileChange, Step};
-use crate::state::BindMode;
+use crate::model::BindMode;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

@@ -14,7 +14,7 @@ use crate::edit::cmdline;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::plan::{FileChange, Step};
-use crate::state::BindMode;
+use crate::model::BindMode;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 

@@ -20,83 +20,13 @@ use crate::edit::early::EarlyBind;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::plan::{FileChange, Step};
-use crate::state::BindMode;
+use crate::model::BindMode;
 use crate::txn::Runner;
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use detect::{detect, Choice, Probe};
-
-/// The boot loaders gpt knows (what reads the kernel command line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoaderKind {
-    Grub,
-    SystemdBoot,
-    /// Proxmox VE's proxmox-boot-tool, which copies kernels and the command line to the ESPs
-    /// it manages (systemd-boot or GRUB on them).
-    Proxmox,
-    /// Pop!_OS's kernelstub, which writes systemd-boot entries from its JSON configuration.
-    Kernelstub,
-}
-
-/// The initramfs generators gpt knows (what puts the early modules into the image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InitramfsKind {
-    InitramfsTools,
-    Dracut,
-}
-
-impl LoaderKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            LoaderKind::Grub => "grub",
-            LoaderKind::SystemdBoot => "systemd-boot",
-            LoaderKind::Proxmox => "proxmox",
-            LoaderKind::Kernelstub => "kernelstub",
-        }
-    }
-}
-
-impl InitramfsKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            InitramfsKind::InitramfsTools => "initramfs-tools",
-            InitramfsKind::Dracut => "dracut",
-        }
-    }
-}
-
-/// Which stack a host has, as shown in the plan, `--json` (`"boot"`) and `gpt check`, and as
-/// kept in gpt's configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StackId {
-    pub loader: LoaderKind,
-    pub initramfs: InitramfsKind,
-}
-
-impl Default for StackId {
-    /// The only stack a gpt without this field in its state file could have configured.
-    fn default() -> Self {
-        StackId {
-            loader: LoaderKind::Grub,
-            initramfs: InitramfsKind::InitramfsTools,
-        }
-    }
-}
-
-impl std::fmt::Display for StackId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "boot loader {}, initramfs by {}",
-            self.loader.name(),
-            self.initramfs.name()
-        )
-    }
-}
+pub use crate::model::{Choice, InitramfsKind, LoaderKind, StackId};
+pub use detect::{detect, Probe};
 
 /// The change to the file that holds the kernel arguments.
 #[derive(Debug, Clone)]

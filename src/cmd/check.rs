@@ -12,7 +12,8 @@ use crate::facts::{Facts, VFIO_PCI};
 use crate::host::Host;
 use crate::leftovers;
 use crate::pci::{PciAddress, Topology};
-use crate::state::{self, Config, Phase};
+use crate::model::{Config, Phase};
+use crate::paths::STATE_FILE;
 use crate::txn::Runner;
 use crate::ui::Ui;
 use anyhow::Result;
@@ -137,7 +138,7 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
         iommu_kernel(seen),
         interrupt_remapping(seen),
     ];
-    let config = state::load_config(host);
+    let config = crate::facts::recorded_config(host);
     let vfio_configured = matches!(&config, Ok(Some(c)) if c.phase == Phase::Vfio);
     let configured_stack = config
         .as_ref()
@@ -531,7 +532,7 @@ fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: boo
         let Some(addr) = PciAddress::parse(d) else {
             out.push(Check::fail(
                 name,
-                format!("not a PCI address in {}", state::STATE_FILE),
+                format!("not a PCI address in {}", STATE_FILE),
             ));
             continue;
         };

@@ -25,12 +25,12 @@ struct FullJson<'a> {
     ok: bool,
     changed: bool,
     dry_run: bool,
-    phase: crate::state::Phase,
+    phase: crate::model::Phase,
     boot: StackId,
     devices: &'a [String],
     ids: &'a [String],
     /// How vfio-pci gets the devices: `ids` (vfio-pci.ids=) or `address` (driver_override).
-    binding: crate::state::BindMode,
+    binding: crate::model::BindMode,
     /// Devices taken from the host that are not functions of the card (`--force`).
     taken_from_host: Vec<String>,
     /// Functions of the card left on the host (`--gpu-group-only`).
@@ -363,8 +363,8 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
     ui.step(format!(
         "Devices for vfio-pci (bound by {}):",
         match sel.bind {
-            crate::state::BindMode::Ids => "vfio-pci.ids=",
-            crate::state::BindMode::Address => "address",
+            crate::model::BindMode::Ids => "vfio-pci.ids=",
+            crate::model::BindMode::Address => "address",
         }
     ));
     for a in &sel.targets {
@@ -437,7 +437,7 @@ fn print_manual(ui: &Ui, planned: &Planned) {
 }
 
 fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
-    use crate::state::Phase;
+    use crate::model::Phase;
     match planned.config.phase {
         Phase::Iommu => ui.ok("IOMMU arguments added. Reboot, then run the same command again."),
         Phase::Vfio => {

@@ -10,7 +10,8 @@ use crate::describe::lspci_nn;
 use crate::host::Host;
 use crate::pci::{PciAddress, Topology};
 use crate::pciids::Names;
-use crate::state::{self, Phase};
+use crate::model::Phase;
+use crate::paths::STATE_FILE;
 use crate::sysfs;
 use crate::ui::Ui;
 use anyhow::{bail, Result};
@@ -131,7 +132,7 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
 /// below the card's own switch (an Arc card's audio), grouped by slot. Other configured
 /// devices (taken with `full --force`) stay out of the VM.
 fn configured_cards(ui: &Ui, host: &Host, topo: &Topology) -> Result<Vec<Card>> {
-    let config = state::load_config(host)?;
+    let config = crate::facts::recorded_config(host)?;
     let Some(config) = config.filter(|c| c.phase == Phase::Vfio && !c.devices.is_empty()) else {
         bail!("nothing configured; run `sudo gpt full VENDOR` or pass --device ADDR");
     };
@@ -141,7 +142,7 @@ fn configured_cards(ui: &Ui, host: &Host, topo: &Topology) -> Result<Vec<Card>> 
                 d.parse::<PciAddress>().map_err(|e| {
                     anyhow::anyhow!(
                         "{}: bad device in the configuration: {e}",
-                        state::STATE_FILE
+                        STATE_FILE
                     )
                 })
             })

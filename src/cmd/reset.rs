@@ -21,7 +21,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::paths::MODPROBE_D;
 use crate::plan::{FileAction, FileChange, Plan, Step};
-use crate::state::STATE_FILE;
+use crate::paths::STATE_FILE;
 use crate::txn::{self, fs as tfs, Finish, Meta, Runner, State};
 use crate::ui::Ui;
 use anyhow::{Context, Result};

@@ -9,7 +9,7 @@ use crate::host::Host;
 use crate::pci::PciAddress;
 use crate::reset_facts;
 use crate::resetability::{self, Env, Level, Report};
-use crate::state::Config;
+use crate::model::Config;
 use std::collections::BTreeSet;
 
 pub fn checks(

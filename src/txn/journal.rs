@@ -5,7 +5,7 @@
 //! ```json
 //! {
 //!   "version": 1,
-//!   "config": { … what `full` configured (state::Config) … },
+//!   "config": { … what `full` configured (model::Config) … },
 //!   "files": [
 //!     {"path": "/etc/default/grub", "existed": true, "mode": 420, "uid": 0, "gid": 0,
 //!      "original": "originals/1", "written": "written/1.2"}
@@ -35,30 +35,13 @@
 
 use super::fs::{self as tfs, Meta};
 use crate::host::Host;
-use crate::state::{Config, STATE_DIR, STATE_FILE};
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+pub use crate::model::{Blob, Entry, State, JOURNAL_VERSION as VERSION};
+use crate::paths::{STATE_DIR, STATE_FILE};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-pub const VERSION: u32 = 1;
 const ORIGINALS: &str = "originals";
 const WRITTEN: &str = "written";
-
-/// One journalled file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// As on the target host.
-    pub path: String,
-    pub existed: bool,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// Blob with the original bytes, relative to the state folder.
-    pub original: Option<String>,
-    /// Blob with what gpt last wrote; `None`: gpt left the file absent.
-    pub written: Option<String>,
-}
 
 impl Entry {
     pub fn original_meta(&self) -> Meta {
@@ -66,62 +49,6 @@ impl Entry {
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub version: u32,
-    pub config: Option<Config>,
-    #[serde(default)]
-    pub files: Vec<Entry>,
-    #[serde(default)]
-    pub created_dirs: Vec<String>,
-    #[serde(default)]
-    pub update_needed: bool,
-    #[serde(default)]
-    pub generation: u64,
-    #[serde(default)]
-    pub blobs: BTreeMap<String, Blob>,
-}
-
-/// A copy of a file's bytes kept in the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Blob {
-    /// UTF-8 (every configuration file gpt edits, normally): readable in `state.json`.
-    Text(String),
-    /// Anything else, byte by byte.
-    Bytes(Vec<u8>),
-}
-
-impl Blob {
-    pub fn new(bytes: &[u8]) -> Blob {
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Blob::Text(s.to_string()),
-            Err(_) => Blob::Bytes(bytes.to_vec()),
-        }
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Blob::Text(s) => s.as_bytes(),
-            Blob::Bytes(b) => b,
-        }
-    }
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            version: VERSION,
-            config: None,
-            files: Vec::new(),
-            created_dirs: Vec::new(),
-            update_needed: false,
-            generation: 0,
-            blobs: BTreeMap::new(),
         }
     }
 }
@@ -137,11 +64,7 @@ impl State {
         let Some(raw) = load_raw(host)? else {
             return Ok(None);
         };
-        Ok(Some(parse(&raw)?))
-    }
-
-    pub fn entry(&self, path: &Path) -> Option<&Entry> {
-        self.files.iter().find(|e| Path::new(&e.path) == path)
+        Ok(Some(State::parse(&raw)?))
     }
 
     /// Read a blob this state points at: from `blobs`, else from its file (earlier builds).
@@ -184,39 +107,10 @@ impl State {
         self.blobs.retain(|name, _| used.contains(name));
     }
 
-    /// Every blob this state points at.
-    fn referenced(&self) -> BTreeSet<String> {
-        self.files
-            .iter()
-            .flat_map(|e| [e.original.clone(), e.written.clone()])
-            .flatten()
-            .collect()
-    }
-
-    pub fn to_json(&self) -> Vec<u8> {
-        let mut s = serde_json::to_string_pretty(self).expect("the state serializes");
-        s.push('\n');
-        s.into_bytes()
-    }
 }
 
 pub(crate) fn load_raw(host: &Host) -> Result<Option<Vec<u8>>> {
     Ok(tfs::read(host, Path::new(STATE_FILE))?.map(|c| c.bytes))
-}
-
-pub(crate) fn parse(raw: &[u8]) -> Result<State> {
-    let state: State = serde_json::from_slice(raw).with_context(|| {
-        format!(
-            "{STATE_FILE} is corrupt; move it aside and run `gpt reset` to clean up from the files themselves"
-        )
-    })?;
-    if state.version != VERSION {
-        bail!(
-            "{STATE_FILE} has version {} and this gpt reads version {VERSION}: use the gpt that wrote it",
-            state.version
-        );
-    }
-    Ok(state)
 }
 
 pub(crate) fn original_name(index: usize) -> String {
@@ -304,12 +198,12 @@ mod tests {
         assert!(json.starts_with("{\n  \"version\": 1,\n  \"config\": null,\n  \"files\": [\n"));
         assert!(json.contains("\"original\": \"originals/1\""));
         assert!(json.contains("\"written\": \"written/1.2\""));
-        assert_eq!(parse(json.as_bytes()).unwrap(), s);
+        assert_eq!(State::parse(json.as_bytes()).unwrap(), s);
         // Older or hand-made files with only the required keys load too.
-        let min = parse(br#"{"version":1,"config":null}"#).unwrap();
+        let min = State::parse(br#"{"version":1,"config":null}"#).unwrap();
         assert_eq!(min, State::default());
-        assert!(parse(b"{not json").is_err());
-        let err = parse(br#"{"version":7,"config":null}"#).unwrap_err();
+        assert!(State::parse(b"{not json").is_err());
+        let err = State::parse(br#"{"version":7,"config":null}"#).unwrap_err();
         assert!(format!("{err:#}").contains("version 7"));
     }
 
@@ -328,7 +222,7 @@ mod tests {
         );
         assert!(json.contains("\"written/1.1\": [\n"), "{json}");
         assert!(!json.contains("written/1.0"), "{json}");
-        let back = parse(json.as_bytes()).unwrap();
+        let back = State::parse(json.as_bytes()).unwrap();
         assert_eq!(back, s);
         let tmp = tempfile::tempdir().unwrap();
         let host = Host::new(tmp.path());

@@ -27,7 +27,8 @@ pub use runner::{spawned, Captured, Runner};
 
 use crate::host::Host;
 use crate::plan::{FileAction, FileChange, Plan};
-use crate::state::{Config, STATE_DIR, STATE_FILE};
+use crate::model::Config;
+use crate::paths::{STATE_DIR, STATE_FILE};
 use crate::ui::Ui;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -136,7 +137,7 @@ pub fn apply_verified(
 
     // Leftovers of a killed run: temp files, blobs no saved state points at.
     let prev_raw = journal::load_raw(host)?;
-    let prev = prev_raw.as_deref().map(journal::parse).transpose()?;
+    let prev = prev_raw.as_deref().map(State::parse).transpose()?;
     journal::clean_temps(host)?;
     let befores = unchanged_since_planning(host, &files)?;
     // The journal, before the first change.

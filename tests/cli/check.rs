@@ -370,7 +370,7 @@ fn json_is_one_document_with_every_check() {
 fn phase_one_asks_for_the_second_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = rocketlake_config();
-    c.phase = gpt::state::Phase::Iommu;
+    c.phase = gpt::model::Phase::Iommu;
     c.gpus.clear();
     c.devices.clear();
     c.ids.clear();

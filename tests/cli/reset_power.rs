@@ -239,7 +239,7 @@ fn with_polaris(t: &mut HostTree) {
         .device(amd("0a:00.1", 0xaaf0, 0x040300, "snd_hda_intel").reset_method("pm"));
 }
 
-fn polaris_config() -> gpt::state::Config {
+fn polaris_config() -> gpt::model::Config {
     let mut c = rocketlake_config();
     c.gpus = vec![POLARIS[0].into()];
     c.devices = POLARIS.iter().map(|s| s.to_string()).collect();

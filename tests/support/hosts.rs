@@ -307,10 +307,10 @@ pub const ROCKETLAKE_ARGS: [&str; 5] = [
 ];
 
 /// What `gpt full nvidia` records for the rocketlake host.
-pub fn rocketlake_config() -> gpt::state::Config {
+pub fn rocketlake_config() -> gpt::model::Config {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    gpt::state::Config {
-        phase: gpt::state::Phase::Vfio,
+    gpt::model::Config {
+        phase: gpt::model::Phase::Vfio,
         gpus: s(&["0000:02:00.0"]),
         devices: s(&[
             "0000:02:00.0",
@@ -319,7 +319,7 @@ pub fn rocketlake_config() -> gpt::state::Config {
             "0000:02:00.3",
         ]),
         ids: s(&["10de:1f08", "10de:10f9", "10de:1ada", "10de:1adb"]),
-        bind: gpt::state::BindMode::Ids,
+        bind: gpt::model::BindMode::Ids,
         grub_file: "/etc/default/grub".into(),
         grub_var: "GRUB_CMDLINE_LINUX_DEFAULT".into(),
         args: s(&ROCKETLAKE_ARGS),
@@ -377,16 +377,16 @@ pub fn grub_cfg(kver: &str, args: &[&str]) -> String {
 /// initramfs block, gpt-vfio.conf; with `updated`, also the grub.cfg and initramfs that
 /// update-grub and update-initramfs regenerate (otherwise the old ones, as `--no-update`
 /// leaves them).
-pub fn as_full_left_it(t: &mut HostTree, c: &gpt::state::Config, kver: &str, updated: bool) {
+pub fn as_full_left_it(t: &mut HostTree, c: &gpt::model::Config, kver: &str, updated: bool) {
     use gpt::edit::{grub, modprobe, modules};
     let read = |t: &HostTree, p: &str| {
         std::fs::read_to_string(t.root.join(p.trim_start_matches('/'))).unwrap_or_default()
     };
     let doc = serde_json::json!({"version": 1, "config": c, "files": []});
-    t.file(gpt::state::STATE_FILE, &format!("{doc}\n"));
+    t.file(gpt::paths::STATE_FILE, &format!("{doc}\n"));
     let g = grub::apply(&read(t, &c.grub_file), &c.grub_var, &c.args).unwrap();
     t.file(&c.grub_file, &g);
-    if c.phase == gpt::state::Phase::Vfio {
+    if c.phase == gpt::model::Phase::Vfio {
         let mods: Vec<&str> = c.initramfs_modules.iter().map(String::as_str).collect();
         let m = modules::apply(&read(t, "/etc/initramfs-tools/modules"), &mods);
         t.file("/etc/initramfs-tools/modules", &m);
@@ -449,7 +449,7 @@ pub fn bind(t: &mut HostTree, addr: &str, driver: &str) {
 
 /// The host after the reboot: the running kernel has gpt's arguments, every configured
 /// device is on vfio-pci, vfio_pci is loaded, KVM is up.
-pub fn rebooted(t: &mut HostTree, c: &gpt::state::Config, kver: &str) {
+pub fn rebooted(t: &mut HostTree, c: &gpt::model::Config, kver: &str) {
     let cmdline = std::fs::read_to_string(t.root.join("proc/cmdline")).unwrap();
     let line = format!("{} {}\n", cmdline.trim_end(), c.args.join(" "));
     t.file("/proc/cmdline", &line)
