@@ -339,8 +339,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
             .is_some_and(|i| i.starts_with("systemd-boot"))
         || chosen == Some(boot::Choice::SystemdBoot);
     if p.kernel_install && sdboot_possible {
-        let ui = crate::ui::Ui::new(true);
-        let runner = crate::txn::Runner::new(host, &ui);
+                let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
         let image = inspect_image(host, f.running_kernel.as_deref(), &f.kernels);
         let mut argv = vec!["kernel-install", "inspect"];
         argv.extend(image.as_deref());

@@ -115,3 +115,18 @@ pub fn out(text: &str) {
         Ok(()) => {}
     }
 }
+
+impl crate::progress::Progress for Ui {
+    fn spinners(&self) -> bool {
+        Ui::spinners(self)
+    }
+    fn step(&self, msg: &str) {
+        Ui::step(self, msg)
+    }
+    fn warn(&self, msg: &str) {
+        Ui::warn(self, msg)
+    }
+    fn info(&self, msg: &str) {
+        Ui::info(self, msg)
+    }
+}

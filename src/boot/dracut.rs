@@ -23,7 +23,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::paths::{self, DRACUT_CONF, DRACUT_EARLY_HOOK, DRACUT_EARLY_SETUP, MODPROBE_CONF};
 use crate::plan::{FileChange, Step};
-use crate::txn::Runner;
+use crate::runner::Runner;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 

@@ -19,7 +19,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::paths::{self, INITRAMFS_EARLY, INITRAMFS_MODULES, MODPROBE_CONF};
 use crate::plan::{FileChange, Step};
-use crate::txn::Runner;
+use crate::runner::Runner;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@ use crate::facts::Facts;
 use crate::host::Host;
 use crate::plan::{FileChange, Step};
 use crate::model::BindMode;
-use crate::txn::Runner;
+use crate::runner::Runner;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

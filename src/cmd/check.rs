@@ -14,7 +14,7 @@ use crate::leftovers;
 use crate::pci::{PciAddress, Topology};
 use crate::model::{Config, Phase};
 use crate::paths::STATE_FILE;
-use crate::txn::Runner;
+use crate::runner::Runner;
 use crate::ui::Ui;
 use anyhow::Result;
 use console::Style;

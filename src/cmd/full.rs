@@ -15,7 +15,7 @@ use crate::planner::{self, Options, Planned};
 use crate::resetability::{self, Level, Report};
 use crate::select::{self, Request, Selection};
 use crate::sysfs;
-use crate::txn::Runner;
+use crate::runner::Runner;
 use crate::ui::Ui;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -319,7 +319,7 @@ fn verify(runner: &Runner, f: &Facts, stack: &Stack, planned: &Planned) -> Vec<S
         if let crate::boot::Entries::Unchecked(why) =
             stack.loader.entries(host, f, &planned.config.args)
         {
-            runner.ui().info(format!("note: {why}"));
+            runner.progress().info(&format!("note: {why}"));
         }
         problems.extend(stack.verify(host, runner, f, &planned.config.args, false));
     }

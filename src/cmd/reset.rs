@@ -22,7 +22,8 @@ use crate::host::Host;
 use crate::paths::MODPROBE_D;
 use crate::plan::{FileAction, FileChange, Plan, Step};
 use crate::paths::STATE_FILE;
-use crate::txn::{self, fs as tfs, Finish, Meta, Runner, State};
+use crate::runner::Runner;
+use crate::txn::{self, fs as tfs, Finish, Meta, State};
 use crate::ui::Ui;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -265,7 +266,7 @@ fn apply(
         if entries_regenerated {
             // A loader whose entries gpt cannot read says so (the Proxmox ESPs it could not mount).
             if let crate::boot::Entries::Unchecked(why) = stack.loader.entries(host, facts, added) {
-                runner.ui().info(format!("note: {why}"));
+                runner.progress().info(&format!("note: {why}"));
             }
             stack.loader.confirm(host, facts, &[], added)
         } else {

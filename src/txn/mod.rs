@@ -4,8 +4,8 @@
 //! - [`Lock`]: one gpt per host (`/run/gpt.lock`, inherited by the commands gpt starts).
 //! - [`fs`]: atomic writes and removals that keep mode and owner and stay inside the root.
 //! - [`journal`]: `/var/lib/gpt/state.json`, holding copies of the original and written bytes.
-//! - [`run`]: the command runner (PATH lookup, chroot under `--root`, spinner, stderr tail).
-//! - [`signals`]: SIGINT/SIGTERM/SIGHUP held off while committing.
+//! - the command runner ([`crate::runner`]) and the signals held off while committing
+//!   ([`crate::signals`]) sit below, in host access: the reader's queries use the runner too.
 //! - [`failpoint`]: named points where a test build stops dead (feature `failpoints`).
 //!
 //! Crash safety: the journal is saved, with `update_needed` set, before the first file
@@ -17,19 +17,18 @@ pub mod failpoint;
 pub mod fs;
 pub mod journal;
 pub mod lock;
-pub mod runner;
-pub mod signals;
 
 pub use fs::Meta;
 pub use journal::State;
 pub use lock::Lock;
-pub use runner::{spawned, Captured, Runner};
 
 use crate::host::Host;
+use crate::runner::Runner;
+use crate::signals;
 use crate::plan::{FileAction, FileChange, Plan};
 use crate::model::Config;
 use crate::paths::{STATE_DIR, STATE_FILE};
-use crate::ui::Ui;
+use crate::progress::Progress;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -64,7 +63,7 @@ pub fn update_needed(host: &Host) -> Result<bool> {
 /// full` does).
 pub fn apply(
     host: &Host,
-    ui: &Ui,
+    ui: &dyn Progress,
     lock: &Lock,
     plan: &Plan,
     config: Option<&Config>,
@@ -131,7 +130,7 @@ pub fn apply_verified(
             );
         }
     }
-    let ui = runner.ui();
+    let ui = runner.progress();
     let hold = signals::hold()?;
     let files: Vec<&crate::plan::FileChange> = plan.files.iter().filter(|f| !f.is_noop()).collect();
 
@@ -251,7 +250,7 @@ pub fn apply_verified(
     crate::failpoint!("after-commit");
     outcome.interrupted = hold.interrupted();
     if let Some(sig) = outcome.interrupted {
-        ui.warn(format!(
+        ui.warn(&format!(
             "{sig} arrived during the last step; gpt finished it first, so the host is consistent"
         ));
     }

@@ -11,7 +11,8 @@ use gpt::host::Host;
 use gpt::plan::{FileChange, Plan};
 use gpt::planner::{self, Options, Planned};
 use gpt::select::{self, Request};
-use gpt::txn::{self, Finish, Lock, Runner};
+use gpt::runner::Runner;
+use gpt::txn::{self, Finish, Lock};
 use gpt::ui::Ui;
 use std::path::Path;
 

@@ -8,7 +8,7 @@
 
 use crate::host::Host;
 use crate::plan::Step;
-use crate::ui::Ui;
+use crate::progress::Progress as Screen;
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::io::{Read, Seek};
@@ -61,13 +61,13 @@ impl Captured {
 #[derive(Debug, Clone)]
 pub struct Runner<'a> {
     host: &'a Host,
-    ui: &'a Ui,
+    ui: &'a dyn Screen,
     path: Option<OsString>,
     envs: Vec<(OsString, OsString)>,
 }
 
 impl<'a> Runner<'a> {
-    pub fn new(host: &'a Host, ui: &'a Ui) -> Runner<'a> {
+    pub fn new(host: &'a Host, ui: &'a dyn Screen) -> Runner<'a> {
         Runner {
             host,
             ui,
@@ -92,7 +92,8 @@ impl<'a> Runner<'a> {
         self.host
     }
 
-    pub fn ui(&self) -> &'a Ui {
+    /// Where this runner's progress goes.
+    pub fn progress(&self) -> &'a dyn Screen {
         self.ui
     }
 
@@ -188,7 +189,7 @@ impl<'a> Runner<'a> {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        if super::signals::holding() {
+        if crate::signals::holding() {
             // Out of the terminal's process group: Ctrl-C reaches gpt (which finishes this
             // step, then rolls back), not the command (which would die half-way).
             cmd.process_group(0);
@@ -277,7 +278,7 @@ fn wait(mut child: std::process::Child, spinner: Option<&Progress>) -> std::io::
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(status) => return status,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let (Some(sp), Some(sig)) = (spinner, super::signals::received()) {
+                    if let (Some(sp), Some(sig)) = (spinner, crate::signals::received()) {
                         sp.interrupted(sig);
                     }
                 }
@@ -349,14 +350,14 @@ pub fn shell_quote(s: &str) -> String {
 
 /// A spinner on a terminal, or plain lines otherwise.
 struct Progress<'u> {
-    ui: &'u Ui,
+    ui: &'u dyn Screen,
     label: String,
     bar: Option<indicatif::ProgressBar>,
     warned: std::cell::Cell<bool>,
 }
 
 impl<'u> Progress<'u> {
-    fn start(ui: &'u Ui, label: &str) -> Progress<'u> {
+    fn start(ui: &'u dyn Screen, label: &str) -> Progress<'u> {
         let bar = if ui.spinners() {
             let bar = indicatif::ProgressBar::new_spinner();
             if let Ok(style) =
@@ -386,7 +387,7 @@ impl<'u> Progress<'u> {
         let msg = format!("{sig} received: gpt rolls back once this step ends");
         match &self.bar {
             Some(bar) => bar.set_message(format!("{} ({msg})", self.label)),
-            None => self.ui.warn(msg),
+            None => self.ui.warn(&msg),
         }
     }
 
@@ -394,7 +395,7 @@ impl<'u> Progress<'u> {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
             self.ui
-                .step(format!("{} ({:.1}s)", self.label, took.as_secs_f64()));
+                .step(&format!("{} ({:.1}s)", self.label, took.as_secs_f64()));
         }
     }
 }
@@ -416,7 +417,7 @@ mod tests {
     fn a_missing_command_names_its_package() {
         let d = tempfile::tempdir().unwrap();
         let host = Host::new(d.path());
-        let ui = Ui::new(false);
+        let ui = crate::progress::Quiet;
         let r = Runner::new(&host, &ui).with_path(d.path().join("nobin"));
         let err = r
             .run(&Step::new(
@@ -444,7 +445,7 @@ mod tests {
             std::fs::set_permissions(bin.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let host = Host::new(d.path());
-        let ui = Ui::new(false);
+        let ui = crate::progress::Quiet;
         let mut path = bin.clone().into_os_string();
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
