@@ -1,6 +1,8 @@
 //! The command line: what each subcommand takes. Parsing only; the work is in `cmd`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use crate::model::Distro;
+use crate::model::Choice;
 pub use crate::refusal::UsageError;
 use std::path::PathBuf;
 
@@ -102,29 +104,13 @@ pub enum BootLoader {
     Kernelstub,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Distro {
-    Debian,
-    Ubuntu,
-}
-
 impl BootLoader {
-    pub fn choice(self) -> crate::boot::Choice {
-        use crate::boot::Choice;
+    pub fn choice(self) -> Choice {
         match self {
             BootLoader::Grub => Choice::Grub,
             BootLoader::SystemdBoot => Choice::SystemdBoot,
             BootLoader::Proxmox => Choice::Proxmox,
             BootLoader::Kernelstub => Choice::Kernelstub,
-        }
-    }
-}
-
-impl Distro {
-    pub fn name(self) -> &'static str {
-        match self {
-            Distro::Debian => "debian",
-            Distro::Ubuntu => "ubuntu",
         }
     }
 }

@@ -23,6 +23,8 @@ pub const INITRAMFS_EARLY: &str = "/etc/initramfs-tools/scripts/init-top/gpt-vfi
 pub const DRACUT_EARLY_DIR: &str = "/usr/lib/dracut/modules.d/90gpt-vfio";
 pub const DRACUT_EARLY_SETUP: &str = "/usr/lib/dracut/modules.d/90gpt-vfio/module-setup.sh";
 pub const DRACUT_EARLY_HOOK: &str = "/usr/lib/dracut/modules.d/90gpt-vfio/gpt-vfio.sh";
+/// Every file of gpt's early binding step, of every generator (the reader reads them all).
+pub const EARLY_FILES: [&str; 3] = [INITRAMFS_EARLY, DRACUT_EARLY_SETUP, DRACUT_EARLY_HOOK];
 pub const MODPROBE_D: &str = "/etc/modprobe.d";
 /// gpt's own modprobe.d file: softdeps (and the bind-by-address hook).
 pub const MODPROBE_CONF: &str = "/etc/modprobe.d/gpt-vfio.conf";

@@ -390,7 +390,7 @@ fn package_steps(f: &Facts, opts: &Options, notes: &mut Vec<String>) -> Vec<Step
 }
 
 pub fn plan(f: &Facts, sel: Option<&Selection>, opts: &Options) -> Result<Planned> {
-    let stack = f.stack()?;
+    let stack = Stack::of_facts(f)?;
     let (mut warnings, mut notes) = (Vec::new(), Vec::new());
     let phase = if sel.is_some() {
         Phase::Vfio

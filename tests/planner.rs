@@ -111,7 +111,7 @@ fn each_stack_gets_its_files_and_its_commands() {
         assert_eq!(files(&p), want, "{name}");
         assert_eq!(commands(&p), want_commands, "{name}");
         assert!(p.plan.commands.iter().all(|c| c.regenerates), "{name}");
-        assert_eq!(p.config.boot, facts.stack().unwrap().id(), "{name}");
+        assert_eq!(p.config.boot, facts.stack_id().unwrap(), "{name}");
     }
 }
 

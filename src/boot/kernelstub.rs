@@ -271,7 +271,7 @@ impl Loader for Kernelstub {
         let path = format!("{esp}/{ENTRY}");
         match host.read_optional(&path) {
             Ok(Some(text)) => {
-                let opts = super::systemd_boot::entry_options(&text);
+                let opts = crate::edit::cmdline::entry_options(&text);
                 match super::grub::missing(&opts, args) {
                     m if m.is_empty() => Entries::Carry,
                     m => Entries::Lack(m),
@@ -311,7 +311,7 @@ impl Loader for Kernelstub {
             .1;
         let text = host.read_optional(format!("{esp}/{ENTRY}")).ok()??;
         Some(
-            super::systemd_boot::entry_options(&text)
+            crate::edit::cmdline::entry_options(&text)
                 .iter()
                 .any(|t| cmdline::key(t) == key)
                 .then(|| "Pop_OS-current.conf".to_string())

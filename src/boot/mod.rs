@@ -7,13 +7,11 @@
 //! boot loader or initramfs generator is one new file here implementing one of the traits, one
 //! variant of [`LoaderKind`] or [`InitramfsKind`], and one rule in [`detect`].
 
-pub mod detect;
 pub mod dracut;
 pub mod grub;
 pub mod initramfs_tools;
 pub mod kernelstub;
 pub mod proxmox;
-pub mod pve_esp;
 pub mod systemd_boot;
 
 use crate::edit::early::EarlyBind;
@@ -26,7 +24,7 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 pub use crate::model::{Choice, InitramfsKind, LoaderKind, StackId};
-pub use detect::{detect, Probe};
+pub use crate::facts::detect::{detect, Probe};
 
 /// The change to the file that holds the kernel arguments.
 #[derive(Debug, Clone)]
@@ -202,6 +200,11 @@ impl std::fmt::Debug for Stack {
 }
 
 impl Stack {
+    /// The stack the facts found, or why gpt cannot tell (nothing was changed).
+    pub fn of_facts(f: &Facts) -> Result<Stack> {
+        Ok(Stack::of(f.stack_id()?))
+    }
+
     pub fn of(id: StackId) -> Stack {
         let loader: &'static dyn Loader = match id.loader {
             LoaderKind::Grub => &grub::Grub,

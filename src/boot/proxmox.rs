@@ -18,7 +18,7 @@
 //! (and GRUB's `grub/grub.cfg` on the others); a refresh that did not write them rolls back.
 
 use super::grub::{missing, missing_in_cfg, Grub};
-use super::pve_esp::{self, Esp};
+use crate::facts::pve_esp::{self, Esp};
 use super::systemd_boot::{remove_tokens, KERNEL_CMDLINE};
 use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;

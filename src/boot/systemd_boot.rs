@@ -138,18 +138,6 @@ pub fn remove_tokens(line: &str, tokens: &[String]) -> String {
     out
 }
 
-/// The `options` of a Boot Loader Specification entry (several lines are joined).
-pub fn entry_options(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim_start();
-            l.strip_prefix("options")
-                .filter(|r| r.starts_with([' ', '\t']))
-        })
-        .flat_map(cmdline::split)
-        .collect()
-}
-
 /// Every installed kernel (one with `/boot/vmlinuz-KVER`).
 fn kernels(f: &Facts) -> Vec<String> {
     f.kernels
@@ -160,7 +148,7 @@ fn kernels(f: &Facts) -> Vec<String> {
 }
 
 /// `$BOOT` and the entry token, from `kernel-install inspect`.
-fn inspected(f: &Facts) -> Option<&crate::boot::detect::Inspect> {
+fn inspected(f: &Facts) -> Option<&crate::facts::detect::Inspect> {
     match &f.probe.inspect {
         Some(Ok(i)) => Some(i),
         _ => None,
@@ -364,7 +352,7 @@ impl Loader for SystemdBoot {
                 ));
             }
             for (_, text) in entries {
-                let m = super::grub::missing(&entry_options(text), args);
+                let m = super::grub::missing(&cmdline::entry_options(text), args);
                 if m.len() > worst.len() {
                     worst = m;
                 }
@@ -388,7 +376,7 @@ impl Loader for SystemdBoot {
                 );
             }
             for (name, text) in entries {
-                let options = entry_options(text);
+                let options = cmdline::entry_options(text);
                 let lacks = super::grub::missing(&options, want);
                 if !lacks.is_empty() {
                     bail!(
@@ -422,7 +410,7 @@ impl Loader for SystemdBoot {
         Some(
             all.into_iter()
                 .flat_map(|(_, entries)| entries)
-                .filter(|(_, text)| entry_options(text).iter().any(|t| cmdline::key(t) == key))
+                .filter(|(_, text)| cmdline::entry_options(text).iter().any(|t| cmdline::key(t) == key))
                 .map(|(name, _)| name)
                 .collect(),
         )
@@ -505,7 +493,7 @@ mod tests {
     #[test]
     fn options_lines_are_joined_and_other_keys_ignored() {
         let e = "title Debian\noptions root=/dev/sda1 ro\noptions iommu=pt\nlinux /x/linux\noptionsx no\n";
-        assert_eq!(entry_options(e), ["root=/dev/sda1", "ro", "iommu=pt"]);
+        assert_eq!(cmdline::entry_options(e), ["root=/dev/sda1", "ro", "iommu=pt"]);
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     )?;
     let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     check_distro(&facts, distro)?;
-    let stack = facts.stack()?;
+    let stack = crate::boot::Stack::of_facts(&facts)?;
     stack.loader.validate(&facts)?;
     facts.topology()?;
     ui.info(format!("boot stack: {}", stack.id()));

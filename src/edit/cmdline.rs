@@ -34,6 +34,18 @@ pub fn iommu_off(value_tokens: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The `options` of a Boot Loader Specification entry (several lines are joined).
+pub fn entry_options(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("options")
+                .filter(|r| r.starts_with([' ', '\t']))
+        })
+        .flat_map(split)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

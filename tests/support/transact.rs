@@ -67,7 +67,7 @@ pub fn planned(root: &Path) -> Planned {
 pub fn plan_with_args(root: &Path, args: &[String]) -> Plan {
     let host = Host::new(root);
     let facts = Facts::read(&host).unwrap();
-    let stack: Stack = facts.stack().unwrap();
+    let stack: Stack = Stack::of_facts(&facts).unwrap();
     let edit = stack.loader.edit_args(&facts, args).unwrap();
     let mut plan = Plan::default();
     plan.push_file(edit.change);
@@ -103,7 +103,7 @@ pub fn simulate_full(
         planned
             .plan
             .commands
-            .extend(facts.stack()?.regenerate(&facts, true, true));
+            .extend(Stack::of_facts(&facts)?.regenerate(&facts, true, true));
     }
     txn::apply_with(
         &runner,

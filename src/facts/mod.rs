@@ -2,7 +2,11 @@
 //! host's facts, used by every command. All the I/O of reading is here; the decisions are
 //! made on the result.
 
-use crate::boot::{self, Probe, Stack, StackId};
+pub mod detect;
+pub mod pve_esp;
+
+use crate::model::{Choice, Distro, LoaderKind, StackId};
+use detect::Probe;
 use crate::host::Host;
 use crate::paths::{
     DPKG_STATUS, DRACUT_CONF, DRACUT_CONF_D, GRUB_D, GRUB_DEFAULT, INITRAMFS_MODULES,
@@ -110,7 +114,7 @@ pub struct Facts {
     pub efi: bool,
     /// On a Proxmox VE host, the ESPs proxmox-boot-tool manages as read (in a private mount
     /// namespace), or why they could not be read; `None` on other hosts.
-    pub pve_esps: Option<Result<Vec<crate::boot::pve_esp::Esp>, String>>,
+    pub pve_esps: Option<Result<Vec<pve_esp::Esp>, String>>,
     /// On a Proxmox VE host, the kernels the user told proxmox-boot-tool to keep: the lines
     /// of `/etc/kernel/proxmox-boot-manual-kernels` and the first line of each pin file.
     pub pve_chosen_kernels: Vec<String>,
@@ -124,7 +128,7 @@ impl Facts {
     }
 
     /// [`Facts::read`], with the boot loader the user named (`--boot-loader`).
-    pub fn read_for(host: &Host, chosen: Option<boot::Choice>) -> Result<Facts> {
+    pub fn read_for(host: &Host, chosen: Option<Choice>) -> Result<Facts> {
         let mut f = Facts::default();
         match sysfs::read_topology(host) {
             Ok(t) => f.topology = t,
@@ -170,11 +174,9 @@ impl Facts {
         }
         f.initramfs_modules = host.read_optional(INITRAMFS_MODULES)?;
         f.modprobe_conf = host.read_optional(MODPROBE_CONF)?;
-        for g in boot::generators() {
-            for path in g.early_files() {
-                if let Some(bytes) = read_bytes(host, path)? {
-                    f.early_files.insert(path.to_string(), bytes);
-                }
+        for path in crate::paths::EARLY_FILES {
+            if let Some(bytes) = read_bytes(host, path)? {
+                f.early_files.insert(path.to_string(), bytes);
             }
         }
         for name in host.list_dir(MODPROBE_D)? {
@@ -217,12 +219,12 @@ impl Facts {
             ..Probe::default()
         };
         read_loader_probe(host, &mut f, chosen)?;
-        f.boot = Some(boot::detect(&f.probe));
+        f.boot = Some(detect::detect(&f.probe));
         f.efi = host.exists("/sys/firmware/efi");
         if let Some(Ok(id)) = &f.boot {
-            if id.loader == boot::LoaderKind::Proxmox {
-                f.pve_esps = Some(boot::pve_esp::read(host));
-                f.pve_chosen_kernels = boot::pve_esp::chosen_kernels(host);
+            if id.loader == LoaderKind::Proxmox {
+                f.pve_esps = Some(pve_esp::read(host));
+                f.pve_chosen_kernels = pve_esp::chosen_kernels(host);
             }
         }
         if host.exists(DRACUT_CONF_D) {
@@ -268,9 +270,9 @@ impl Facts {
     }
 
     /// The host's boot stack, or why gpt cannot tell (nothing was changed).
-    pub fn stack(&self) -> Result<Stack> {
+    pub fn stack_id(&self) -> Result<StackId> {
         match &self.boot {
-            Some(Ok(id)) => Ok(Stack::of(*id)),
+            Some(Ok(id)) => Ok(*id),
             Some(Err(why)) => Err(anyhow!("{why}; nothing was changed")),
             None => Err(anyhow!("the boot stack was not read")),
         }
@@ -278,8 +280,7 @@ impl Facts {
 
     /// The distribution family gpt knows, from os-release (`ubuntu` before `debian`: Ubuntu
     /// derivatives list both).
-    pub fn distro(&self) -> Option<crate::cli::Distro> {
-        use crate::cli::Distro;
+    pub fn distro(&self) -> Option<Distro> {
         if self.os_ids.iter().any(|i| i == "ubuntu") {
             Some(Distro::Ubuntu)
         } else if self.os_ids.iter().any(|i| i == "debian") {
@@ -292,8 +293,8 @@ impl Facts {
 
 /// What tells the boot loaders apart: the EFI variables of the loader that booted, the files
 /// of systemd-boot, Proxmox and kernelstub, and what `kernel-install inspect` says.
-fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -> Result<()> {
-    use crate::boot::detect::{efi_string, parse_inspect, LOADER_GUID};
+fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<Choice>) -> Result<()> {
+    use detect::{efi_string, parse_inspect, LOADER_GUID};
     let p = &mut f.probe;
     p.chosen = chosen;
     let efivar = |name: &str| {
@@ -337,7 +338,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<boot::Choice>) -
         || p.loader_info
             .as_deref()
             .is_some_and(|i| i.starts_with("systemd-boot"))
-        || chosen == Some(boot::Choice::SystemdBoot);
+        || chosen == Some(Choice::SystemdBoot);
     if p.kernel_install && sdboot_possible {
                 let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
         let image = inspect_image(host, f.running_kernel.as_deref(), &f.kernels);

@@ -22,7 +22,6 @@
 //! read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
 //! mount of it (EBUSY), which gpt reports as such.
 
-use crate::cli::ReadEspsArgs;
 use crate::host::Host;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -254,9 +253,9 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
 
 /// `gpt __read-esps`: in a private mount namespace only, read each ESP and print the JSON
 /// document [`parse`] reads.
-pub fn helper(host: &Host, args: &ReadEspsArgs) -> Result<u8> {
+pub fn helper(host: &Host, outside_ns: u64, uuids: &[String]) -> Result<u8> {
     let here = mount_namespace().context("cannot read /proc/self/ns/mnt")?;
-    if here == args.outside_ns {
+    if here == outside_ns {
         bail!(
             "{HELPER} mounts the ESPs only in a mount namespace of its own, and this is the one \
              of the gpt that started it; gpt runs it through `unshare --mount --propagation \
@@ -273,7 +272,7 @@ pub fn helper(host: &Host, args: &ReadEspsArgs) -> Result<u8> {
         None::<&str>,
     )
     .context("cannot make the mounts of this namespace private")?;
-    let esps = args.uuids.iter().map(|u| read_one(host, u)).collect();
+    let esps = uuids.iter().map(|u| read_one(host, u)).collect();
     let doc = Doc {
         format: FORMAT,
         esps,
@@ -413,7 +412,7 @@ fn read_tree(dir: &Path, esp: &mut Esp) -> Result<(), String> {
     names.sort();
     for name in names {
         if let Some(t) = text(&entries.join(&name))? {
-            let options = super::systemd_boot::entry_options(&t).join(" ");
+            let options = crate::edit::cmdline::entry_options(&t).join(" ");
             esp.entries.push(EspEntry { name, options });
         }
     }
