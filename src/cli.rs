@@ -1,9 +1,9 @@
 //! The command line: what each subcommand takes. Parsing only; the work is in `cmd`.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-pub use crate::model::Distro;
 use crate::model::Choice;
+pub use crate::model::Distro;
 pub use crate::refusal::UsageError;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -238,4 +238,3 @@ pub struct ReadEspsArgs {
     #[arg(value_name = "UUID")]
     pub uuids: Vec<String>,
 }
-

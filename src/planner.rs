@@ -7,11 +7,11 @@ use crate::boot::Stack;
 use crate::edit::early::{EarlyBind, EarlyTarget, Gate};
 use crate::edit::{cmdline, modprobe};
 use crate::facts::{self, Facts, VFIO_PCI};
+use crate::model::{BindMode, Config, Phase};
 use crate::paths::MODPROBE_CONF;
 use crate::pci::PciDevice;
 use crate::plan::{FileChange, Plan, Step};
 use crate::select::Selection;
-use crate::model::{BindMode, Config, Phase};
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 pub const PACKAGES: [&str; 7] = [

@@ -2,9 +2,9 @@
 //! bootable. Pure: decides from the topology and what the host says is boot-critical.
 
 use crate::describe::lspci_nn;
+use crate::model::BindMode;
 use crate::pci::{PciAddress, PciDevice, Topology};
 use crate::pciids::Names;
-use crate::model::BindMode;
 use crate::refusal::Refusal;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;

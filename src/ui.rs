@@ -3,8 +3,8 @@
 //! With `--json`, stdout carries exactly one JSON document, so everything meant for a person
 //! goes to stderr.
 
-use console::{Style, Term};
 pub use crate::refusal::{Refusal, UsageError};
+use console::{Style, Term};
 use std::fmt::Display;
 
 #[derive(Debug, Clone)]
@@ -87,9 +87,7 @@ impl Ui {
 pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
     let (kind, devices, todo) = match err.downcast_ref::<Refusal>() {
         Some(r) => (r.kind, r.devices.clone(), r.todo.clone()),
-        None if err.downcast_ref::<UsageError>().is_some() => {
-            ("usage", Vec::new(), String::new())
-        }
+        None if err.downcast_ref::<UsageError>().is_some() => ("usage", Vec::new(), String::new()),
         None => ("error", Vec::new(), String::new()),
     };
     serde_json::json!({

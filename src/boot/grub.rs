@@ -6,9 +6,9 @@ use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::{cmdline, grub};
 use crate::facts::Facts;
 use crate::host::Host;
+use crate::model::BindMode;
 use crate::paths::{GRUB_CFG, GRUB_D, GRUB_DEFAULT};
 use crate::plan::{FileChange, Step};
-use crate::model::BindMode;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

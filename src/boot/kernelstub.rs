@@ -13,8 +13,8 @@ use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::plan::{FileChange, Step};
 use crate::model::BindMode;
+use crate::plan::{FileChange, Step};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 

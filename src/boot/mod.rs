@@ -17,14 +17,14 @@ pub mod systemd_boot;
 use crate::edit::early::EarlyBind;
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::plan::{FileChange, Step};
 use crate::model::BindMode;
+use crate::plan::{FileChange, Step};
 use crate::runner::Runner;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-pub use crate::model::{Choice, InitramfsKind, LoaderKind, StackId};
 pub use crate::facts::detect::{detect, Probe};
+pub use crate::model::{Choice, InitramfsKind, LoaderKind, StackId};
 
 /// The change to the file that holds the kernel arguments.
 #[derive(Debug, Clone)]

@@ -18,14 +18,14 @@
 //! (and GRUB's `grub/grub.cfg` on the others); a refresh that did not write them rolls back.
 
 use super::grub::{missing, missing_in_cfg, Grub};
-use crate::facts::pve_esp::{self, Esp};
 use super::systemd_boot::{remove_tokens, KERNEL_CMDLINE};
 use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;
+use crate::facts::pve_esp::{self, Esp};
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::plan::{FileChange, Step};
 use crate::model::BindMode;
+use crate::plan::{FileChange, Step};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 

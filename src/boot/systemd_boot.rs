@@ -16,8 +16,8 @@ use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::plan::{FileChange, Step};
 use crate::model::BindMode;
+use crate::plan::{FileChange, Step};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -410,7 +410,11 @@ impl Loader for SystemdBoot {
         Some(
             all.into_iter()
                 .flat_map(|(_, entries)| entries)
-                .filter(|(_, text)| cmdline::entry_options(text).iter().any(|t| cmdline::key(t) == key))
+                .filter(|(_, text)| {
+                    cmdline::entry_options(text)
+                        .iter()
+                        .any(|t| cmdline::key(t) == key)
+                })
                 .map(|(name, _)| name)
                 .collect(),
         )
@@ -493,7 +497,10 @@ mod tests {
     #[test]
     fn options_lines_are_joined_and_other_keys_ignored() {
         let e = "title Debian\noptions root=/dev/sda1 ro\noptions iommu=pt\nlinux /x/linux\noptionsx no\n";
-        assert_eq!(cmdline::entry_options(e), ["root=/dev/sda1", "ro", "iommu=pt"]);
+        assert_eq!(
+            cmdline::entry_options(e),
+            ["root=/dev/sda1", "ro", "iommu=pt"]
+        );
     }
 
     #[test]

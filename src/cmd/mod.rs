@@ -36,7 +36,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
-        Command::ReadEsps(args) => crate::facts::pve_esp::helper(&host, args.outside_ns, &args.uuids),
+        Command::ReadEsps(args) => {
+            crate::facts::pve_esp::helper(&host, args.outside_ns, &args.uuids)
+        }
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
     // `--json` promises one document on stdout: a refusal or an error is one too.

@@ -8,10 +8,10 @@
 use crate::cli::QemuArgs;
 use crate::describe::lspci_nn;
 use crate::host::Host;
-use crate::pci::{PciAddress, Topology};
-use crate::pciids::Names;
 use crate::model::Phase;
 use crate::paths::STATE_FILE;
+use crate::pci::{PciAddress, Topology};
+use crate::pciids::Names;
 use crate::sysfs;
 use crate::ui::Ui;
 use anyhow::{bail, Result};
@@ -140,10 +140,7 @@ fn configured_cards(ui: &Ui, host: &Host, topo: &Topology) -> Result<Vec<Card>> 
         list.iter()
             .map(|d| {
                 d.parse::<PciAddress>().map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: bad device in the configuration: {e}",
-                        STATE_FILE
-                    )
+                    anyhow::anyhow!("{}: bad device in the configuration: {e}", STATE_FILE)
                 })
             })
             .collect()

@@ -16,15 +16,15 @@
 use super::session::{FileJson, Session};
 use crate::boot::{self, Stack};
 use crate::cli::ResetArgs;
-use crate::edit;
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::paths::MODPROBE_D;
-use crate::plan::{FileAction, FileChange, Plan, Step};
 use crate::paths::STATE_FILE;
+use crate::plan::{FileAction, FileChange, Plan, Step};
 use crate::runner::Runner;
 use crate::txn::{self, fs as tfs, Finish, Meta, State};
 use crate::ui::Ui;
+use crate::undo::{args_owner, Undo};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -416,16 +416,6 @@ fn text(path: &Path, bytes: &[u8]) -> Result<String> {
         .with_context(|| format!("{} is not text; gpt leaves it alone", path.display()))
 }
 
-/// The loader, of every loader gpt knows, whose argument file `path` is.
-fn args_owner(path: &Path) -> Option<&'static dyn boot::Loader> {
-    boot::loaders().into_iter().find(|l| l.owns(path))
-}
-
-/// The generator, of every generator gpt knows, whose modules file `path` is.
-fn modules_owner(path: &Path) -> Option<&'static dyn boot::Generator> {
-    boot::generators().into_iter().find(|g| g.owns(path))
-}
-
 /// What to do with each journalled file.
 fn journalled(host: &Host, state: &State, added: &[String]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
@@ -480,84 +470,23 @@ fn edited(
         ));
     };
     let content = text(path, &cur.bytes)?;
-    let with = |after: Option<String>, action: FileAction, note: &str| Item {
-        path: path.to_path_buf(),
-        action,
-        note: Some(note.to_string()),
-        before: Some(cur.bytes.clone()),
-        after: after.map(String::into_bytes),
-        meta: None,
-    };
-    let gpt_conf = written
-        .and_then(|w| std::str::from_utf8(w).ok())
-        .is_some_and(|w| edit::modprobe::is_gpt_owned(w) || edit::early::is_gpt_script(w));
-    let kept = "you changed it after gpt wrote it: removed only gpt's part and kept your changes";
-    if let Some(loader) = args_owner(path) {
-        let after = loader
-            .strip_args(path, &content, added)
-            .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
-        if after == content {
-            return Ok(Item::unchanged(
-                path,
-                Some(
-                    "you changed it after gpt wrote it and gpt's marker is gone; left as is".into(),
-                ),
-            ));
-        }
-        return Ok(with(Some(after), FileAction::Edited, kept));
-    }
-    if let Some(Some(after)) = modules_owner(path)
-        .map(|g| g.strip(path, &content))
-        .transpose()?
-    {
-        if after == content {
-            return Ok(Item::unchanged(
-                path,
-                Some(
-                    "you changed it after gpt wrote it and gpt's block is gone; left as is".into(),
-                ),
-            ));
-        }
-        return Ok(with(Some(after), FileAction::Edited, kept));
-    }
-    // Other files (gpt-vfio.conf above all): remove the lines gpt wrote, keep the user's.
-    let written = std::str::from_utf8(written.unwrap_or_default()).unwrap_or_default();
-    let original = std::str::from_utf8(original.unwrap_or_default()).unwrap_or_default();
-    let mut gpt_lines: Vec<&str> = written.lines().collect();
-    for l in original.lines() {
-        if let Some(k) = gpt_lines.iter().position(|g| *g == l) {
-            gpt_lines.remove(k);
-        }
-    }
-    let (rest, _) = edit::modules::remove_lines(&content, |l| {
-        let l = l.strip_suffix('\r').unwrap_or(l);
-        gpt_lines.contains(&l)
-    });
-    let only_comments = rest
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
-    if gpt_conf && original.is_empty() && only_comments {
-        return Ok(with(
-            None,
-            FileAction::Removed,
-            "gpt's own file, which you changed only by comments or blank lines: removed",
-        ));
-    }
-    if rest == content {
-        return Ok(Item::unchanged(
-            path,
-            Some(
-                "you changed it after gpt wrote it and none of gpt's lines are left; left as is"
-                    .into(),
-            ),
-        ));
-    }
-    let note = if gpt_conf {
-        "you added lines to gpt's own file: removed gpt's lines and kept yours (the file is no longer gpt's)"
-    } else {
-        kept
-    };
-    Ok(with(Some(rest), FileAction::Edited, note))
+    Ok(
+        match crate::undo::edited(path, &content, written, original, added)? {
+            Undo::Unchanged(note) => Item::unchanged(path, Some(note.into())),
+            Undo::Write {
+                after,
+                action,
+                note,
+            } => Item {
+                path: path.to_path_buf(),
+                action,
+                note: Some(note.to_string()),
+                before: Some(cur.bytes.clone()),
+                after: after.map(String::into_bytes),
+                meta: None,
+            },
+        },
+    )
 }
 
 /// gpt's marks found in the files themselves: in every boot stack's argument and module
@@ -583,7 +512,7 @@ fn marked(host: &Host) -> Result<Vec<Item>> {
         let Ok(content) = String::from_utf8(cur.bytes.clone()) else {
             continue;
         };
-        let Some((after, note)) = unmark(&path, &content)? else {
+        let Some((after, note)) = crate::undo::unmark(&path, &content)? else {
             continue;
         };
         if after.as_deref() == Some(content.as_str()) {
@@ -603,34 +532,6 @@ fn marked(host: &Host) -> Result<Vec<Item>> {
         });
     }
     Ok(items)
-}
-
-/// `content` without gpt's marked part (`None` inside: the file goes), and what was done;
-/// `None` when the file carries no mark of gpt's.
-fn unmark(path: &Path, content: &str) -> Result<Option<(Option<String>, &'static str)>> {
-    if let Some(loader) = args_owner(path) {
-        if !loader.has_marks(content) {
-            return Ok(None);
-        }
-        let after = loader
-            .strip(path, content)
-            .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
-        return Ok(Some((
-            Some(after),
-            "removed the arguments gpt's marker lists, and the marker",
-        )));
-    }
-    if let Some(g) = modules_owner(path) {
-        if !g.has_marks(content) {
-            return Ok(None);
-        }
-        return Ok(Some(match g.strip(path, content)? {
-            Some(after) => (Some(after), "removed gpt's block"),
-            None => (None, "gpt's own file (says its first line)"),
-        }));
-    }
-    Ok(edit::modprobe::is_gpt_owned(content)
-        .then_some((None, "gpt's own file (says its first line)")))
 }
 
 /// `--legacy`: find the old setup.sh's leftovers as the files will be after this reset, show

@@ -6,10 +6,10 @@ use super::check::Check;
 use crate::boot::Stack;
 use crate::facts::Facts;
 use crate::host::Host;
+use crate::model::Config;
 use crate::pci::PciAddress;
 use crate::reset_facts;
 use crate::resetability::{self, Env, Level, Report};
-use crate::model::Config;
 use std::collections::BTreeSet;
 
 pub fn checks(

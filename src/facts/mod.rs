@@ -5,9 +5,8 @@
 pub mod detect;
 pub mod pve_esp;
 
-use crate::model::{Choice, Distro, LoaderKind, StackId};
-use detect::Probe;
 use crate::host::Host;
+use crate::model::{Choice, Distro, LoaderKind, StackId};
 use crate::paths::{
     DPKG_STATUS, DRACUT_CONF, DRACUT_CONF_D, GRUB_D, GRUB_DEFAULT, INITRAMFS_MODULES,
     MODPROBE_CONF, MODPROBE_D, MODULES_DIR, OS_RELEASE, PROC_CMDLINE,
@@ -15,6 +14,7 @@ use crate::paths::{
 use crate::pci::{PciAddress, Topology};
 use crate::sysfs;
 use anyhow::{anyhow, Context, Result};
+use detect::Probe;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -340,7 +340,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<Choice>) -> Resu
             .is_some_and(|i| i.starts_with("systemd-boot"))
         || chosen == Some(Choice::SystemdBoot);
     if p.kernel_install && sdboot_possible {
-                let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
+        let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
         let image = inspect_image(host, f.running_kernel.as_deref(), &f.kernels);
         let mut argv = vec!["kernel-install", "inspect"];
         argv.extend(image.as_deref());
@@ -381,7 +381,11 @@ pub fn recorded_config(host: &Host) -> Result<Option<crate::model::Config>> {
     match host.read(crate::paths::STATE_FILE) {
         Ok(raw) => Ok(crate::model::State::parse(&raw)?.config),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(crate::ioerr::error("read", Path::new(crate::paths::STATE_FILE), &e)),
+        Err(e) => Err(crate::ioerr::error(
+            "read",
+            Path::new(crate::paths::STATE_FILE),
+            &e,
+        )),
     }
 }
 

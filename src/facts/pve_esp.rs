@@ -225,7 +225,7 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
         ));
     }
     let ns = mount_namespace().map_err(|e| format!("cannot read /proc/self/ns/mnt: {e}"))?;
-        let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
+    let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
     let mut args = vec![
         HELPER.to_string(),
         "--outside-ns".to_string(),

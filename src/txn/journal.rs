@@ -106,7 +106,6 @@ impl State {
         let used = self.referenced();
         self.blobs.retain(|name, _| used.contains(name));
     }
-
 }
 
 pub(crate) fn load_raw(host: &Host) -> Result<Option<Vec<u8>>> {

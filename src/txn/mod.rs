@@ -23,12 +23,12 @@ pub use journal::State;
 pub use lock::Lock;
 
 use crate::host::Host;
-use crate::runner::Runner;
-use crate::signals;
-use crate::plan::{FileAction, FileChange, Plan};
 use crate::model::Config;
 use crate::paths::{STATE_DIR, STATE_FILE};
+use crate::plan::{FileAction, FileChange, Plan};
 use crate::progress::Progress;
+use crate::runner::Runner;
+use crate::signals;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
