@@ -262,7 +262,7 @@ fn select_devices(
     }
     select::pick_gpus(&facts.topology, names, &req, &mut Vec::new())?;
     let needed = planner::iommu_args(facts);
-    let on_cmdline = crate::edit::cmdline::split(&facts.cmdline);
+    let on_cmdline = facts.cmdline_args();
     if needed.iter().all(|a| on_cmdline.contains(&a.as_str())) {
         bail!(
             "the kernel runs with {} but there are still no IOMMU groups: VT-d (Intel) or AMD-Vi/IOMMU \

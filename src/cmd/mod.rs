@@ -7,7 +7,6 @@ pub mod full;
 pub mod iommu;
 pub mod qemu;
 pub mod reset;
-mod reset_checks;
 mod session;
 
 use crate::cli::{Cli, Command};

@@ -252,6 +252,18 @@ impl Facts {
         Ok(f)
     }
 
+    /// The running kernel's arguments (`/proc/cmdline`), split as the kernel splits them.
+    pub fn cmdline_args(&self) -> Vec<&str> {
+        crate::edit::cmdline::split(&self.cmdline)
+    }
+
+    /// Whether the running kernel has `key=value` among its arguments.
+    pub fn cmdline_has(&self, key: &str, value: &str) -> bool {
+        self.cmdline_args().iter().any(|t| {
+            crate::edit::cmdline::key(t) == key && crate::edit::cmdline::value(t) == Some(value)
+        })
+    }
+
     /// The installed kernels that build `module` in (`_` spelling), by version.
     pub fn built_in_by(&self, module: &str) -> Vec<&str> {
         self.kernels

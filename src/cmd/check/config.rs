@@ -1,13 +1,9 @@
-//! `gpt check`: after the reboot, is passthrough ready? One line per check, in the style of
-//! libvirt's virt-host-validate: `PASS`, `WARN (why)`, `FAIL (why, and what to do)`.
-//!
-//! Host checks (virtualization, IOMMU, interrupt remapping, vfio-pci) always run; the
-//! configuration checks (kernel command line, grub.cfg, initramfs, drivers) run when
-//! `gpt full` configured the host. Read-only: nothing is ever written.
+//! The configuration `gpt full` left: the boot stack, the arguments on /proc/cmdline and in
+//! the boot entries, the initramfs, the drivers the configured functions have now, and
+//! what is left of other passthrough set-ups.
 
+use super::verdict::{Check, NEUTRAL_DRIVERS};
 use crate::boot::{Entries, Stack, StackId};
-use crate::cli::CheckArgs;
-use crate::edit::cmdline;
 use crate::facts::{Facts, VFIO_PCI};
 use crate::host::Host;
 use crate::leftovers;
@@ -16,158 +12,12 @@ use crate::paths::STATE_FILE;
 use crate::pci::{PciAddress, Topology};
 use crate::runner::Runner;
 use crate::ui::Ui;
-use anyhow::Result;
-use console::Style;
-use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::SystemTime;
-/// Drivers that leave a device free for vfio (pci-stub holds it without using it).
-const NEUTRAL_DRIVERS: [&str; 2] = ["vfio-pci", "pci-stub"];
-const FULL: &str = "`sudo gpt full VENDOR` (try `--dry-run` first)";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pass,
-    Warn,
-    Fail,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub status: Status,
-    pub detail: String,
-    /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reset: Option<crate::resetability::Report>,
-}
-
-impl Check {
-    fn new(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
-        Check {
-            name: name.into(),
-            status,
-            detail: detail.into(),
-            reset: None,
-        }
-    }
-    pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check::new(name, Status::Pass, detail)
-    }
-    pub(crate) fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check::new(name, Status::Warn, detail)
-    }
-    pub(crate) fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check::new(name, Status::Fail, detail)
-    }
-
-    /// `Checking for NAME` padded to `width`, then `: PASS` / `: WARN (detail)`.
-    fn line(&self, width: usize) -> String {
-        let title = format!("Checking for {}", self.name);
-        let (word, style) = match self.status {
-            Status::Pass => ("PASS", Style::new().green().bold()),
-            Status::Warn => ("WARN", Style::new().yellow().bold()),
-            Status::Fail => ("FAIL", Style::new().red().bold()),
-        };
-        let status = match self.status {
-            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
-            _ => style.apply_to(format!("{word} ({})", self.detail)),
-        };
-        format!("{title:<width$} : {status}")
-    }
-}
-
-#[derive(Serialize)]
-struct ChecksJson<'a> {
-    /// The host's boot stack (`null` when gpt cannot tell).
-    boot: Option<StackId>,
-    checks: &'a [Check],
-}
-
-pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
-    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()));
-    let checks = collect(host, ui, &facts);
-    if ui.json {
-        let boot = facts
-            .as_ref()
-            .ok()
-            .and_then(|f| f.boot.clone())
-            .and_then(|b| b.ok());
-        ui.print_json(&ChecksJson {
-            boot,
-            checks: &checks,
-        })?;
-    } else {
-        let width = checks
-            .iter()
-            .map(|c| "Checking for ".len() + c.name.chars().count())
-            .max()
-            .unwrap_or(0);
-        for c in &checks {
-            crate::ui::out(&format!("{}\n", c.line(width)));
-        }
-    }
-    let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
-    if fails > 0 {
-        ui.info(format!(
-            "passthrough is not ready: {fails} check{} failed",
-            if fails == 1 { "" } else { "s" }
-        ));
-        Ok(1)
-    } else {
-        Ok(0)
-    }
-}
-
-/// Every check, in the order they are shown.
-pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
-    let seen = match facts {
-        Ok(f) => f,
-        Err(e) => {
-            return vec![Check::fail(
-                "a readable host",
-                format!("{e:#}; fix that and run `gpt check` again"),
-            )]
-        }
-    };
-    let mut out = vec![
-        virtualization(seen),
-        kvm_device(host),
-        iommu_firmware(seen),
-        iommu_kernel(seen),
-        interrupt_remapping(seen),
-    ];
-    let config = crate::facts::recorded_config(host);
-    let vfio_configured = matches!(&config, Ok(Some(c)) if c.phase == Phase::Vfio);
-    let configured_stack = config
-        .as_ref()
-        .ok()
-        .and_then(Option::as_ref)
-        .map(|c| c.boot);
-    let (stack_check, stack) = boot_stack(seen, configured_stack);
-    out.push(stack_check);
-    out.push(vfio_driver(seen, &stack, vfio_configured));
-    match &config {
-        Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
-        Ok(None) => {
-            out.push(Check::warn(
-                "gpt's configuration",
-                format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
-            ));
-            out.extend(stray_entries(host, seen, &stack));
-        }
-        Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
-    }
-    out.push(leftovers(host));
-    let cfg = config.as_ref().ok().and_then(Option::as_ref);
-    out.extend(foreign_passthrough(seen, &stack, cfg));
-    out
-}
 
 /// A guide's passthrough lines (`options vfio-pci ids=`, `pci-stub.ids=`, blacklists, …):
 /// a warning naming each, and whether gpt's rescue must undo it too (no line when none).
-fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<Check> {
+pub(super) fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<Check> {
     let name = "passthrough configuration gpt did not write";
     let where_ = format!("{} configuration", stack.loader.kind().name());
     let args: Vec<(String, String)> = stack
@@ -204,7 +54,7 @@ fn foreign_passthrough(f: &Facts, stack: &Stack, c: Option<&Config>) -> Option<C
 
 /// The boot stack found, and the one to check with: the host's; if it cannot be told, the
 /// one gpt configured (else GRUB and initramfs-tools).
-fn boot_stack(f: &Facts, configured: Option<StackId>) -> (Check, Stack) {
+pub(super) fn boot_stack(f: &Facts, configured: Option<StackId>) -> (Check, Stack) {
     match &f.boot {
         Some(Ok(id)) => (
             Check::pass(
@@ -228,103 +78,8 @@ fn boot_stack(f: &Facts, configured: Option<StackId>) -> (Check, Stack) {
     }
 }
 
-fn iommu_table(f: &Facts) -> Option<&'static str> {
-    if f.dmar {
-        Some("DMAR")
-    } else if f.ivrs {
-        Some("IVRS")
-    } else {
-        None
-    }
-}
-
-fn cmdline_tokens(f: &Facts) -> Vec<&str> {
-    cmdline::split(&f.cmdline)
-}
-
-fn virtualization(f: &Facts) -> Check {
-    let name = "hardware virtualization (VT-x/AMD-V)";
-    let Some(cpuinfo) = &f.cpuinfo else {
-        return Check::fail(name, "cannot read /proc/cpuinfo");
-    };
-    let flags: BTreeSet<&str> = cpuinfo
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| k.trim() == "flags")
-        .flat_map(|(_, v)| v.split_ascii_whitespace())
-        .collect();
-    match ["vmx", "svm"].into_iter().find(|f| flags.contains(f)) {
-        Some(flag) => Check::pass(name, format!("the CPU has {flag}")),
-        None => Check::fail(
-            name,
-            "no vmx or svm flag in /proc/cpuinfo: enable Intel VT-x or AMD-V (SVM) in the firmware setup",
-        ),
-    }
-}
-
-fn kvm_device(host: &Host) -> Check {
-    let name = "the /dev/kvm device";
-    if host.exists("/dev/kvm") {
-        Check::pass(name, "/dev/kvm exists")
-    } else {
-        Check::fail(
-            name,
-            "/dev/kvm does not exist: load kvm_intel or kvm_amd (`sudo modprobe kvm_intel`), or enable virtualization in the firmware setup",
-        )
-    }
-}
-
-fn iommu_firmware(f: &Facts) -> Check {
-    let name = "IOMMU support in the firmware (DMAR/IVRS)";
-    match iommu_table(f) {
-        Some("DMAR") => Check::pass(name, "ACPI DMAR table: Intel VT-d"),
-        Some(_) => Check::pass(name, "ACPI IVRS table: AMD-Vi"),
-        None => Check::fail(
-            name,
-            "no DMAR or IVRS ACPI table: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware setup",
-        ),
-    }
-}
-
-fn iommu_kernel(f: &Facts) -> Check {
-    let name = "IOMMU enabled by the kernel";
-    let topo = match f.topology() {
-        Ok(t) => t,
-        Err(e) => return Check::fail(name, format!("cannot read the IOMMU groups: {e:#}")),
-    };
-    if topo.iommu_enabled() {
-        return Check::pass(name, format!("{} IOMMU groups", topo.groups.len()));
-    }
-    let has_intel_arg = cmdline_tokens(f)
-        .iter()
-        .any(|t| cmdline::key(t) == "intel_iommu" && cmdline::value(t) == Some("on"));
-    let detail = match iommu_table(f) {
-        Some("DMAR") if !has_intel_arg => format!(
-            "no IOMMU groups in /sys/kernel/iommu_groups: the kernel needs intel_iommu=on; {FULL} adds it, then reboot"
-        ),
-        Some(_) => "no IOMMU groups in /sys/kernel/iommu_groups although the firmware has an IOMMU: check the kernel command line for intel_iommu=off, amd_iommu=off or iommu=off".to_string(),
-        None => "no IOMMU groups in /sys/kernel/iommu_groups: enable VT-d or AMD-Vi in the firmware setup first".to_string(),
-    };
-    Check::fail(name, detail)
-}
-
-fn interrupt_remapping(f: &Facts) -> Check {
-    let name = "interrupt remapping";
-    let Some(text) = &f.interrupts else {
-        return Check::fail(name, "cannot read /proc/interrupts");
-    };
-    if text.split_ascii_whitespace().any(|w| w.starts_with("IR-")) {
-        Check::pass(name, "IR- interrupt chips in /proc/interrupts")
-    } else {
-        Check::fail(
-            name,
-            "no IR- interrupt chip in /proc/interrupts: without interrupt remapping vfio_iommu_type1 refuses to attach a group; enable the IOMMU (and x2APIC) in the firmware setup",
-        )
-    }
-}
-
 /// vfio-pci loaded or built in; with a vfio configuration, not loaded is a failure.
-fn vfio_driver(f: &Facts, stack: &Stack, configured: bool) -> Check {
+pub(super) fn vfio_driver(f: &Facts, stack: &Stack, configured: bool) -> Check {
     let name = "the vfio-pci driver";
     if f.vfio_pci_loaded {
         return Check::pass(name, "vfio_pci is loaded");
@@ -367,7 +122,14 @@ fn vfio_driver(f: &Facts, stack: &Stack, configured: bool) -> Check {
 }
 
 /// The checks of what `gpt full` configured.
-fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &mut Vec<Check>) {
+pub(super) fn configured(
+    host: &Host,
+    ui: &Ui,
+    f: &Facts,
+    stack: &Stack,
+    c: &Config,
+    out: &mut Vec<Check>,
+) {
     let name = "gpt's configuration";
     match c.phase {
         Phase::Iommu => out.push(Check::warn(
@@ -387,7 +149,7 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
             ),
         )),
     }
-    let missing_now = missing(&cmdline_tokens(f), &c.args);
+    let missing_now = missing(&f.cmdline_args(), &c.args);
     let entries = stack.loader.entries(host, f, &c.args);
     out.push(cmdline_check(f, stack, c, &missing_now, &entries));
     out.push(entries_check(stack, c, entries));
@@ -399,13 +161,7 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
         };
         let reboot_pending = !missing_now.is_empty();
         out.extend(device_checks(topo, stack, c, reboot_pending));
-        out.extend(super::reset_checks::checks(
-            host,
-            f,
-            stack,
-            c,
-            reboot_pending,
-        ));
+        out.extend(super::reset::checks(host, f, stack, c, reboot_pending));
     }
 }
 
@@ -605,7 +361,7 @@ fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: boo
 
 /// With nothing configured, boot entries that still carry vfio-pci.ids= (a reset before the
 /// reboot, then a kernel update that read /proc/cmdline): only loaders that can tell.
-fn stray_entries(host: &Host, f: &Facts, stack: &Stack) -> Option<Check> {
+pub(super) fn stray_entries(host: &Host, f: &Facts, stack: &Stack) -> Option<Check> {
     let found = stack.loader.carrying(host, f, "vfio_pci.ids")?;
     let name = "boot entries without vfio-pci.ids";
     Some(if found.is_empty() {
@@ -624,7 +380,7 @@ fn stray_entries(host: &Host, f: &Facts, stack: &Stack) -> Option<Check> {
     })
 }
 
-fn leftovers(host: &Host) -> Check {
+pub(super) fn leftovers(host: &Host) -> Check {
     let name = "leftovers of the old setup.sh";
     match leftovers::scan(host) {
         Ok(found) if found.is_empty() => Check::pass(name, "none"),
@@ -640,19 +396,5 @@ fn leftovers(host: &Host) -> Check {
             ),
         ),
         Err(e) => Check::warn(name, format!("{e:#}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_padded_and_only_problems_carry_a_detail() {
-        console::set_colors_enabled(false);
-        let pass = Check::pass("x", "fine");
-        let warn = Check::warn("longer name", "why");
-        assert_eq!(pass.line(24), "Checking for x           : PASS");
-        assert_eq!(warn.line(24), "Checking for longer name : WARN (why)");
     }
 }

@@ -2,7 +2,7 @@
 //! will it wake up (with the facts the verdict comes from), and, after `--no-idle-d3`, whether
 //! vfio-pci runs with `disable_idle_d3`.
 
-use super::check::Check;
+use super::verdict::Check;
 use crate::boot::Stack;
 use crate::facts::Facts;
 use crate::host::Host;

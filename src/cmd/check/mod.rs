@@ -1,0 +1,112 @@
+//! `gpt check`: after the reboot, is passthrough ready? One line per check, in the style of
+//! libvirt's virt-host-validate: `PASS`, `WARN (why)`, `FAIL (why, and what to do)`.
+//!
+//! Host checks (virtualization, IOMMU, interrupt remapping, vfio-pci) always run
+//! ([`host`]); the configuration checks (kernel command line, boot entries, initramfs,
+//! drivers) run when `gpt full` configured the host ([`config`]), with the reset and power
+//! lines ([`reset`]). Every line is a [`verdict::Check`]. Read-only: nothing is ever written.
+
+mod config;
+mod host;
+mod reset;
+mod verdict;
+
+use crate::boot::StackId;
+use crate::cli::CheckArgs;
+use crate::facts::Facts;
+use crate::host::Host;
+use crate::model::Phase;
+use crate::ui::Ui;
+use anyhow::Result;
+use config::{boot_stack, configured, foreign_passthrough, leftovers, stray_entries, vfio_driver};
+use host::{interrupt_remapping, iommu_firmware, iommu_kernel, kvm_device, virtualization};
+use serde::Serialize;
+use verdict::FULL;
+pub use verdict::{Check, Status};
+
+#[derive(Serialize)]
+struct ChecksJson<'a> {
+    /// The host's boot stack (`null` when gpt cannot tell).
+    boot: Option<StackId>,
+    checks: &'a [Check],
+}
+
+pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
+    let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()));
+    let checks = collect(host, ui, &facts);
+    if ui.json {
+        let boot = facts
+            .as_ref()
+            .ok()
+            .and_then(|f| f.boot.clone())
+            .and_then(|b| b.ok());
+        ui.print_json(&ChecksJson {
+            boot,
+            checks: &checks,
+        })?;
+    } else {
+        let width = checks
+            .iter()
+            .map(|c| "Checking for ".len() + c.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        for c in &checks {
+            crate::ui::out(&format!("{}\n", c.line(width)));
+        }
+    }
+    let fails = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if fails > 0 {
+        ui.info(format!(
+            "passthrough is not ready: {fails} check{} failed",
+            if fails == 1 { "" } else { "s" }
+        ));
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Every check, in the order they are shown.
+pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
+    let seen = match facts {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![Check::fail(
+                "a readable host",
+                format!("{e:#}; fix that and run `gpt check` again"),
+            )]
+        }
+    };
+    let mut out = vec![
+        virtualization(seen),
+        kvm_device(host),
+        iommu_firmware(seen),
+        iommu_kernel(seen),
+        interrupt_remapping(seen),
+    ];
+    let config = crate::facts::recorded_config(host);
+    let vfio_configured = matches!(&config, Ok(Some(c)) if c.phase == Phase::Vfio);
+    let configured_stack = config
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .map(|c| c.boot);
+    let (stack_check, stack) = boot_stack(seen, configured_stack);
+    out.push(stack_check);
+    out.push(vfio_driver(seen, &stack, vfio_configured));
+    match &config {
+        Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
+        Ok(None) => {
+            out.push(Check::warn(
+                "gpt's configuration",
+                format!("nothing configured: run {FULL}, reboot, then `gpt check` again"),
+            ));
+            out.extend(stray_entries(host, seen, &stack));
+        }
+        Ok(Some(c)) => configured(host, ui, seen, &stack, c, &mut out),
+    }
+    out.push(leftovers(host));
+    let cfg = config.as_ref().ok().and_then(Option::as_ref);
+    out.extend(foreign_passthrough(seen, &stack, cfg));
+    out
+}

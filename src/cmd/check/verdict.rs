@@ -1,0 +1,75 @@
+//! One line of `gpt check`: a name, `PASS`/`WARN`/`FAIL` and the detail.
+
+use console::Style;
+use serde::Serialize;
+
+/// Drivers that leave a device free for vfio (pci-stub holds it without using it).
+pub(super) const NEUTRAL_DRIVERS: [&str; 2] = ["vfio-pci", "pci-stub"];
+pub(super) const FULL: &str = "`sudo gpt full VENDOR` (try `--dry-run` first)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset: Option<crate::resetability::Report>,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, status: Status, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            reset: None,
+        }
+    }
+    pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check::new(name, Status::Pass, detail)
+    }
+    pub(crate) fn warn(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check::new(name, Status::Warn, detail)
+    }
+    pub(crate) fn fail(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check::new(name, Status::Fail, detail)
+    }
+
+    /// `Checking for NAME` padded to `width`, then `: PASS` / `: WARN (detail)`.
+    pub(super) fn line(&self, width: usize) -> String {
+        let title = format!("Checking for {}", self.name);
+        let (word, style) = match self.status {
+            Status::Pass => ("PASS", Style::new().green().bold()),
+            Status::Warn => ("WARN", Style::new().yellow().bold()),
+            Status::Fail => ("FAIL", Style::new().red().bold()),
+        };
+        let status = match self.status {
+            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
+            _ => style.apply_to(format!("{word} ({})", self.detail)),
+        };
+        format!("{title:<width$} : {status}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_padded_and_only_problems_carry_a_detail() {
+        console::set_colors_enabled(false);
+        let pass = Check::pass("x", "fine");
+        let warn = Check::warn("longer name", "why");
+        assert_eq!(pass.line(24), "Checking for x           : PASS");
+        assert_eq!(warn.line(24), "Checking for longer name : WARN (why)");
+    }
+}
