@@ -108,11 +108,12 @@ pub trait Loader: Sync {
     fn rewritten_by_regeneration(&self) -> bool {
         false
     }
-    /// Whether removing a file gpt created must wait until the entries were regenerated from
-    /// the cleaned file (without the file, the generator falls back to `/proc/cmdline`, which
-    /// holds gpt's arguments while the host runs with them).
-    fn remove_after_regeneration(&self) -> bool {
-        false
+    /// The tool that reads `/proc/cmdline` instead when the argument file gpt created is
+    /// gone (`kernel-install`), if there is one: removing that file must then wait until the
+    /// entries were regenerated from the cleaned file, since `/proc/cmdline` holds gpt's
+    /// arguments while the host runs with them.
+    fn falls_back_to_proc_cmdline(&self) -> Option<&'static str> {
+        None
     }
     /// The boot entries whose command line has a token with parameter name `key` (`_`
     /// spelling); `None` when this loader does not tell.

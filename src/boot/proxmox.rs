@@ -546,8 +546,8 @@ impl Loader for Proxmox {
         Some(out)
     }
 
-    fn remove_after_regeneration(&self) -> bool {
-        true
+    fn falls_back_to_proc_cmdline(&self) -> Option<&'static str> {
+        Some("proxmox-boot-tool")
     }
 
     fn rescue(&self, bind: BindMode) -> String {

@@ -401,8 +401,8 @@ impl Loader for SystemdBoot {
         Ok(())
     }
 
-    fn remove_after_regeneration(&self) -> bool {
-        true
+    fn falls_back_to_proc_cmdline(&self) -> Option<&'static str> {
+        Some("kernel-install")
     }
 
     fn carrying(&self, host: &Host, f: &Facts, key: &str) -> Option<Vec<String>> {

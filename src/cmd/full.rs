@@ -453,12 +453,17 @@ fn finish_message(ui: &Ui, facts: &Facts, stack: &Stack, planned: &Planned) {
                 stack.loader.rescue_on(facts, planned.config.bind)
             ));
             if !undo.is_empty() {
+                let regenerate: Vec<String> = stack
+                    .regenerate(facts, true, true)
+                    .iter()
+                    .map(|s| format!("`sudo {}`", s.shell_line()))
+                    .collect();
                 ui.warn(format!(
                     "that rescue alone does not give the card back to the host here: this host has \
-                     passthrough configuration gpt did not write. Also take out {}, then run \
-                     `sudo update-initramfs -u -k all` (or `sudo dracut --regenerate-all --force`) and \
-                     `sudo update-grub`, and reboot",
-                    undo.join(", ")
+                     passthrough configuration gpt did not write. Also take out {}, then run {}, \
+                     and reboot",
+                    undo.join(", "),
+                    regenerate.join(" and ")
                 ));
             }
         }

@@ -10,7 +10,7 @@
 //!
 //! Without a journal (lost, or never written), gpt's markers, blocks and owned files are
 //! found in the files themselves and removed. `--legacy` also removes what the old setup.sh
-//! left, one leftover at a time. Then update-grub, depmod and update-initramfs run (only for
+//! left, one leftover at a time. Then the boot stack's regeneration commands run (only for
 //! what changed) through the same transaction and rollback as `full`, and the journal goes.
 
 use super::session::{FileJson, Session};
@@ -192,7 +192,7 @@ fn dry_run(ui: &Ui, items: &[Item], run_now: &[Step], manual: &[Step]) -> Result
     Ok(0)
 }
 
-/// The fallback trap: without the file gpt created, kernel-install reads /proc/cmdline,
+/// The fallback trap: without the file gpt created, the loader's tool reads /proc/cmdline,
 /// which holds gpt's arguments while the host runs with them. So the cleaned line is
 /// written first, the entries are regenerated and checked from it, and only then does the
 /// file go (the paths returned). A file the regeneration rewrites (kernelstub) gets reset's
@@ -203,7 +203,7 @@ fn regeneration_order(
     plan: &mut Plan,
     added: &[String],
     regenerates: bool,
-) -> Result<Vec<String>> {
+) -> Result<Vec<(String, &'static str)>> {
     let mut trap = Vec::new();
     let mut rewritten = Vec::new();
     for change in plan.files.iter_mut() {
@@ -217,8 +217,10 @@ fn regeneration_order(
                 ));
             }
         }
-        let Some(loader) = args_owner(&change.path).filter(|l| l.remove_after_regeneration())
-        else {
+        let Some(loader) = args_owner(&change.path) else {
+            continue;
+        };
+        let Some(tool) = loader.falls_back_to_proc_cmdline() else {
             continue;
         };
         if change.after.is_some() {
@@ -229,13 +231,13 @@ fn regeneration_order(
         change.after = Some(cleaned.clone());
         if args.no_update {
             ui.warn(format!(
-                "--no-update: {} keeps your line without gpt's arguments; remove it yourself once the entries are regenerated (without it, kernel-install reads /proc/cmdline, which still holds gpt's arguments until you reboot)",
+                "--no-update: {} keeps your line without gpt's arguments; remove it yourself once the entries are regenerated (without it, {tool} reads /proc/cmdline, which still holds gpt's arguments until you reboot)",
                 change.path.display()
             ));
         } else {
             plan.after_commands
                 .push(FileChange::new(&change.path, Some(cleaned), None));
-            trap.push(change.path.display().to_string());
+            trap.push((change.path.display().to_string(), tool));
         }
     }
 
@@ -290,11 +292,11 @@ fn finish(
     items: &[Item],
     outcome: &txn::Outcome,
     manual: &[Step],
-    trap: &[String],
+    trap: &[(String, &str)],
 ) -> Result<u8> {
-    for path in trap {
+    for (path, tool) in trap {
         ui.warn(format!(
-            "removed {path}, which gpt had created: until you reboot, a kernel or initramfs update makes kernel-install read /proc/cmdline, which still holds gpt's arguments; reboot soon (`gpt check` flags an entry that carries them)"
+            "removed {path}, which gpt had created: until you reboot, a kernel or initramfs update makes {tool} read /proc/cmdline, which still holds gpt's arguments; reboot soon (`gpt check` flags an entry that carries them)"
         ));
     }
     let changed = !plan.files.is_empty();

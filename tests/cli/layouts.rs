@@ -267,6 +267,17 @@ fn a_guides_options_line_is_shown_and_the_rescue_says_to_undo_it() {
                 .contains("`options vfio-pci ids=10de:1f08,10de:10f9` (/etc/modprobe.d/vfio.conf)"),
         "{err}"
     );
+    // ... and the commands that rebuild this host's boot files, from its stack (GRUB and
+    // initramfs-tools here).
+    let warning = err
+        .lines()
+        .find(|l| l.contains("that rescue alone"))
+        .unwrap_or_default();
+    assert!(
+        warning.contains("`sudo update-initramfs -u -k all`")
+            && warning.contains("`sudo update-grub`"),
+        "{warning}"
+    );
     // `gpt check` warns about it.
     let (_, out, cerr) = run(crate::support::gpt_with_fakes(root).arg("check"));
     let all = format!("{out}{cerr}");

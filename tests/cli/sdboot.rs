@@ -473,3 +473,19 @@ fn reset_without_the_journal_says_it_cannot_tell_gpts_arguments_apart() {
         "no guess: the file is left as it is"
     );
 }
+
+#[test]
+fn the_warning_about_a_guides_configuration_names_this_stacks_commands_not_grubs() {
+    let (dir, fakes) = host(Some(CMDLINE), false, Some("systemd-boot 257.9-1~deb13u1"));
+    let r = dir.path();
+    let conf = r.join("etc/modprobe.d/vfio.conf");
+    std::fs::write(&conf, "options vfio-pci ids=10de:1f08,10de:10f9\n").unwrap();
+    let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("that rescue alone"))
+        .unwrap_or_else(|| panic!("no warning about the guide's line: {err}"));
+    assert!(warning.contains("kernel-install add"), "{warning}");
+    assert!(!warning.contains("update-grub"), "{warning}");
+}
