@@ -18,9 +18,10 @@
 //! (and GRUB's `grub/grub.cfg` on the others); a refresh that did not write them rolls back.
 
 use super::grub::{missing, missing_in_cfg, Grub};
-use super::systemd_boot::{remove_tokens, KERNEL_CMDLINE};
+use super::systemd_boot::KERNEL_CMDLINE;
 use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;
+use crate::edit::kernel_cmdline::{self, Reader};
 use crate::facts::pve_esp::{self, Esp};
 use crate::facts::Facts;
 use crate::host::Host;
@@ -348,10 +349,7 @@ impl Loader for Proxmox {
             return Grub.user_args(f);
         }
         let (_, line, _) = self.current(f)?;
-        Ok(cmdline::split(&remove_tokens(&line, &f.gpt_added))
-            .into_iter()
-            .map(str::to_string)
-            .collect())
+        Ok(kernel_cmdline::user_args(&line, &f.gpt_added))
     }
 
     fn edit_args(&self, f: &Facts, add: &[String]) -> Result<ArgsEdit> {
@@ -365,13 +363,7 @@ impl Loader for Proxmox {
             return Ok(e);
         }
         let (before, line, rest) = self.current(f)?;
-        let mut new = remove_tokens(&line, &f.gpt_added);
-        for a in add {
-            if !new.is_empty() && !new.ends_with([' ', '\t']) {
-                new.push(' ');
-            }
-            new.push_str(a);
-        }
+        let new = kernel_cmdline::with_args(&line, &f.gpt_added, add);
         let mut notes = vec![format!(
             "{how}: the arguments go into the first line of /etc/kernel/cmdline (the only one it \
              reads)"
@@ -428,11 +420,11 @@ impl Loader for Proxmox {
         if Grub.owns(path) {
             return Grub.strip(path, text);
         }
-        let (line, rest) = match text.find('\n') {
-            Some(k) => (&text[..k], &text[k..]),
-            None => (text, ""),
-        };
-        Ok(format!("{}{rest}", remove_tokens(line, added)))
+        Ok(kernel_cmdline::strip_args(
+            text,
+            Reader::ProxmoxBootTool,
+            added,
+        ))
     }
 
     fn regenerate(&self, _f: &Facts) -> Vec<Step> {

@@ -14,6 +14,7 @@
 
 use super::{ArgsEdit, Entries, Loader, LoaderKind};
 use crate::edit::cmdline;
+use crate::edit::kernel_cmdline::{self, Reader};
 use crate::facts::Facts;
 use crate::host::Host;
 use crate::model::BindMode;
@@ -88,54 +89,6 @@ fn fallback_line(f: &Facts) -> Result<(String, &'static str)> {
         .join(" ");
     require_root("/proc/cmdline", &line)?;
     Ok((line, "/proc/cmdline"))
-}
-
-/// `line` without each of `tokens` (one occurrence each, from the end, where gpt appends),
-/// every other byte kept.
-pub fn remove_tokens(line: &str, tokens: &[String]) -> String {
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut start = None;
-    for (i, c) in line.char_indices() {
-        match (c.is_ascii_whitespace(), start) {
-            (false, None) => start = Some(i),
-            (true, Some(s)) => {
-                spans.push((s, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        spans.push((s, line.len()));
-    }
-    let mut drop = vec![false; spans.len()];
-    for t in tokens {
-        if let Some(k) = (0..spans.len())
-            .rev()
-            .find(|&k| !drop[k] && &line[spans[k].0..spans[k].1] == t)
-        {
-            drop[k] = true;
-        }
-    }
-    let Some((first, last)) = spans.first().zip(spans.last()) else {
-        return line.to_string();
-    };
-    // The leading and trailing whitespace stay; each kept token keeps the separator it had
-    // before it.
-    let mut out = line[..first.0].to_string();
-    let mut wrote = false;
-    for (k, &(s, e)) in spans.iter().enumerate() {
-        if drop[k] {
-            continue;
-        }
-        if wrote {
-            out.push_str(&line[spans[k - 1].1..s]);
-        }
-        out.push_str(&line[s..e]);
-        wrote = true;
-    }
-    out.push_str(&line[last.1..]);
-    out
 }
 
 /// Every installed kernel (one with `/boot/vmlinuz-KVER`).
@@ -229,23 +182,12 @@ impl Loader for SystemdBoot {
 
     fn user_args(&self, f: &Facts) -> Result<Vec<String>> {
         let (_, line, _) = self.current(f)?;
-        let own = remove_tokens(&line, &f.gpt_added);
-        Ok(cmdline::split(&own)
-            .into_iter()
-            .map(str::to_string)
-            .collect())
+        Ok(kernel_cmdline::user_args(&line, &f.gpt_added))
     }
 
     fn edit_args(&self, f: &Facts, add: &[String]) -> Result<ArgsEdit> {
         let (before, line, from) = self.current(f)?;
-        let base = remove_tokens(&line, &f.gpt_added);
-        let mut new = base.clone();
-        for a in add {
-            if !new.is_empty() && !new.ends_with([' ', '\t']) {
-                new.push(' ');
-            }
-            new.push_str(a);
-        }
+        let new = kernel_cmdline::with_args(&line, &f.gpt_added, add);
         let mut notes = Vec::new();
         let after = match (&before, from) {
             (Some(b), _) => {
@@ -301,11 +243,11 @@ impl Loader for SystemdBoot {
     }
 
     fn strip_args(&self, _path: &Path, text: &str, added: &[String]) -> Result<String> {
-        let (line, nl) = match text.strip_suffix('\n') {
-            Some(l) => (l, "\n"),
-            None => (text, ""),
-        };
-        Ok(format!("{}{nl}", remove_tokens(line, added)))
+        Ok(kernel_cmdline::strip_args(
+            text,
+            Reader::KernelInstall,
+            added,
+        ))
     }
 
     fn regenerate(&self, f: &Facts) -> Vec<Step> {
@@ -450,6 +392,7 @@ impl Loader for SystemdBoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edit::kernel_cmdline::remove_tokens;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -15,6 +15,7 @@ pub mod cmdline;
 pub mod dracut;
 pub mod early;
 pub mod grub;
+pub mod kernel_cmdline;
 pub mod modprobe;
 pub mod modules;
 
