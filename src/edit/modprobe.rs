@@ -27,7 +27,6 @@ const SYSFS_PCI: &str = "/sys/bus/pci/devices";
 const VFIO_DRIVER_DIR: &str = "/sys/bus/pci/drivers/vfio-pci";
 const DRIVERS_PROBE: &str = "/sys/bus/pci/drivers_probe";
 const INSTALL_PREFIX: &str = "install vfio_pci ";
-const LOAD_FOR_REAL: &str = "exec /sbin/modprobe --ignore-install vfio_pci $CMDLINE_OPTS";
 
 /// One PCI function to hand to vfio-pci by address, checked against its ids at boot.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -115,10 +114,9 @@ pub fn render_with(softdeps: &[String], bind: &[BindTarget], no_idle_d3: bool) -
         }
         let _ = writeln!(
             s,
-            "# Booting with {BIND_OFF} on the kernel command line skips this.\n{INSTALL_PREFIX}{}",
-            hook(&targets, "vfio_pci")
+            "# Booting with {BIND_OFF} on the kernel command line skips this."
         );
-        for m in &mods {
+        for m in std::iter::once("vfio_pci").chain(mods.iter().map(String::as_str)) {
             let _ = writeln!(s, "install {m} {}", hook(&targets, m));
         }
     }
@@ -190,11 +188,7 @@ fn hook(targets: &[BindTarget], module: &str) -> String {
             )
         })
         .collect();
-    let load = if module == "vfio_pci" {
-        LOAD_FOR_REAL.to_string()
-    } else {
-        format!("exec /sbin/modprobe --ignore-install {module} $CMDLINE_OPTS")
-    };
+    let load = format!("exec /sbin/modprobe --ignore-install {module} $CMDLINE_OPTS");
     format!(
         "case \" $(cat /proc/cmdline) \" in *\" {BIND_OFF} \"*) ;; *) {};; esac; {load}",
         checks.join("; ")
