@@ -21,9 +21,18 @@ pub enum Undo {
     },
 }
 
-/// The loader, of every loader gpt knows, whose argument file `path` is.
-pub fn args_owner(path: &Path) -> Option<&'static dyn boot::Loader> {
-    boot::loaders().into_iter().find(|l| l.owns(path))
+/// The loader whose reading of an argument file counts (see [`args_owner`]).
+pub type Owner = Option<&'static dyn boot::Loader>;
+
+/// The loader whose argument file `path` is: `first` (the loader of the stack gpt
+/// configured, as its journal records it) when it owns the path, else the first loader gpt
+/// knows that does. Two loaders can own one file and read it differently
+/// (`/etc/kernel/cmdline`: kernel-install reads every line, proxmox-boot-tool the first).
+pub fn args_owner(path: &Path, first: Owner) -> Option<&'static dyn boot::Loader> {
+    first
+        .into_iter()
+        .chain(boot::loaders())
+        .find(|l| l.owns(path))
 }
 
 /// The generator, of every generator gpt knows, whose modules file `path` is.
@@ -40,12 +49,13 @@ pub fn edited(
     written: Option<&[u8]>,
     original: Option<&[u8]>,
     added: &[String],
+    owner: Owner,
 ) -> Result<Undo> {
     let gpt_conf = written
         .and_then(|w| std::str::from_utf8(w).ok())
         .is_some_and(|w| modprobe::is_gpt_owned(w) || early::is_gpt_script(w));
     let kept = "you changed it after gpt wrote it: removed only gpt's part and kept your changes";
-    if let Some(loader) = args_owner(path) {
+    if let Some(loader) = args_owner(path, owner) {
         let after = loader
             .strip_args(path, content, added)
             .with_context(|| format!("cannot take gpt's arguments out of {}", path.display()))?;
@@ -117,8 +127,12 @@ pub fn edited(
 
 /// `content` without gpt's marked part (`None` inside: the file goes), and what was done;
 /// `None` when the file carries no mark of gpt's.
-pub fn unmark(path: &Path, content: &str) -> Result<Option<(Option<String>, &'static str)>> {
-    if let Some(loader) = args_owner(path) {
+pub fn unmark(
+    path: &Path,
+    content: &str,
+    owner: Owner,
+) -> Result<Option<(Option<String>, &'static str)>> {
+    if let Some(loader) = args_owner(path, owner) {
         if !loader.has_marks(content) {
             return Ok(None);
         }

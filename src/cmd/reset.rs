@@ -24,7 +24,7 @@ use crate::plan::{FileAction, FileChange, Plan, Step};
 use crate::runner::Runner;
 use crate::txn::{self, fs as tfs, Finish, Meta, State};
 use crate::ui::Ui;
-use crate::undo::{args_owner, Undo};
+use crate::undo::{args_owner, Owner, Undo};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -88,13 +88,20 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     let state = State::load(host)?;
     let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     let stack = stack_now(ui, &facts, state.as_ref());
+    // Whose reading of an argument file counts: the stack gpt configured, else the host's.
+    let owner = Some(
+        state
+            .as_ref()
+            .and_then(|s| s.config.as_ref())
+            .map_or(stack.loader, |c| Stack::of(c.boot).loader),
+    );
     // The arguments gpt added, for argument files that can hold no mark of gpt's.
     let added: Vec<String> = state
         .as_ref()
         .and_then(|s| s.config.as_ref())
         .map(|c| c.added_args.clone())
         .unwrap_or_default();
-    let mut items = items_to_reset(host, ui, state.as_ref(), &stack, &added)?;
+    let mut items = items_to_reset(host, ui, state.as_ref(), &stack, &added, owner)?;
     for item in &items {
         describe(ui, item);
     }
@@ -119,7 +126,7 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     }
 
     let update_owed = state.as_ref().is_some_and(|s| s.update_needed);
-    let commands = update_commands(&facts, &stack, &plan, update_owed);
+    let commands = update_commands(&facts, &stack, &plan, update_owed, owner);
     let (run_now, manual) = if args.no_update {
         (Vec::new(), commands)
     } else {
@@ -132,7 +139,7 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     if session.dry_run() {
         return dry_run(ui, &items, &run_now, &manual);
     }
-    let trap = regeneration_order(ui, args, &mut plan, &added, !run_now.is_empty())?;
+    let trap = regeneration_order(ui, args, &mut plan, &added, !run_now.is_empty(), owner)?;
     let lock = session.lock().expect("a real run holds the lock");
     plan.commands = run_now;
     let outcome = apply(host, ui, lock, &facts, &stack, &plan, &metas, &added)?;
@@ -147,12 +154,13 @@ fn items_to_reset(
     state: Option<&State>,
     stack: &Stack,
     added: &[String],
+    owner: Owner,
 ) -> Result<Vec<Item>> {
     let mut items = match state {
-        Some(s) => journalled(host, s, added)?,
+        Some(s) => journalled(host, s, added, owner)?,
         None => Vec::new(),
     };
-    for item in marked(host)? {
+    for item in marked(host, owner)? {
         if !items.iter().any(|i| i.path == item.path) {
             items.push(item);
         }
@@ -203,12 +211,13 @@ fn regeneration_order(
     plan: &mut Plan,
     added: &[String],
     regenerates: bool,
+    owner: Owner,
 ) -> Result<Vec<(String, &'static str)>> {
     let mut trap = Vec::new();
     let mut rewritten = Vec::new();
     for change in plan.files.iter_mut() {
         if let Some(after) = &change.after {
-            if args_owner(&change.path).is_some_and(|l| l.rewritten_by_regeneration()) {
+            if args_owner(&change.path, owner).is_some_and(|l| l.rewritten_by_regeneration()) {
                 // The regeneration (kernelstub) rewrites the file: these bytes go back after it.
                 rewritten.push(FileChange::new(
                     &change.path,
@@ -217,7 +226,7 @@ fn regeneration_order(
                 ));
             }
         }
-        let Some(loader) = args_owner(&change.path) else {
+        let Some(loader) = args_owner(&change.path, owner) else {
             continue;
         };
         let Some(tool) = loader.falls_back_to_proc_cmdline() else {
@@ -419,7 +428,7 @@ fn text(path: &Path, bytes: &[u8]) -> Result<String> {
 }
 
 /// What to do with each journalled file.
-fn journalled(host: &Host, state: &State, added: &[String]) -> Result<Vec<Item>> {
+fn journalled(host: &Host, state: &State, added: &[String], owner: Owner) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for e in &state.files {
         let path = PathBuf::from(&e.path);
@@ -450,6 +459,7 @@ fn journalled(host: &Host, state: &State, added: &[String]) -> Result<Vec<Item>>
                 written.as_deref(),
                 original.as_deref(),
                 added,
+                owner,
             )?
         };
         items.push(item);
@@ -464,6 +474,7 @@ fn edited(
     written: Option<&[u8]>,
     original: Option<&[u8]>,
     added: &[String],
+    owner: Owner,
 ) -> Result<Item> {
     let Some(cur) = cur else {
         return Ok(Item::unchanged(
@@ -473,7 +484,7 @@ fn edited(
     };
     let content = text(path, &cur.bytes)?;
     Ok(
-        match crate::undo::edited(path, &content, written, original, added)? {
+        match crate::undo::edited(path, &content, written, original, added, owner)? {
             Undo::Unchanged(note) => Item::unchanged(path, Some(note.into())),
             Undo::Write {
                 after,
@@ -493,7 +504,7 @@ fn edited(
 
 /// gpt's marks found in the files themselves: in every boot stack's argument and module
 /// files (the host's stack may have changed since), and gpt's own modprobe.d files.
-fn marked(host: &Host) -> Result<Vec<Item>> {
+fn marked(host: &Host, owner: Owner) -> Result<Vec<Item>> {
     let mut candidates = Vec::new();
     for l in boot::loaders() {
         candidates.extend(l.files(host)?);
@@ -514,7 +525,7 @@ fn marked(host: &Host) -> Result<Vec<Item>> {
         let Ok(content) = String::from_utf8(cur.bytes.clone()) else {
             continue;
         };
-        let Some((after, note)) = crate::undo::unmark(&path, &content)? else {
+        let Some((after, note)) = crate::undo::unmark(&path, &content, owner)? else {
             continue;
         };
         if after.as_deref() == Some(content.as_str()) {
@@ -589,12 +600,22 @@ fn legacy(host: &Host, session: &Session, plan: &mut Plan, items: &mut Vec<Item>
 /// The boot entries when an argument file changed; the images when anything else under /etc
 /// changed that can go into them (not /etc/default); all of it when an earlier run left an
 /// update owed.
-fn update_commands(facts: &Facts, stack: &Stack, plan: &Plan, owed: bool) -> Vec<Step> {
-    let args = owed || plan.files.iter().any(|f| args_owner(&f.path).is_some());
+fn update_commands(
+    facts: &Facts,
+    stack: &Stack,
+    plan: &Plan,
+    owed: bool,
+    owner: Owner,
+) -> Vec<Step> {
+    let args = owed
+        || plan
+            .files
+            .iter()
+            .any(|f| args_owner(&f.path, owner).is_some());
     let images = owed
         || plan
             .files
             .iter()
-            .any(|f| args_owner(&f.path).is_none() && !f.path.starts_with("/etc/default"));
+            .any(|f| args_owner(&f.path, owner).is_none() && !f.path.starts_with("/etc/default"));
     stack.regenerate(facts, args, images)
 }

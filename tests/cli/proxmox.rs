@@ -402,3 +402,34 @@ fn no_esp_is_read_while_proxmox_boot_tool_runs() {
         "{out}{err}"
     );
 }
+
+/// Proxmox reads only the first line of /etc/kernel/cmdline; admins keep other lines below
+/// it. Reset edits the line of the stack the journal records (Proxmox's first line), not the
+/// whole file as systemd-boot's reader would.
+#[test]
+fn reset_takes_gpts_arguments_off_the_first_line_and_keeps_the_lines_below() {
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    let path = r.join("etc/kernel/cmdline");
+    let written = read(r, "/etc/kernel/cmdline");
+    let (first, rest) = written.split_once('\n').unwrap();
+    assert!(
+        first.contains("iommu=pt") && first.contains(IDS),
+        "{written}"
+    );
+    // The admin edits line 1 and keeps a spare line below it that names the same tokens.
+    let spare = "# spare: root=ZFS=rpool/ROOT/pve-2 boot=zfs iommu=pt intel_iommu=on";
+    std::fs::write(&path, format!("{first} quiet\n{spare}\n{rest}")).unwrap();
+    let (code, _, err) =
+        run(gpt(r)
+            .env("PATH", fakes.path())
+            .args(["reset", "--yes", "--no-update"]));
+    assert_eq!(code, 0, "{err}");
+    let after = read(r, "/etc/kernel/cmdline");
+    let mut lines = after.lines();
+    let line1 = lines.next().unwrap_or_default();
+    assert_eq!(line1, "root=ZFS=rpool/ROOT/pve-1 boot=zfs quiet", "{after}");
+    assert_eq!(lines.next(), Some(spare), "{after}");
+}
