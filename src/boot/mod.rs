@@ -5,7 +5,7 @@
 //!
 //! Commands hold a [`Stack`] (a [`Loader`] and a [`Generator`]) and never a concrete one. A new
 //! boot loader or initramfs generator is one new file here implementing one of the traits, one
-//! variant of [`LoaderKind`] or [`InitramfsKind`], and one rule in [`detect`].
+//! variant of [`LoaderKind`] or [`InitramfsKind`], and one rule in [`crate::facts::detect`].
 
 pub mod dracut;
 pub mod grub;

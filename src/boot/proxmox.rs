@@ -10,7 +10,7 @@
 //!
 //! Either way the regeneration is `proxmox-boot-tool refresh`, never only `update-grub`
 //! (which would change nothing that boots). Which one the ESPs run is read from the ESPs
-//! themselves ([`super::pve_esp`], in a private mount namespace); ESPs that run different
+//! themselves ([`crate::facts::pve_esp`], in a private mount namespace); ESPs that run different
 //! loaders are refused. Where they cannot be read (gpt not root, no `unshare`, no device for a
 //! listed UUID), the LoaderInfo EFI variable decides (systemd-boot sets it; GRUB before 2.12 and
 //! BIOS boots do not), and gpt says so. After the refresh, the same reading verifies that each
