@@ -2,9 +2,9 @@
 //! libvirt's virt-host-validate: `PASS`, `WARN (why)`, `FAIL (why, and what to do)`.
 //!
 //! Host checks (virtualization, IOMMU, interrupt remapping, vfio-pci) always run
-//! ([`host`]); the configuration checks (kernel command line, boot entries, initramfs,
+//! (`host.rs`); the configuration checks (kernel command line, boot entries, initramfs,
 //! drivers) run when `gpt full` configured the host ([`config`]), with the reset and power
-//! lines ([`reset`]). Every line is a [`verdict::Check`]. Read-only: nothing is ever written.
+//! lines (`reset.rs`). Every line is a [`verdict::Check`]. Read-only: nothing is ever written.
 
 mod config;
 mod host;
