@@ -3,8 +3,8 @@
 //!
 //! Host checks (virtualization, IOMMU, interrupt remapping, vfio-pci) always run
 //! (`host.rs`); the configuration checks (kernel command line, boot entries, initramfs,
-//! drivers) run when `gpt full` configured the host ([`config`]), with the reset and power
-//! lines (`reset.rs`). Every line is a [`verdict::Check`]. Read-only: nothing is ever written.
+//! drivers) run when `gpt full` configured the host (`config.rs`), with the reset and power
+//! lines (`reset.rs`). Every line is a [`Check`]. Read-only: nothing is ever written.
 
 mod config;
 mod host;
