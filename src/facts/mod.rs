@@ -375,11 +375,7 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<Choice>) -> Resu
             .ok()
             .flatten()
             .unwrap_or_default();
-        f.editor_off = conf.lines().any(|l| {
-            let mut w = l.split_whitespace();
-            w.next() == Some("editor")
-                && matches!(w.next(), Some("no" | "0" | "false" | "off" | "n"))
-        });
+        f.editor_off = !editor_on(&conf);
     }
     if let Ok(Some(c)) = crate::facts::recorded_config(host) {
         f.gpt_added = c.added_args;
@@ -399,6 +395,30 @@ pub fn recorded_config(host: &Host) -> Result<Option<crate::model::Config>> {
             &e,
         )),
     }
+}
+
+/// Whether systemd-boot lets a person edit an entry's command line (`e` at the menu), as its
+/// `loader.conf` says: the last `editor` line with a value systemd-boot can parse wins (its
+/// booleans: `1 yes y true t on` and `0 no n false f off`, any case, quotes taken off); an
+/// unparsable value is ignored, as systemd-boot ignores it; without one, the editor is on.
+fn editor_on(conf: &str) -> bool {
+    let mut on = true;
+    for line in conf.lines() {
+        let line = line.trim();
+        let Some((key, value)) = line.split_once(|c: char| c.is_ascii_whitespace()) else {
+            continue;
+        };
+        if key != "editor" {
+            continue;
+        }
+        let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "yes" | "y" | "true" | "t" | "on" => on = true,
+            "0" | "no" | "n" | "false" | "f" | "off" => on = false,
+            _ => {}
+        }
+    }
+    on
 }
 
 /// The kernel image `kernel-install inspect` is given: the running kernel's `/boot/vmlinuz-KVER`,
@@ -681,6 +701,19 @@ fn block_device_pci(host: &Host, dev: &str, depth: usize) -> Result<Vec<PciAddre
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_editor_line_with_a_boolean_decides() {
+        assert!(editor_on(""));
+        assert!(!editor_on("timeout 3\neditor f\n"));
+        assert!(!editor_on("editor FALSE\n"));
+        assert!(!editor_on("editor\t\"no\"\n"));
+        assert!(editor_on("editor no\neditor yes\n"));
+        assert!(!editor_on("editor yes\neditor 0\n"));
+        // A value systemd-boot cannot parse is ignored; a commented line is no setting.
+        assert!(!editor_on("editor no\neditor maybe\n"));
+        assert!(editor_on("#editor no\n"));
+    }
 
     #[test]
     fn os_release_values_lose_their_quotes() {
