@@ -115,6 +115,12 @@ pub trait Loader: Sync {
     fn falls_back_to_proc_cmdline(&self) -> Option<&'static str> {
         None
     }
+    /// Entries of installed kernels that the regeneration leaves as they are, with whatever
+    /// options they had (systemd-boot's boot counting: the entries of earlier installs), by
+    /// path; `planned`: asked before the regeneration, so every entry but the one it writes.
+    fn stale_entries(&self, _host: &Host, _f: &Facts, _planned: bool) -> Vec<String> {
+        Vec::new()
+    }
     /// The boot entries whose command line has a token with parameter name `key` (`_`
     /// spelling); `None` when this loader does not tell.
     fn carrying(&self, _host: &Host, _f: &Facts, _key: &str) -> Option<Vec<String>> {

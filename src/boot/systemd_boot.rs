@@ -108,8 +108,35 @@ fn inspected(f: &Facts) -> Option<&crate::facts::detect::Inspect> {
     }
 }
 
-/// One installed kernel and its entries (file name, text).
+/// One installed kernel and its entries (file name, text), the newest first.
 type KernelEntries = (String, Vec<(String, String)>);
+
+/// The name kernel-install gives the entry it writes for `kver`: `TOKEN-KVER.conf`, or with
+/// boot counting (`/etc/kernel/tries`) `TOKEN-KVER+TRIES.conf`. The entries of earlier
+/// installs (counted, or blessed to `TOKEN-KVER.conf`) stay as they are.
+fn written_name(f: &Facts, token: &str, kver: &str) -> String {
+    match f.kernel_tries.as_deref().filter(|t| !t.is_empty()) {
+        Some(tries) => format!("{token}-{kver}+{tries}.conf"),
+        None => format!("{token}-{kver}.conf"),
+    }
+}
+
+/// The entry of a kernel that counts: the one kernel-install writes now, else (a counted
+/// entry renamed by systemd-boot and blessed since) the newest.
+fn current<'e>(
+    f: &Facts,
+    kver: &str,
+    entries: &'e [(String, String)],
+) -> Option<&'e (String, String)> {
+    let token = inspected(f)
+        .map(|i| i.entry_token.as_str())
+        .unwrap_or_default();
+    let written = written_name(f, token, kver);
+    entries
+        .iter()
+        .find(|(n, _)| *n == written)
+        .or(entries.first())
+}
 
 /// The argument file as it is: its bytes (`None`: absent), its line (without the file, the
 /// one kernel-install falls back to) and, without the file, where that line came from.
@@ -143,6 +170,19 @@ fn kernel_entries(host: &Host, f: &Facts) -> Result<Vec<KernelEntries>, String> 
                 found.push((n.clone(), text));
             }
         }
+        // Newest first: the entry kernel-install wrote last, whatever its counter says now.
+        found.sort_by_key(|(name, _)| {
+            let modified = host
+                .resolve(format!("{dir}/{name}"))
+                .ok()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .and_then(|m| m.modified().ok());
+            (
+                std::cmp::Reverse(modified),
+                name.contains('+'),
+                name.clone(),
+            )
+        });
         out.push((kver, found));
     }
     Ok(out)
@@ -293,7 +333,7 @@ impl Loader for SystemdBoot {
                     self.regenerate_hint()
                 ));
             }
-            for (_, text) in entries {
+            if let Some((_, text)) = current(f, kver, entries) {
                 let m = super::grub::missing(&cmdline::entry_options(text), args);
                 if m.len() > worst.len() {
                     worst = m;
@@ -311,33 +351,39 @@ impl Loader for SystemdBoot {
         let dir = self.entries_dir(f);
         let all = kernel_entries(host, f).map_err(anyhow::Error::msg)?;
         for (kver, entries) in &all {
-            if entries.is_empty() {
+            let token = inspected(f)
+                .map(|i| i.entry_token.as_str())
+                .unwrap_or_default();
+            let written = written_name(f, token, kver);
+            let Some((name, text)) = entries.iter().find(|(n, _)| *n == written) else {
                 bail!(
-                    "kernel-install wrote no entry of kernel {kver} in {dir}: the regeneration did \
-                     nothing (is the ESP mounted, does `bootctl is-installed` succeed?)"
+                    "kernel-install wrote no entry {written} of kernel {kver} in {dir}: the \
+                     regeneration did nothing (is the ESP mounted, does `bootctl is-installed` \
+                     succeed?)"
+                );
+            };
+            let options = cmdline::entry_options(text);
+            let lacks = super::grub::missing(&options, want);
+            if !lacks.is_empty() {
+                bail!(
+                    "after kernel-install, {dir}/{name} still lacks {}: the regeneration did \
+                     not reach the entries (is the ESP mounted?)",
+                    lacks.join(" ")
                 );
             }
-            for (name, text) in entries {
-                let options = cmdline::entry_options(text);
-                let lacks = super::grub::missing(&options, want);
-                if !lacks.is_empty() {
-                    bail!(
-                        "after kernel-install, {dir}/{name} still lacks {}: the regeneration did \
-                         not reach the entries (is the ESP mounted?)",
-                        lacks.join(" ")
-                    );
-                }
-                let kept: Vec<&String> = gone
-                    .iter()
-                    .filter(|g| super::grub::missing(&options, std::slice::from_ref(g)).is_empty())
-                    .collect();
-                if !kept.is_empty() {
-                    bail!(
-                        "after kernel-install, {dir}/{name} still carries {}: the regeneration did \
-                         not reach the entries (is the ESP mounted?)",
-                        kept.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
-                    );
-                }
+            let kept: Vec<&String> = gone
+                .iter()
+                .filter(|g| super::grub::missing(&options, std::slice::from_ref(g)).is_empty())
+                .collect();
+            if !kept.is_empty() {
+                bail!(
+                    "after kernel-install, {dir}/{name} still carries {}: the regeneration did \
+                     not reach the entries (is the ESP mounted?)",
+                    kept.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
             }
         }
         Ok(())
@@ -345,6 +391,31 @@ impl Loader for SystemdBoot {
 
     fn falls_back_to_proc_cmdline(&self) -> Option<&'static str> {
         Some("kernel-install")
+    }
+
+    fn stale_entries(&self, host: &Host, f: &Facts, planned: bool) -> Vec<String> {
+        let Ok(all) = kernel_entries(host, f) else {
+            return Vec::new();
+        };
+        let token = inspected(f)
+            .map(|i| i.entry_token.as_str())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (kver, entries) in &all {
+            let keep = if planned {
+                Some(written_name(f, token, kver))
+            } else {
+                current(f, kver, entries).map(|(n, _)| n.clone())
+            };
+            out.extend(
+                entries
+                    .iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| Some(*n) != keep.as_ref())
+                    .map(|n| format!("{}/{n}", self.entries_dir(f))),
+            );
+        }
+        out
     }
 
     fn carrying(&self, host: &Host, f: &Facts, key: &str) -> Option<Vec<String>> {

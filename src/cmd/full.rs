@@ -159,6 +159,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         }
         return Ok(0);
     }
+    warn_stale_entries(ui, host, &facts, &stack, &planned);
     if session.dry_run() {
         dry_run(ui, selection.as_ref(), &planned, &reset)?;
         return Ok(0);
@@ -425,6 +426,23 @@ fn check_boot_space(f: &Facts, stack: &Stack, planned: &Planned) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Boot entries the regeneration leaves with their old options (boot counting's entries of
+/// earlier installs): said before anything is written.
+fn warn_stale_entries(ui: &Ui, host: &Host, facts: &Facts, stack: &Stack, planned: &Planned) {
+    if !planned.plan.commands.iter().any(|c| c.regenerates) {
+        return;
+    }
+    let stale = stack.loader.stale_entries(host, facts, true);
+    if !stale.is_empty() {
+        ui.warn(format!(
+            "the regeneration leaves these boot entries of earlier installs as they are, with their \
+             old options (boot counting keeps them): {}; the boot menu may still offer them: delete \
+             them once the new entry has booted",
+            stale.join(", ")
+        ));
+    }
 }
 
 fn print_manual(ui: &Ui, planned: &Planned) {

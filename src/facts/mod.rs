@@ -103,6 +103,8 @@ pub struct Facts {
     /// as bytes: a file that is not text is refused with its name.
     pub kernel_cmdline: Option<Vec<u8>>,
     pub usr_kernel_cmdline: Option<Vec<u8>>,
+    /// kernel-install's boot counting: the first line of `/etc/kernel/tries`, trimmed.
+    pub kernel_tries: Option<String>,
     /// kernelstub's `/etc/kernelstub/configuration`.
     pub kernelstub_config: Option<Vec<u8>>,
     /// The kernel arguments gpt added to the argument file in its last run (from its state):
@@ -368,6 +370,9 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<Choice>) -> Resu
     }
     f.kernel_cmdline = read_bytes(host, "/etc/kernel/cmdline")?;
     f.usr_kernel_cmdline = read_bytes(host, "/usr/lib/kernel/cmdline")?;
+    f.kernel_tries = host
+        .read_optional("/etc/kernel/tries")?
+        .and_then(|t| t.lines().next().map(|l| l.trim().to_string()));
     f.kernelstub_config = read_bytes(host, "/etc/kernelstub/configuration")?;
     if let Some(Ok(i)) = &f.probe.inspect {
         let conf = host

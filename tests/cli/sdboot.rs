@@ -489,3 +489,43 @@ fn the_warning_about_a_guides_configuration_names_this_stacks_commands_not_grubs
     assert!(warning.contains("kernel-install add"), "{warning}");
     assert!(!warning.contains("update-grub"), "{warning}");
 }
+
+/// Boot counting (`/etc/kernel/tries`): kernel-install writes `TOKEN-KVER+TRIES.conf` and
+/// leaves the entries of earlier installs — one in trial (`+2-1`), one marked bad (`+0-3`) —
+/// with their old options. gpt checks the entry its run wrote, names the stale ones, and
+/// does not roll back because of them.
+#[test]
+fn boot_counting_stale_entries_are_named_not_a_reason_to_roll_back() {
+    let (dir, fakes) = host(Some(CMDLINE), false, Some("systemd-boot 257.9-1~deb13u1"));
+    let r = dir.path();
+    std::fs::write(r.join("etc/kernel/tries"), "3\n").unwrap();
+    let entries = r.join("boot/efi/loader/entries");
+    let old =
+        std::fs::read_to_string(entries.join(format!("{MACHINE_ID}-{DEBIAN_KVER}.conf"))).unwrap();
+    for stale in ["+2-1", "+0-3"] {
+        std::fs::write(
+            entries.join(format!("{MACHINE_ID}-{DEBIAN_KVER}{stale}.conf")),
+            &old,
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(entries.join(format!("{MACHINE_ID}-{DEBIAN_KVER}.conf"))).unwrap();
+    let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    let written = read(
+        r,
+        &format!("/boot/efi/loader/entries/{MACHINE_ID}-{DEBIAN_KVER}+3.conf"),
+    );
+    assert!(written.contains(IDS), "{written}");
+    let stale = format!("{MACHINE_ID}-{DEBIAN_KVER}+0-3.conf");
+    assert!(
+        err.contains(&stale) && err.contains("+2-1.conf"),
+        "the stale entries are named: {err}"
+    );
+    let (_, out, cerr) = gpt_f(r, &fakes, &["check"]);
+    let all = format!("{out}{cerr}");
+    assert!(
+        all.contains(&stale),
+        "gpt check names the stale entry: {all}"
+    );
+}

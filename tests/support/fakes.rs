@@ -323,6 +323,14 @@ case $verb in
     if [ "$token" = "$machine_id" ] && [[ " $opts " != *" systemd.machine_id="* ]]; then
       opts="$opts systemd.machine_id=$machine_id"
     fi
+    # Boot counting (90-loaderentry.install): with a tries file the entry is named
+    # TOKEN-KVER+TRIES.conf; entries of earlier installs (counted or blessed) stay as they are.
+    entry=$token-$kver.conf
+    if [ -f "$root$conf/tries" ]; then
+      read -r tries < "$root$conf/tries"
+      case $tries in ''|*[!0-9]*) echo "$conf/tries does not contain an integer." >&2; exit 1 ;; esac
+      entry=$token-$kver+$tries.conf
+    fi
     dir="$root$boot/$token/$kver"
     mkdir -p "$dir" "$root$boot/loader/entries"
     cp "$root$kernel" "$dir/linux"
@@ -341,10 +349,10 @@ case $verb in
       echo "options    $opts"
       echo "linux      /$token/$kver/linux"
       printf '%s' "$initrds"
-    } > "$root$boot/loader/entries/$token-$kver.conf"
+    } > "$root$boot/loader/entries/$entry"
     ;;
   remove)
-    rm -rf "$root$boot/$token/${2:?}" "$root$boot/loader/entries/$token-$2.conf"
+    rm -rf "$root$boot/$token/${2:?}" "$root$boot/loader/entries/$token-$2.conf" "$root$boot/loader/entries/$token-$2+"*.conf
     ;;
   *) echo "Unknown command verb '$verb'." >&2; exit 1 ;;
 esac

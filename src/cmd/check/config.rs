@@ -153,6 +153,17 @@ pub(super) fn configured(
     let entries = stack.loader.entries(host, f, &c.args);
     out.push(cmdline_check(f, stack, c, &missing_now, &entries));
     out.push(entries_check(stack, c, entries));
+    let stale = stack.loader.stale_entries(host, f, false);
+    if !stale.is_empty() {
+        out.push(Check::warn(
+            "boot entries left from earlier installs",
+            format!(
+                "{} keep the options they were written with (boot counting leaves them); the \
+                 boot menu may still offer them: delete them",
+                stale.join(", ")
+            ),
+        ));
+    }
     if c.phase == Phase::Vfio {
         out.push(initramfs_check(host, stack));
         out.push(images_check(host, ui, f, stack, c));
