@@ -55,6 +55,16 @@ pub fn options(text: &str) -> Result<(Vec<String>, String)> {
     Ok((out, esp))
 }
 
+/// Whether kernelstub writes systemd-boot's entries (`setup_loader`, the user's setting,
+/// else the default's; kernelstub's own default is false).
+pub fn sets_up_loader(text: &str) -> Result<bool> {
+    let v = parse(text)?;
+    Ok(v.pointer("/user/setup_loader")
+        .or_else(|| v.pointer("/default/setup_loader"))
+        .and_then(|b| b.as_bool())
+        .unwrap_or(false))
+}
+
 /// The byte span of the value of `key` inside the object that spans `obj` (`{` … `}`).
 fn member(text: &[u8], obj: (usize, usize), key: &str) -> Option<(usize, usize)> {
     let (mut i, end) = (obj.0 + 1, obj.1);
@@ -179,7 +189,19 @@ impl Loader for Kernelstub {
     }
 
     fn validate(&self, f: &Facts) -> Result<()> {
-        options(&text_of(f)?).map(drop)
+        let text = text_of(f)?;
+        options(&text)?;
+        if !sets_up_loader(&text)? {
+            bail!(
+                "kernelstub is not managing the boot entries on this host: {CONFIG} says \
+                 \"setup_loader\": false, so kernelstub writes no systemd-boot entry (the kernel \
+                 boots from an EFI boot entry whose options gpt cannot read or verify). Let \
+                 kernelstub manage the loader (`sudo kernelstub --loader`, which sets it to true), \
+                 or, if another loader boots this host, name it with --boot-loader; nothing was \
+                 changed"
+            );
+        }
+        Ok(())
     }
 
     fn user_args(&self, f: &Facts) -> Result<Vec<String>> {

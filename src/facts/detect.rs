@@ -268,7 +268,10 @@ fn pick(p: &Probe) -> Result<Choice, String> {
             if is(Choice::Proxmox) {
                 return Ok(Choice::Proxmox);
             }
-            if is(Choice::Kernelstub) {
+            // kernelstub's entries are systemd-boot's, which would have set LoaderInfo: with
+            // GRUB installed too (a Pop!_OS host moved to GRUB, whose GRUB before 2.12 sets no
+            // LoaderInfo), what boots cannot be told, and the user says.
+            if is(Choice::Kernelstub) && !is(Choice::Grub) {
                 return Ok(Choice::Kernelstub);
             }
             match cands.as_slice() {
@@ -596,6 +599,28 @@ mod tests {
             ..sdboot("bls")
         };
         assert_eq!(detect(&pop).unwrap().loader, LoaderKind::Kernelstub);
+        // A Pop!_OS host moved to GRUB keeps kernelstub's configuration: without LoaderInfo
+        // gpt cannot tell which boots, so the user says; GRUB 2.12 says it itself.
+        let moved = Probe {
+            kernelstub_conf: true,
+            update_initramfs: true,
+            ..grub()
+        };
+        let err = detect(&moved).unwrap_err();
+        assert!(
+            err.contains("grub and kernelstub") && err.contains("--boot-loader"),
+            "{err}"
+        );
+        let grub212 = Probe {
+            loader_info: Some("GRUB 2.12".into()),
+            ..moved.clone()
+        };
+        assert_eq!(detect(&grub212).unwrap().loader, LoaderKind::Grub);
+        let by_sd = Probe {
+            loader_info: Some("systemd-boot 249".into()),
+            ..moved
+        };
+        assert_eq!(detect(&by_sd).unwrap().loader, LoaderKind::Kernelstub);
         let fde = Probe {
             snapd_fde: true,
             ..grub()

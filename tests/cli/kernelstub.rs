@@ -147,3 +147,26 @@ fn a_broken_configuration_is_refused_with_no_byte_changed() {
     assert!(err.contains("is not valid JSON (line 3"), "{err}");
     assert_eq!(snap(r), before);
 }
+
+/// `"setup_loader": false`: kernelstub writes no systemd-boot entry, so gpt could not verify
+/// anything it configured. Refused up front with what is true and what to do; nothing changes.
+#[test]
+fn kernelstub_that_does_not_manage_the_loader_is_refused_with_the_reason() {
+    let (dir, fakes) = host();
+    let r = dir.path();
+    let conf = KERNELSTUB_CONF.replace("\"setup_loader\": true", "\"setup_loader\": false");
+    std::fs::write(r.join("etc/kernelstub/configuration"), &conf).unwrap();
+    let before = snap(r);
+    let (code, _, err) =
+        run(gpt(r)
+            .env("PATH", fakes.path())
+            .args(["full", "nvidia", "--yes", "--no-deps"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("kernelstub is not managing the boot entries")
+            && err.contains("setup_loader")
+            && !err.contains("is the ESP mounted"),
+        "{err}"
+    );
+    assert_eq!(snap(r), before, "nothing changed");
+}
