@@ -57,6 +57,7 @@ fn text(p: &Planned, path: &str) -> String {
 fn each_stack_gets_its_files_and_its_commands() {
     use FileAction::*;
     let depmod = format!("depmod -a {KVER}");
+    let dracut = format!("dracut --force /boot/initrd.img-{KVER} {KVER}");
     type Row<'a> = (&'a str, Facts, Vec<(&'a str, FileAction)>, Vec<&'a str>);
     let rows: Vec<Row> = vec![
         (
@@ -77,7 +78,7 @@ fn each_stack_gets_its_files_and_its_commands() {
                 ("/etc/dracut.conf.d/gpt-vfio.conf", Created),
                 ("/etc/modprobe.d/gpt-vfio.conf", Created),
             ],
-            vec!["update-grub", &depmod, "dracut --force --regenerate-all"],
+            vec!["update-grub", &depmod, &dracut],
         ),
         (
             "grub + dracut 110 (its own update-initramfs)",

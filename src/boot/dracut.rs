@@ -2,8 +2,11 @@
 //! `/etc/dracut.conf.d/gpt-vfio.conf` (`force_drivers+=`, and `install_items+=` for gpt's
 //! modprobe.d file, which a generic image would not carry). Images are rebuilt the way the
 //! host's kernel updates do it: with dracut's own `update-initramfs` where the package ships
-//! one (107 and later; it runs the post-update hooks), else `dracut --force --regenerate-all`.
-//! Images are listed with `lsinitrd`.
+//! one (107 and later; it runs the post-update hooks), else as Debian's own dracut kernel
+//! hook does, `dracut --force IMAGE KVER` for each kernel, naming the image: without an
+//! output path dracut picks its own, and on a systemd-boot host (`$BOOT/loader/entries` and
+//! `$BOOT/<machine-id>/` exist) that is `$BOOT/<machine-id>/<kver>/initrd`, which no entry
+//! boots and which kernel-install does not copy. Images are listed with `lsinitrd`.
 //!
 //! The early binding step is a `pre-udev` hook: dracut's systemd initramfs runs those in
 //! `dracut-pre-udev.service` (`Before=systemd-udevd.service dracut-pre-trigger.service`), its
@@ -28,6 +31,17 @@ use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 pub struct Dracut;
+
+/// The image of `kver` as the host names it: Debian's `/boot/initrd.img-KVER`, or, where
+/// only that one exists, Red Hat's `/boot/initramfs-KVER.img`.
+fn image_name(f: &Facts, kver: &str) -> String {
+    let redhat = format!("initramfs-{kver}.img");
+    let debian = format!("initrd.img-{kver}");
+    if !f.boot_names.contains(&debian) && f.boot_names.contains(&redhat) {
+        return format!("{}/{redhat}", paths::BOOT);
+    }
+    paths::initrd(kver)
+}
 
 impl Generator for Dracut {
     fn kind(&self) -> InitramfsKind {
@@ -116,16 +130,19 @@ impl Generator for Dracut {
                 &["update-initramfs", "-u", "-k", "all"],
             ));
         } else {
-            steps.push(Step::new(
-                "Rebuilding the initramfs images (dracut)",
-                &["dracut", "--force", "--regenerate-all"],
-            ));
+            for k in &versions {
+                let image = image_name(f, k);
+                steps.push(Step::new(
+                    &format!("Rebuilding the initramfs image of {k} (dracut)"),
+                    &["dracut", "--force", &image, k],
+                ));
+            }
         }
         steps
     }
 
     fn regenerate_hint(&self) -> String {
-        "sudo dracut --force --regenerate-all".into()
+        "sudo dracut --force /boot/initrd.img-KVER KVER (for each kernel)".into()
     }
 
     fn image(&self, host: &Host, kver: &str) -> String {

@@ -529,3 +529,57 @@ fn boot_counting_stale_entries_are_named_not_a_reason_to_roll_back() {
         "gpt check names the stale entry: {all}"
     );
 }
+
+/// dracut beside systemd-boot (Debian 12's dracut 059 or 13's 106: no update-initramfs).
+/// Told no output path, dracut writes its image to the ESP (`$BOOT/MACHINE-ID/KVER/initrd`),
+/// which no entry boots; gpt names the image, so kernel-install copies the new one.
+#[test]
+fn dracut_beside_systemd_boot_builds_the_image_the_entry_boots() {
+    use crate::support::hosts::{dpkg_status, on_dracut};
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    let mut t = crate::support::hosts::sdboot(
+        r,
+        Some(CMDLINE),
+        false,
+        Some("systemd-boot 257.9-1~deb13u1"),
+    );
+    on_dracut(&mut t, r);
+    dpkg_status(
+        &mut t,
+        &[
+            "dracut",
+            "dracut-core",
+            "systemd-boot",
+            "systemd-boot-efi",
+            "systemd",
+        ],
+    );
+    let fakes = Fakes::new();
+    fakes.prime_sdboot(r);
+    let etc_before = etc(r);
+    let (code, _, err) = gpt_f(r, &fakes, &["full", "nvidia", "--yes", "--no-deps"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("initramfs by dracut"), "{err}");
+    let booted = read(
+        r,
+        &format!("/boot/efi/{MACHINE_ID}/{DEBIAN_KVER}/initrd.img-{DEBIAN_KVER}"),
+    );
+    assert!(
+        booted.contains("vfio_pci"),
+        "the image the entry boots: {booted}"
+    );
+    assert!(
+        entry(r).contains(&format!("initrd.img-{DEBIAN_KVER}")),
+        "{}",
+        entry(r)
+    );
+    assert!(
+        !r.join(format!("boot/efi/{MACHINE_ID}/{DEBIAN_KVER}/initrd"))
+            .exists(),
+        "no image on the ESP that no entry boots"
+    );
+    let (code, _, err) = gpt_f(r, &fakes, &["reset", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(etc(r), etc_before, "/etc byte-identical after reset");
+}

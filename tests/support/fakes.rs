@@ -485,7 +485,8 @@ fake_begin lsinitramfs no "$@"
 fake_list_image lsinitramfs "" "${1:-}"
 "##;
 
-/// dracut: `--force --regenerate-all`, or `--force IMAGE KVER`. The image is in the fake
+/// dracut: `--force --regenerate-all` (each image where dracut itself puts it without an
+/// output path), or `--force IMAGE KVER`. The image is in the fake
 /// update-initramfs's format: one `module` line per module of the `force_drivers+=` and
 /// `add_drivers+=` lines of `ROOT/etc/dracut.conf.d/*.conf` (only `.conf` files, as dracut),
 /// one `conf` line per `install_items+=` file (and per modprobe.d file when `hostonly="yes"`),
@@ -546,8 +547,24 @@ module_hooks() { # NAME: the hooks its module-setup.sh installs with inst_hook H
   echo "dracut: Module '$1' cannot be found or installed." >&2
   return 1
 }
+# Without an output path dracut picks its own (the `if ! [[ $outfile ]]` block of
+# /usr/bin/dracut, 059 to 110): on a systemd-boot host's ESP, $BOOT/MACHINE-ID/KVER/initrd.
+outfile_for() { # KVER
+  local k=$1 mid d
+  mid=$(cat "$root/etc/machine-id" 2>/dev/null)
+  for d in /efi /boot /boot/efi; do
+    if [ -n "$mid" ] && [ -d "$root$d/loader/entries" ] && [ -d "$root$d/$mid" ]; then
+      echo "$d/$mid/$k/initrd"; return
+    fi
+  done
+  if [ -f "$root/lib/modules/$k/initrd" ]; then echo "/lib/modules/$k/initrd"; return; fi
+  echo "/boot/initrd.img-$k"
+}
 if [ -n "$all" ]; then
-  for k in $(fake_kernels); do build "$k" "/boot/initrd.img-$k" || exit 1; done
+  for k in $(fake_kernels); do
+    out=$(outfile_for "$k"); mkdir -p "$root$(dirname "$out")"
+    build "$k" "$out" || exit 1
+  done
 else
   [ -n "$image" ] && [ -n "$kver" ] || { echo "dracut: give IMAGE KVER or --regenerate-all" >&2; exit 1; }
   build "$kver" "$image" || exit 1
