@@ -145,7 +145,15 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     check_boot_space(&facts, &stack, &planned)?;
 
     if planned.plan.is_empty() {
-        ui.ok("already configured: nothing to change");
+        let pending = pending(host, &facts, &stack, &planned, args.no_update)?;
+        if pending.is_empty() {
+            ui.ok("already configured: nothing to change");
+        } else {
+            ui.ok("already configured in /etc: nothing to write");
+            for p in &pending {
+                ui.warn(format!("still to do: {p}"));
+            }
+        }
         if ui.json {
             print_json(
                 ui,
@@ -282,6 +290,49 @@ fn select_devices(
 /// regeneration is due, whether or not this run writes anything (a run stopped after writing
 /// the arguments but before regenerating leaves a re-run with files to write and stale boot
 /// files).
+/// What is still to do on a host whose /etc already holds the configuration: the
+/// regeneration an earlier `--no-update` (or a stopped run) left owed, a reboot into the
+/// arguments, the second run after the IOMMU phase.
+fn pending(
+    host: &Host,
+    facts: &Facts,
+    stack: &Stack,
+    planned: &Planned,
+    no_update: bool,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    if no_update && crate::txn::update_needed(host)? {
+        let cmds: Vec<String> = stack
+            .regenerate(facts, true, true)
+            .iter()
+            .map(|s| format!("`sudo {}`", s.shell_line()))
+            .collect();
+        out.push(format!(
+            "the boot files do not carry it yet (--no-update): run {}, then reboot",
+            cmds.join(", ")
+        ));
+    }
+    let on = facts.cmdline_args();
+    let reboot = facts.cmdline_read
+        && planned
+            .config
+            .args
+            .iter()
+            .any(|a| !on.contains(&a.as_str()));
+    match planned.config.phase {
+        crate::model::Phase::Iommu => out.push(
+            "a reboot, so that the kernel turns the IOMMU on; then run the same command again to \
+             configure the GPU"
+                .into(),
+        ),
+        crate::model::Phase::Vfio if reboot => {
+            out.push("a reboot: the running kernel does not have gpt's arguments yet".into())
+        }
+        crate::model::Phase::Vfio => {}
+    }
+    Ok(out)
+}
+
 fn owe_updates(ui: &Ui, facts: &Facts, stack: &Stack, planned: &mut Planned) {
     planned.plan.commands.retain(|c| !c.regenerates);
     planned

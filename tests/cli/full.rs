@@ -584,6 +584,17 @@ fn no_update_prints_the_commands_instead_of_running_them() {
     assert_eq!(code, 0, "{err}");
     assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
     assert!(err.contains("Run these yourself before rebooting:\n    update-grub\n    depmod -a 6.1.0-13-amd64\n    update-initramfs -u -k all\n"), "{err}");
+    // A second --no-update run has nothing to write, and says what is still to do.
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps", "--no-update"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("nothing to change"), "{err}");
+    assert!(
+        err.contains(
+            "still to do: the boot files do not carry it yet (--no-update): run `sudo update-grub`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("still to do: a reboot"), "{err}");
     // The next run owes those updates and runs them.
     let (code, _, err) = full(r, &fakes, &["nvidia", "--yes", "--no-deps"]);
     assert_eq!(code, 0, "{err}");

@@ -310,6 +310,12 @@ fn no_update_prints_the_commands_and_a_later_reset_runs_them() {
             .collect::<Vec<_>>()
     );
     assert!(gpt::txn::update_needed(&Host::new(root)).unwrap());
+    // A second --no-update run does not claim what it did not do.
+    let (code, _, err) = run(reset(root, &fakes).args(["--yes", "--no-update"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("match /etc again"), "{err}");
+    assert!(err.contains("once you run the commands above"), "{err}");
+    assert!(fakes.calls().is_empty());
     let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
     assert_eq!(code, 0, "{err}");
     assert_eq!(fakes.calls().len(), 3);

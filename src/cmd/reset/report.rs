@@ -62,6 +62,11 @@ pub(super) fn finish(
             plan.files.len(),
             if plan.files.len() == 1 { "" } else { "s" }
         ));
+    } else if !manual.is_empty() {
+        ui.ok(
+            "nothing of gpt's is left in /etc; the boot entries and the initramfs follow once you \
+             run the commands above",
+        );
     } else {
         ui.ok("the boot entries and the initramfs match /etc again");
     }
