@@ -130,7 +130,9 @@ pub fn select(
                 warnings: &mut warnings,
                 taken: &mut taken,
             };
-            for a in group_members(topo, names, req, g, gpu, &on_cards, &mut shared)? {
+            let members = group_members(topo, names, req, g, gpu, &on_cards, &mut shared)
+                .map_err(|e| force_cannot_help(e, protected))?;
+            for a in members {
                 if !targets.contains(&a) {
                     targets.push(a);
                 }
@@ -340,6 +342,37 @@ fn group_members(
         .collect())
 }
 
+/// A shared group's refusal offers `--force` only where it would go ahead: when the group
+/// also holds a device the host cannot live without, `--force` is refused too, and the
+/// refusal says so instead.
+fn force_cannot_help(e: anyhow::Error, protected: &BTreeMap<PciAddress, String>) -> anyhow::Error {
+    let Some(r) = e
+        .downcast_ref::<Refusal>()
+        .filter(|r| r.kind == "shared_group")
+    else {
+        return e;
+    };
+    let critical: Vec<String> = protected
+        .iter()
+        .filter(|(a, _)| r.devices.contains(&a.to_string()))
+        .map(|(a, why)| format!("{a} ({why})"))
+        .collect();
+    if critical.is_empty() {
+        return e;
+    }
+    Refusal::error(
+        r.kind,
+        r.devices.clone(),
+        r.message.clone(),
+        format!(
+            "--force cannot help here: the group also holds {}, which the host cannot live \
+             without and gpt never takes; move the card to a slot in another IOMMU group \
+             (`gpt iommu` shows them).",
+            critical.join(", ")
+        ),
+    )
+}
+
 /// `--gpu-group-only`: a warning for each function of the card that stays on the host.
 fn left_on_host(topo: &Topology, names: &Names, left: &[PciAddress]) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -409,9 +442,24 @@ fn refuse_only_display(
         .find(|d| d.boot_vga)
     {
         if !other_display {
+            let taken: Vec<String> = targets
+                .iter()
+                .filter_map(|a| topo.device(a))
+                .filter(|d| d.is_gpu())
+                .map(|d| d.address.to_string())
+                .collect();
+            let what = if taken.len() > 1 {
+                format!(
+                    "the boot display, and every display controller of this host would go to \
+                     vfio-pci ({})",
+                    taken.join(", ")
+                )
+            } else {
+                "the boot display and the only display controller".to_string()
+            };
             let msg = format!(
-                "{} is the boot display and the only display controller: after the reboot the host \
-                 has no console on a screen (only SSH or a serial console)",
+                "{} is {what}: after the reboot the host has no console on a screen (only SSH or a \
+                 serial console)",
                 bv.address
             );
             if !req.force {
@@ -727,6 +775,33 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_group_holding_a_critical_device_does_not_offer_force() {
+        let mut t = rtx_host();
+        let sata = dev("0000:00:17.0", (0x8086, 0x06d2), 0x010601, 14);
+        t.groups.get_mut(&14).unwrap().push(sata.address);
+        t.devices.insert(sata.address, sata);
+        let mut protected = BTreeMap::new();
+        protected.insert(
+            "0000:00:17.0".parse().unwrap(),
+            "holds /boot/efi (/dev/sda1)".to_string(),
+        );
+        let err = select(&t, &Names::default(), &req(0x10de), &protected).unwrap_err();
+        let r = err.downcast_ref::<Refusal>().unwrap();
+        assert_eq!(r.kind, "shared_group");
+        assert!(!r.todo.contains("--force takes"), "{}", r.todo);
+        assert!(
+            r.todo.contains("--force cannot help") && r.todo.contains("holds /boot/efi"),
+            "{}",
+            r.todo
+        );
+        // Without the critical device, --force is offered (and goes ahead).
+        let err = select(&t, &Names::default(), &req(0x10de), &none()).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("--force takes the whole group anyway"));
+    }
+
+    #[test]
     fn boot_critical_devices_are_refused_even_with_force() {
         let mut t = rtx_host();
         let nvme = dev("0000:02:00.4", (0x1cc1, 0x8201), 0x010802, 14);
@@ -792,6 +867,26 @@ mod tests {
             ..req(0x1002)
         };
         assert!(select(&t, &Names::default(), &forced, &none()).is_ok());
+    }
+
+    #[test]
+    fn taking_every_display_with_all_says_so_not_only_display() {
+        let mut first = dev("0000:01:00.0", (0x10de, 0x1f08), 0x030000, 1);
+        first.boot_vga = true;
+        let second = dev("0000:02:00.0", (0x10de, 0x2204), 0x030000, 2);
+        let t = topo(vec![first, second]);
+        let all = Request {
+            all: true,
+            ..req(0x10de)
+        };
+        let err = select(&t, &Names::default(), &all, &none())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("only display controller"), "{err}");
+        assert!(
+            err.contains("every display controller of this host would go to vfio-pci (0000:01:00.0, 0000:02:00.0)"),
+            "{err}"
+        );
     }
 
     #[test]
