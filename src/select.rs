@@ -147,6 +147,7 @@ pub fn select(
     warnings.extend(left_on_host(topo, names, &left));
     refuse_host_critical(&targets, protected)?;
     refuse_only_display(topo, req, &targets, &mut warnings)?;
+    warn_boot_display(topo, names, &targets, &mut warnings);
     let (ids, kernel_ids, bind) = binding(topo, &targets, &mut notes, &mut warnings)?;
     Ok(Selection {
         gpus,
@@ -475,6 +476,48 @@ fn refuse_only_display(
     }
 
     Ok(())
+}
+
+/// The display controllers the host keeps for itself (those not going to vfio-pci).
+pub fn kept_displays(topo: &Topology, targets: &[PciAddress]) -> Vec<PciAddress> {
+    topo.devices
+        .values()
+        .filter(|d| d.is_gpu() && !targets.contains(&d.address))
+        .map(|d| d.address)
+        .collect()
+}
+
+/// The boot display goes to vfio-pci while another GPU stays: the console goes dark at boot,
+/// and the screen is the other GPU's (said, with which one).
+fn warn_boot_display(
+    topo: &Topology,
+    names: &Names,
+    targets: &[PciAddress],
+    warnings: &mut Vec<String>,
+) {
+    let kept = kept_displays(topo, targets);
+    let Some(bv) = targets
+        .iter()
+        .filter_map(|a| topo.device(a))
+        .find(|d| d.boot_vga)
+    else {
+        return;
+    };
+    if kept.is_empty() {
+        return; // the only display: refused, or said under --force
+    }
+    let keeps: Vec<String> = kept
+        .iter()
+        .filter_map(|a| topo.device(a))
+        .map(|d| line(d, names))
+        .collect();
+    warnings.push(format!(
+        "{} is the boot display: from the next boot on, vfio-pci takes it early and the console \
+         on its screen goes dark; the host keeps {} for its screen (connect the monitor there, \
+         and check the firmware's primary-display setting)",
+        bv.address,
+        keeps.join(" and ")
+    ));
 }
 
 /// The ids of the targets, the ids for the kernel command line, and how to bind: by ids,

@@ -430,6 +430,23 @@ fn describe_selection(ui: &Ui, f: &Facts, names: &crate::pciids::Names, sel: &Se
             ));
         }
     }
+    let kept = select::kept_displays(&f.topology, &sel.targets);
+    match kept.as_slice() {
+        [] => ui.info("The host keeps no display controller."),
+        _ => {
+            ui.info("The host keeps:");
+            for a in &kept {
+                if let Some(d) = f.topology.device(a) {
+                    let role = if d.boot_vga { ", boot display" } else { "" };
+                    ui.info(format!(
+                        "    {a} {} (driver {}{role})",
+                        lspci_nn(d, names),
+                        d.driver.as_deref().unwrap_or("none")
+                    ));
+                }
+            }
+        }
+    }
     for n in &sel.notes {
         ui.info(format!("note: {n}"));
     }

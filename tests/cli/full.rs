@@ -660,3 +660,26 @@ fn a_reader_that_stops_early_is_no_panic() {
         assert!(!err.contains("panicked"), "{cmd:?}: {err}");
     }
 }
+
+/// Every plan says which GPU the host keeps; taking the boot display while another GPU stays
+/// is said plainly: the console goes dark at boot, and the screen is the other GPU's.
+#[test]
+fn the_plan_names_the_gpu_the_host_keeps_and_warns_about_the_boot_display() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes, &["nvidia", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let keeps = err.split("The host keeps:\n").nth(1).unwrap_or_default();
+    let first = keeps.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("00:02.0") && first.contains("boot display"),
+        "{err}"
+    );
+    let (code, _, err) = full(r, &fakes, &["intel", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("is the boot display: from the next boot on, vfio-pci takes it early and the console on its screen goes dark; the host keeps"),
+        "{err}"
+    );
+    assert!(err.contains("NVIDIA"), "{err}");
+}
