@@ -142,6 +142,11 @@ pub struct FullArgs {
     #[arg(long)]
     pub no_deps: bool,
 
+    /// Also install the tools to run the VM (QEMU, OVMF, virtinst and the like); never on Proxmox VE,
+    /// whose own QEMU they would fight
+    #[arg(long)]
+    pub vm_tools: bool,
+
     /// Do not run update-grub, update-initramfs and depmod; print what to run instead
     #[arg(long)]
     pub no_update: bool,

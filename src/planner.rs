@@ -14,6 +14,9 @@ use crate::plan::{FileChange, Plan, Step};
 use crate::select::Selection;
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
+/// What the boot configuration itself needs beyond the stack's own tools (modprobe, depmod).
+pub const NEEDED: [&str; 1] = ["kmod"];
+/// The tools to run the VM, installed only with `--vm-tools` and never on Proxmox VE.
 pub const PACKAGES: [&str; 7] = [
     "qemu-system-x86",
     "qemu-utils",
@@ -30,6 +33,8 @@ pub const NO_IDLE_D3_ARG: &str = "vfio_pci.disable_idle_d3=1";
 pub struct Options {
     pub no_ignore_msrs: bool,
     pub no_deps: bool,
+    /// `--vm-tools`: install the VM tools ([`PACKAGES`]) too.
+    pub vm_tools: bool,
     pub no_update: bool,
     /// Working on a tree under --root: packages are listed, never installed.
     pub foreign_root: bool,
@@ -357,14 +362,41 @@ fn modprobe_change(f: &Facts, text: Option<String>) -> Result<FileChange> {
     ))
 }
 
-/// apt-get for the packages a VM needs that the host lacks (only listed under `--root`).
+/// Whether the platform brings its own QEMU (Proxmox VE's pve-qemu-kvm, or any package that
+/// provides one): then gpt installs no VM tools, which would fight the platform's packages.
+fn platform_qemu(f: &Facts) -> Option<&'static str> {
+    ["pve-qemu-kvm", "pve-manager", "qemu-system-x86", "qemu-kvm"]
+        .into_iter()
+        .find(|p| f.installed_packages.contains(*p))
+}
+
+/// apt-get for what the configuration needs and the host lacks (kmod), and, with
+/// `--vm-tools`, the VM tools; otherwise the VM tools are suggested. Under `--root`
+/// nothing is installed, only listed.
 fn package_steps(f: &Facts, opts: &Options, notes: &mut Vec<String>) -> Vec<Step> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !f.installed_packages.contains(*p))
-        .collect();
-    if missing.is_empty() || !f.dpkg_status_found {
+    if !f.dpkg_status_found {
+        return Vec::new();
+    }
+    let lacks = |list: &[&'static str]| -> Vec<&'static str> {
+        list.iter()
+            .copied()
+            .filter(|p| !f.installed_packages.contains(*p))
+            .collect()
+    };
+    let mut missing = lacks(&NEEDED);
+    let vm = lacks(&PACKAGES);
+    match platform_qemu(f) {
+        Some(p) if opts.vm_tools && p.starts_with("pve") => notes.push(format!(
+            "--vm-tools: Proxmox VE brings its own QEMU ({p}); gpt installs no VM tools here"
+        )),
+        _ if opts.vm_tools => missing.extend(vm),
+        None if !vm.is_empty() => notes.push(format!(
+            "to run the VM you may want: sudo apt-get install {} (or add --vm-tools)",
+            vm.join(" ")
+        )),
+        _ => {}
+    }
+    if missing.is_empty() {
         return Vec::new();
     }
     if opts.foreign_root {

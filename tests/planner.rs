@@ -215,3 +215,68 @@ fn a_host_whose_stack_is_unknown_is_refused_before_anything_is_planned() {
         "{err:#}"
     );
 }
+
+/// Packages: only what the boot configuration needs is installed by default (kmod); the VM
+/// tools are suggested, installed with --vm-tools, and never on Proxmox VE or where a package
+/// that provides QEMU is installed.
+#[test]
+fn only_what_the_configuration_needs_is_installed_and_never_vm_tools_on_proxmox() {
+    let with = |pkgs: &[&str]| {
+        let mut f = nvidia(FactsBuilder::debian12()).build();
+        f.dpkg_status_found = true;
+        f.installed_packages = pkgs.iter().map(|s| s.to_string()).collect();
+        f
+    };
+    let installs = |p: &gpt::planner::Planned| -> Vec<String> {
+        p.plan
+            .commands
+            .iter()
+            .filter(|c| c.argv.iter().any(|a| a == "install"))
+            .flat_map(|c| c.argv.iter().skip_while(|a| *a != "-q").skip(1).cloned())
+            .collect()
+    };
+    let debian = with(&["initramfs-tools", "grub2-common"]);
+    let p = plan(&debian, &Options::default());
+    assert_eq!(installs(&p), ["kmod"]);
+    assert!(
+        p.notes.iter().any(|n| n.contains("sudo apt-get install qemu-system-x86") && n.contains("--vm-tools")),
+        "{:?}",
+        p.notes
+    );
+    let vm = Options {
+        vm_tools: true,
+        ..Options::default()
+    };
+    let p = plan(&with(&["kmod", "initramfs-tools"]), &vm);
+    assert!(
+        installs(&p).contains(&"qemu-system-x86".to_string()),
+        "{:?}",
+        installs(&p)
+    );
+    // Proxmox VE: its own QEMU; nothing of the VM toolset, with the flag or without.
+    let pve = with(&[
+        "kmod",
+        "pve-manager",
+        "pve-qemu-kvm",
+        "proxmox-kernel-helper",
+    ]);
+    for opts in [Options::default(), vm] {
+        let p = plan(&pve, &opts);
+        assert!(installs(&p).is_empty(), "{:?}", installs(&p));
+        assert!(
+            !p.notes.iter().any(|n| n.contains("apt-get install")),
+            "{:?}",
+            p.notes
+        );
+    }
+    assert!(plan(
+        &pve,
+        &Options {
+            vm_tools: true,
+            ..Options::default()
+        }
+    )
+    .notes
+    .iter()
+    .any(|n| n.contains("Proxmox VE brings its own QEMU (pve-qemu-kvm)")));
+}

@@ -123,6 +123,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     let opts = Options {
         no_ignore_msrs: args.no_ignore_msrs,
         no_deps: args.no_deps,
+        vm_tools: args.vm_tools,
         no_update: args.no_update,
         foreign_root: !host.is_real_root(),
         no_idle_d3: args.no_idle_d3,
