@@ -43,7 +43,7 @@ pub enum Command {
             vfio-pci.ids= at the boot menu gives the GPU back), the vfio modules where the \
             initramfs generator reads them (initramfs-tools: /etc/initramfs-tools/modules; \
             dracut: /etc/dracut.conf.d/gpt-vfio.conf), writes /etc/modprobe.d/gpt-vfio.conf, \
-            installs missing packages, then regenerates the boot files (update-grub, depmod, the \
+            installs kmod if it is missing (the VM tools with --vm-tools), then regenerates the boot files (update-grub, depmod, the \
             initramfs rebuild) and verifies them. Shows the plan and asks first; --dry-run only \
             shows it.\n\n\
             When the IOMMU is off, a first run adds only the IOMMU arguments; reboot and run the \
@@ -117,13 +117,17 @@ impl BootLoader {
 
 #[derive(Debug, Args)]
 pub struct FullArgs {
-    /// GPU vendor: nvidia, amd, intel (any case) or a 4-digit hex vendor id such as 10de;
-    /// then, optionally, the distribution: debian or ubuntu (default: from /etc/os-release)
-    #[arg(value_name = "VENDOR [DISTRO]", num_args = 0..=2)]
-    pub positional: Vec<String>,
+    /// GPU vendor: nvidia, amd, intel (any case) or a 4-digit hex vendor id such as 10de
+    #[arg(value_name = "VENDOR")]
+    pub vendor: Option<String>,
+
+    /// The distribution: debian or ubuntu (default: from /etc/os-release); alone when
+    /// --device picks the GPU
+    #[arg(value_name = "DISTRO")]
+    pub distro: Option<String>,
 
     /// Select a GPU by PCI address (0000:02:00.0 or 02:00.0); repeatable
-    #[arg(long = "device", value_name = "ADDR")]
+    #[arg(long = "device", value_name = "ADDR", value_parser = pci_address)]
     pub devices: Vec<String>,
 
     /// Take every GPU of the vendor when there are several
@@ -224,7 +228,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct QemuArgs {
     /// The GPU to pass (default: the one `gpt full` configured); repeatable
-    #[arg(long = "device", value_name = "ADDR")]
+    #[arg(long = "device", value_name = "ADDR", value_parser = pci_address)]
     pub devices: Vec<String>,
 
     /// Print libvirt <hostdev> XML instead of a QEMU command line
@@ -242,4 +246,14 @@ pub struct ReadEspsArgs {
     /// The ESPs, by file system UUID (`/dev/disk/by-uuid/UUID`)
     #[arg(value_name = "UUID")]
     pub uuids: Vec<String>,
+}
+
+/// `--device ADDR`: a PCI address, checked before anything is read (a usage error, exit 2).
+fn pci_address(s: &str) -> Result<String, String> {
+    match crate::pci::PciAddress::parse(s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(
+            "not a PCI address; expected the form 0000:02:00.0 or 02:00.0 (see `gpt iommu`)".into(),
+        ),
+    }
 }

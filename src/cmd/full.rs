@@ -93,7 +93,8 @@ pub fn parse_positionals(args: &[String]) -> Result<(Option<u16>, Option<Distro>
 }
 
 pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
-    let (vendor, distro) = parse_positionals(&args.positional)?;
+    let positional: Vec<String> = args.vendor.iter().chain(&args.distro).cloned().collect();
+    let (vendor, distro) = parse_positionals(&positional)?;
     if vendor.is_none() && args.devices.is_empty() {
         crate::usage!(
             "give a VENDOR (nvidia, amd, intel or a hex id such as 10de) or --device ADDR; \
@@ -356,7 +357,7 @@ fn dry_run(ui: &Ui, sel: Option<&Selection>, planned: &Planned, reset: &[Report]
         crate::ui::out(&planned.plan.render());
         print_manual(ui, planned);
     }
-    ui.info("dry run: nothing was changed");
+    ui.info("dry run: nothing was changed; run the same command without --dry-run to apply it");
     Ok(())
 }
 

@@ -22,6 +22,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         _ => {}
     }
     let host = Host::new(&cli.root);
+    if !host.root().exists() {
+        crate::usage!(
+            "--root {}: no such folder; give the top of a host tree (the folder holding etc/, sys/, ...)",
+            cli.root.display()
+        );
+    }
     if !host.root().is_dir() {
         crate::usage!(
             "--root {}: not a directory; give the top of a host tree (the folder holding etc/, sys/, ...)",

@@ -328,3 +328,41 @@ fn a_full_disk_is_refused_and_nothing_is_left_behind() {
     assert!(fakes.calls().is_empty(), "{:?}", fakes.calls());
     tally::record("bad inputs", "full-disk", 1, 1);
 }
+
+/// The small things a newcomer tripped over: a malformed address is a usage error (exit 2)
+/// before anything is read, a --root that does not exist is said so, the usage line shows
+/// one vendor, and a dry run names the command that applies it.
+#[test]
+fn usage_errors_are_said_before_anything_is_read_and_truly() {
+    let (dir, _fakes) = primed_host();
+    let r = dir.path();
+    let before = snap(r);
+    let (code, out, err) = run(gpt(r).args(["full", "nvidia", "--device", "zz:1", "--dry-run"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty() && !err.contains("boot stack:"), "{err}");
+    assert!(
+        err.contains("'zz:1'") && err.contains("not a PCI address"),
+        "{err}"
+    );
+    let missing = r.join("no-such-tree");
+    let (code, _, err) = run(gpt(&missing).arg("iommu"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no such folder") && !err.contains("not a directory"),
+        "{err}"
+    );
+    let (_, out, _) = run(gpt(r).args(["full", "--help"]));
+    assert!(
+        out.contains("Usage: gpt full [OPTIONS] [VENDOR] [DISTRO]\n"),
+        "{out}"
+    );
+    let (code, _, err) = run(gpt(r).args(["full", "nvidia", "--dry-run", "--no-deps"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "dry run: nothing was changed; run the same command without --dry-run to apply it"
+        ),
+        "{err}"
+    );
+    assert_eq!(snap(r), before);
+}

@@ -33,7 +33,7 @@ pub(super) fn dry_run(ui: &Ui, items: &[Item], run_now: &[Step], manual: &[Step]
         report(ui, false, true, items, shown, false)?;
     }
     print_manual(ui, manual);
-    ui.info("dry run: nothing was changed");
+    ui.info("dry run: nothing was changed; run the same command without --dry-run to apply it");
     Ok(0)
 }
 
