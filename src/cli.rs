@@ -127,7 +127,7 @@ pub struct FullArgs {
     pub distro: Option<String>,
 
     /// Select a GPU by PCI address (0000:02:00.0 or 02:00.0); repeatable
-    #[arg(long = "device", value_name = "ADDR", value_parser = pci_address)]
+    #[arg(long = "device", value_name = "ADDR")]
     pub devices: Vec<String>,
 
     /// Take every GPU of the vendor when there are several
@@ -228,7 +228,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct QemuArgs {
     /// The GPU to pass (default: the one `gpt full` configured); repeatable
-    #[arg(long = "device", value_name = "ADDR", value_parser = pci_address)]
+    #[arg(long = "device", value_name = "ADDR")]
     pub devices: Vec<String>,
 
     /// Print libvirt <hostdev> XML instead of a QEMU command line
@@ -246,14 +246,4 @@ pub struct ReadEspsArgs {
     /// The ESPs, by file system UUID (`/dev/disk/by-uuid/UUID`)
     #[arg(value_name = "UUID")]
     pub uuids: Vec<String>,
-}
-
-/// `--device ADDR`: a PCI address, checked before anything is read (a usage error, exit 2).
-fn pci_address(s: &str) -> Result<String, String> {
-    match crate::pci::PciAddress::parse(s) {
-        Some(_) => Ok(s.to_string()),
-        None => Err(
-            "not a PCI address; expected the form 0000:02:00.0 or 02:00.0 (see `gpt iommu`)".into(),
-        ),
-    }
 }

@@ -95,6 +95,11 @@ pub fn parse_positionals(args: &[String]) -> Result<(Option<u16>, Option<Distro>
 pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
     let positional: Vec<String> = args.vendor.iter().chain(&args.distro).cloned().collect();
     let (vendor, distro) = parse_positionals(&positional)?;
+    for d in &args.devices {
+        if let Err(e) = d.parse::<crate::pci::PciAddress>() {
+            crate::usage!("--device {e}");
+        }
+    }
     if vendor.is_none() && args.devices.is_empty() {
         crate::usage!(
             "give a VENDOR (nvidia, amd, intel or a hex id such as 10de) or --device ADDR; \
