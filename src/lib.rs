@@ -20,6 +20,8 @@ pub mod plan;
 pub mod planner;
 pub mod reset_facts;
 pub mod resetability;
+pub mod rom;
+pub mod rom_read;
 pub mod select;
 pub mod state;
 pub mod sysfs;

@@ -405,6 +405,7 @@ fn configured(host: &Host, ui: &Ui, f: &Facts, stack: &Stack, c: &Config, out: &
             c,
             reboot_pending,
         ));
+        out.extend(super::rom_checks::checks(host, topo, c));
     }
 }
 

@@ -8,6 +8,8 @@ pub mod iommu;
 pub mod qemu;
 pub mod reset;
 mod reset_checks;
+pub mod rom;
+mod rom_checks;
 mod session;
 
 use crate::cli::{Cli, Command};
@@ -36,6 +38,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
+        Command::Rom(args) => rom::run(&host, &ui, args),
         Command::ReadEsps(args) => crate::boot::pve_esp::helper(&host, args),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
