@@ -477,3 +477,51 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 1);
     assert!(err.starts_with("error:"), "{err}");
 }
+
+/// The saved ROM is not journalled: `gpt full` and `gpt reset` work beside it, and reset
+/// leaves it (it is no configuration of the host) while giving back everything else.
+#[test]
+fn reset_leaves_a_saved_rom_and_undoes_the_rest() {
+    use crate::support::transact::{primed_host, simulate_full, snap};
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    let before = snap(root);
+    simulate_full(root, &fakes, &[]).unwrap();
+    let rom_attr = std::fs::canonicalize(root.join("sys/bus/pci/devices").join(GPU))
+        .unwrap()
+        .join("rom");
+    std::fs::write(&rom_attr, rtx2060_rom()).unwrap();
+    let (code, _, err) = run(gpt(root).args(["rom", GPU, "--force"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(gpt(root).env("PATH", fakes.path()).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(root.join(SAVED)).unwrap(), rtx2060_rom());
+    // The journal is gone; the folders holding the ROM stay.
+    assert_eq!(
+        std::fs::read_dir(root.join("var/lib/gpt"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        ["rom"]
+    );
+    std::fs::remove_file(&rom_attr).unwrap();
+    let rest: Vec<_> = snap(root)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("var"))
+        .collect();
+    let was: Vec<_> = before
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("var"))
+        .collect();
+    let only = |a: &[(String, String)], b: &[(String, String)]| -> Vec<String> {
+        a.iter()
+            .filter(|x| !b.contains(x))
+            .map(|x| x.0.clone())
+            .collect()
+    };
+    assert_eq!(
+        (only(&rest, &was), only(&was, &rest)),
+        (Vec::new(), Vec::new()),
+        "paths that differ (now, before)"
+    );
+}
