@@ -58,6 +58,19 @@ pub enum Command {
     Check(CheckArgs),
     /// Print a QEMU command line (or libvirt XML) that passes the configured GPU to a VM
     Qemu(QemuArgs),
+    /// Read a card's ROM (video BIOS), check it and save a clean copy; or check a ROM file
+    #[command(
+        long_about = "Read the expansion ROM (video BIOS) of a PCI function from sysfs, list its \
+            images (code type, ids, length, last-image bit, checksum), check each against the \
+            function's own ids, and save it only when it is a clean chain for this card: by \
+            default to /var/lib/gpt/rom/VENDOR-DEVICE-SUBVENDOR-SUBDEVICE.rom, for QEMU's \
+            romfile= (`gpt qemu --rom FILE`). Read only: gpt never writes a ROM to a card.\n\n\
+            With --check FILE, the same checks for a file from elsewhere: a flash tool's header \
+            before the first image is found and a copy without it is written beside the file \
+            (FILE.stripped.rom); --device ADDR refuses a file for another card.\n\n\
+            FILE paths are this machine's, as given (not under --root)."
+    )]
+    Rom(RomArgs),
     /// Internal: read the ESPs proxmox-boot-tool manages, each mounted read-only, and print
     /// what boots from them as JSON. gpt runs it itself in a private mount namespace
     /// (`unshare --mount --propagation private`); it refuses to mount anything in the
@@ -90,7 +103,7 @@ pub struct CompletionsArgs {
 
 #[derive(Debug, Args)]
 pub struct ManArgs {
-    /// A command of gpt (full, reset, iommu, check, qemu, completions, man) for its own page
+    /// A command of gpt (full, reset, iommu, check, qemu, rom, completions, man) for its own page
     #[arg(value_name = "COMMAND")]
     pub command: Option<String>,
 }
@@ -234,6 +247,44 @@ pub struct QemuArgs {
     /// Print libvirt <hostdev> XML instead of a QEMU command line
     #[arg(long)]
     pub libvirt: bool,
+
+    /// Give the GPU this ROM file (romfile=FILE, or <rom file='FILE'/> with --libvirt), checked first: a clean chain
+    /// for the GPU's ids, starting at the image (`gpt rom` saves one)
+    #[arg(long, value_name = "FILE")]
+    pub rom: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RomArgs {
+    /// The PCI function whose ROM to read (0000:02:00.0 or 02:00.0)
+    #[arg(
+        value_name = "ADDR",
+        required_unless_present = "check",
+        conflicts_with = "check"
+    )]
+    pub address: Option<String>,
+
+    /// Save the ROM to FILE instead of /var/lib/gpt/rom/VENDOR-DEVICE-SUBVENDOR-SUBDEVICE.rom
+    #[arg(long, value_name = "FILE", conflicts_with = "check")]
+    pub out: Option<PathBuf>,
+
+    /// Check a ROM file instead of reading a card's; a header before the first image is
+    /// stripped into FILE.stripped.rom
+    #[arg(long, value_name = "FILE")]
+    pub check: Option<PathBuf>,
+
+    /// With --check: the card the file must be for
+    #[arg(
+        long = "device",
+        value_name = "ADDR",
+        requires = "check",
+        conflicts_with = "address"
+    )]
+    pub device: Option<String>,
+
+    /// Read the ROM even while a driver other than vfio-pci uses the card
+    #[arg(long, conflicts_with = "check")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub mod progress;
 pub mod refusal;
 pub mod reset_facts;
 pub mod resetability;
+pub mod rom;
+pub mod rom_read;
 pub mod runner;
 pub mod select;
 pub mod signals;

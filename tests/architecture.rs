@@ -31,9 +31,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "pure editors and judges",
-        &["edit/", "resetability/", "passthrough.rs"],
+        &["edit/", "resetability/", "passthrough.rs", "rom.rs"],
     ),
-    ("the reader", &["facts/", "sysfs.rs", "reset_facts.rs"]),
+    (
+        "the reader",
+        &["facts/", "sysfs.rs", "reset_facts.rs", "rom_read.rs"],
+    ),
     ("the boot stacks", &["boot/"]),
     (
         "deciding",

@@ -7,6 +7,7 @@ pub mod full;
 pub mod iommu;
 pub mod qemu;
 pub mod reset;
+pub mod rom;
 mod session;
 
 use crate::cli::{Cli, Command};
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Reset(args) => reset::run(&host, &ui, args),
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
+        Command::Rom(args) => rom::run(&host, &ui, args),
         Command::ReadEsps(args) => {
             crate::facts::pve_esp::helper(&host, args.outside_ns, &args.uuids)
         }

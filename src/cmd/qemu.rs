@@ -17,6 +17,7 @@ use crate::ui::Ui;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// Firmware images, in order of preference: (code, variables template). `None` variables
 /// means a combined image that goes to `-bios`.
@@ -80,6 +81,10 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     } else {
         chosen_cards(ui, &topo, &names, &args.devices)?
     };
+    let rom = match &args.rom {
+        Some(file) => Some(rom_for(&topo, &cards, file)?),
+        None => None,
+    };
     warn_unbound(ui, &topo, &cards);
     let devices: Vec<String> = cards
         .iter()
@@ -88,7 +93,10 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
         .collect();
 
     if args.libvirt {
-        let xml = libvirt_xml(&topo, &names, &cards);
+        let mut xml = libvirt_xml(&topo, &names, &cards);
+        if let Some((addr, file)) = &rom {
+            xml = with_rom_element(&xml, addr, file);
+        }
         if ui.json {
             ui.print_json(&LibvirtJson { devices, xml })?;
         } else {
@@ -110,7 +118,10 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
         .any(|a| topo.device(a).and_then(|d| d.vendor) == Some(NVIDIA));
     let smp = smp(host.read_optional("/proc/cpuinfo")?.as_deref());
     let mem = memory_gib(host.read_optional("/proc/meminfo")?.as_deref());
-    let argv = qemu_argv(&cards, &firmware, smp, mem, nvidia);
+    let mut argv = qemu_argv(&cards, &firmware, smp, mem, nvidia);
+    if let Some((addr, file)) = &rom {
+        with_romfile(&mut argv, addr, file);
+    }
     let setup = setup_commands(&firmware);
     if ui.json {
         ui.print_json(&QemuJson {
@@ -200,6 +211,69 @@ fn chosen_cards(ui: &Ui, topo: &Topology, names: &Names, wanted: &[String]) -> R
         }
     }
     Ok(cards_by_slot(addrs))
+}
+
+/// `--rom FILE`: the GPU it goes to and the file's absolute path, once the file checked clean
+/// for that GPU's ids and starts at its first image (as QEMU needs).
+fn rom_for(topo: &Topology, cards: &[Card], file: &Path) -> Result<(PciAddress, String)> {
+    let gpus: Vec<&crate::pci::PciDevice> = cards
+        .iter()
+        .flat_map(|c| &c.functions)
+        .filter_map(|a| topo.device(a))
+        .filter(|d| d.is_gpu())
+        .collect();
+    let [gpu] = gpus[..] else {
+        bail!(
+            "--rom gives one GPU its ROM, and this VM gets {} GPUs; pass --device ADDR with the GPU the ROM is for",
+            gpus.len()
+        );
+    };
+    let (Some(v), Some(d)) = (gpu.vendor, gpu.device) else {
+        bail!(
+            "{}: sysfs gives no vendor or device id for it, so --rom cannot be checked",
+            gpu.address
+        );
+    };
+    let abs = std::path::absolute(file).map_err(|e| crate::ioerr::error("read", file, &e))?;
+    let data = std::fs::read(&abs).map_err(|e| crate::ioerr::error("read", &abs, &e))?;
+    let problems = crate::rom::parse(&data).verdict(Some((v, d)), false);
+    if !problems.is_empty() {
+        bail!(
+            "--rom {}: not a clean ROM for {} ({v:04x}:{d:04x}): {}; `gpt rom --check {}` says more (and strips a flash tool's header)",
+            abs.display(),
+            gpu.address,
+            problems.join("; "),
+            abs.display()
+        );
+    }
+    Ok((gpu.address, abs.display().to_string()))
+}
+
+/// Add `romfile=FILE` to the vfio-pci device of `addr` (a comma in an option value is doubled).
+fn with_romfile(argv: &mut [String], addr: &PciAddress, file: &str) {
+    let prefix = format!("vfio-pci,host={addr},");
+    if let Some(dev) = argv.iter_mut().find(|a| a.starts_with(&prefix)) {
+        dev.push_str(&format!(",romfile={}", file.replace(',', ",,")));
+    }
+}
+
+/// Add `<rom file='FILE'/>` to the `<hostdev>` of `addr`.
+fn with_rom_element(xml: &str, addr: &PciAddress, file: &str) -> String {
+    let source = format!(
+        "<address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>",
+        addr.domain, addr.bus, addr.device, addr.function
+    );
+    let Some(at) = xml.find(&source) else {
+        return xml.to_string();
+    };
+    let Some(end) = xml[at..].find("</hostdev>").map(|e| at + e) else {
+        return xml.to_string();
+    };
+    let escaped = file
+        .replace('&', "&amp;")
+        .replace('\'', "&apos;")
+        .replace('<', "&lt;");
+    format!("{}  <rom file='{escaped}'/>\n{}", &xml[..end], &xml[end..])
 }
 
 /// Group addresses into cards (one per slot), in address order, without duplicates.

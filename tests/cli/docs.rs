@@ -72,6 +72,7 @@ fn bash_completes_commands_options_and_values() {
         "iommu",
         "check",
         "qemu",
+        "rom",
         "completions",
         "man",
     ] {
@@ -103,11 +104,11 @@ fn bash_completes_commands_options_and_values() {
 #[test]
 fn every_manual_page_is_clean_roff_with_its_options() {
     // gpt's own page lists the commands; each command's page has its title and options.
-    let pages: [(Option<&str>, &str, &[&str]); 6] = [
+    let pages: [(Option<&str>, &str, &[&str]); 7] = [
         (
             None,
             "gpt(1)",
-            &["full", "reset", "iommu", "check", "qemu", "--root"],
+            &["full", "reset", "iommu", "check", "qemu", "rom", "--root"],
         ),
         (
             Some("full"),
@@ -117,7 +118,12 @@ fn every_manual_page_is_clean_roff_with_its_options() {
         (Some("reset"), "gpt-reset(1)", &["--dry-run"]),
         (Some("iommu"), "gpt-iommu(1)", &["--gpu"]),
         (Some("check"), "gpt-check(1)", &["--json"]),
-        (Some("qemu"), "gpt-qemu(1)", &["--json"]),
+        (Some("qemu"), "gpt-qemu(1)", &["--json", "--rom"]),
+        (
+            Some("rom"),
+            "gpt-rom(1)",
+            &["--check", "--out", "--force", "romfile="],
+        ),
     ];
     for (command, title, words) in pages {
         let mut args = vec!["man"];

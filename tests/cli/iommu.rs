@@ -298,9 +298,13 @@ fn a_root_that_is_not_a_directory_is_a_usage_error() {
     let (code, _, err) = run(gpt(std::path::Path::new("/nonexistent/gpt-root")).arg("iommu"));
     assert_eq!(code, 2);
     assert!(
-        err.starts_with("error: --root /nonexistent/gpt-root: not a directory"),
+        err.starts_with("error: --root /nonexistent/gpt-root: no such folder"),
         "{err}"
     );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, _, err) = run(gpt(file.path()).arg("iommu"));
+    assert_eq!(code, 2);
+    assert!(err.contains(": not a directory"), "{err}");
 }
 
 #[test]

@@ -19,5 +19,6 @@ mod proxmox;
 mod qemu;
 mod reset;
 mod reset_power;
+mod rom;
 mod sdboot;
 mod synth;

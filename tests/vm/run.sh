@@ -93,6 +93,7 @@ need mtools command -v mcopy
 need dosfstools command -v mkfs.vfat
 need fdisk command -v sfdisk
 need e2fsprogs command -v debugfs
+need seabios test -r /usr/share/seabios/vgabios-stdvga.bin
 if [ ${#missing[@]} -gt 0 ]; then
     note "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -256,6 +257,22 @@ EOF
         return 1
     }
     rm -f "$dir/gpt.check" "$dir/stage.check"
+    [ "$s" = main ] || return 0
+    # main reads the fake GPU's ROM with `gpt rom` and compares it with the file QEMU gave it.
+    local vgabios
+    vgabios=$(qemu_vgabios) || { echo "run.sh: QEMU has no vgabios-stdvga.bin (qemu-system-x86_64 -L help)" >&2; return 1; }
+    debugfs -w -R "write $vgabios /usr/local/lib/gpt-test/vgabios-stdvga.bin" "$fs" >>"$dir/debugfs.log" 2>&1
+    debugfs -R "dump /usr/local/lib/gpt-test/vgabios-stdvga.bin $dir/vgabios.check" "$fs" >/dev/null 2>&1
+    cmp -s "$vgabios" "$dir/vgabios.check" || { cat "$dir/debugfs.log" >&2; return 1; }
+    rm -f "$dir/vgabios.check"
+}
+# qemu_vgabios: the std VGA's ROM as QEMU loads it (the first vgabios-stdvga.bin on its firmware path).
+qemu_vgabios() {
+    local d
+    for d in $(qemu-system-x86_64 -L help); do
+        [ -r "$d/vgabios-stdvga.bin" ] && { readlink -f "$d/vgabios-stdvga.bin"; return 0; }
+    done
+    return 1
 }
 
 # scenario NAME: boots until the guest says the scenario is complete; writes its assertion lines to

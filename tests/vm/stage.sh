@@ -692,6 +692,47 @@ purged_leaves_nothing() {
     check "/etc is still byte-identical to boot 1 (before the install)" etc_same_as "$state/etc.before"
 }
 
+# --- the card's ROM (main) -------------------------------------------------------------------------------
+# QEMU's std VGA carries SeaBIOS's vgabios-stdvga.bin as its ROM; run.sh copies the file QEMU loads
+# into the image. gpt rom must refuse the card while bochs-drm drives it, read it once it is on
+# vfio-pci, and save exactly the bytes the ROM's own header declares; the HDA function has none.
+VGABIOS=$lib/vgabios-stdvga.bin
+rom_refused_in_use() {
+    gpt_works rom || { notok "gpt rom is available ($why)"; return; }
+    run rom-busy gpt rom $GPU
+    check "gpt rom $GPU refuses while $(driver_of $GPU) drives the card (exit 1, names the driver and --force)" \
+        eval 'exited rom-busy 1 && grep -q "in use by its driver $(driver_of $GPU)" "$W/rom-busy.err" && grep -q -- --force "$W/rom-busy.err"'
+    check "... and saved nothing" test ! -e /var/lib/gpt/rom
+}
+# rom_declared_length FILE: the image length in the PCI data structure of the ROM's first image.
+rom_declared_length() {
+    local p
+    p=$(od -An -tu2 -j24 -N2 "$1" | tr -d ' ')
+    [ "$(od -An -c -j"$p" -N4 "$1" | tr -d ' ')" = PCIR ] || return 1
+    echo $(($(od -An -tu2 -j$((p + 16)) -N2 "$1" | tr -d ' ') * 512))
+}
+rom_reads_the_real_vgabios() {
+    gpt_works rom || { notok "gpt rom is available ($why)"; return; }
+    local len saved
+    len=$(rom_declared_length "$VGABIOS") || len=0
+    echo "--- host's vgabios-stdvga.bin: $(stat -c %s "$VGABIOS") bytes, its header declares $len"
+    run rom gpt rom $GPU
+    check "gpt rom $GPU exits 0 on vfio-pci" exited rom 0
+    check "gpt rom lists one image: x86 legacy, $GPU_ID, last, checksum valid" \
+        eval 'test "$(grep -c "^image " "$W/rom.out")" = 1 && grep -q "^image 1 at 0x0: x86 legacy, $GPU_ID, class 030000, $len bytes, last, checksum valid$" "$W/rom.out"'
+    run rom-json gpt rom $GPU --json
+    check "gpt rom --json: ok, one x86 legacy image for $GPU_ID, valid checksum, the same file unchanged" \
+        jqt rom-json '.ok and (.images | length) == 1 and .images[0].code_type == "x86 legacy"
+            and "\(.images[0].vendor_id):\(.images[0].device_id)" == $id and .images[0].last
+            and .images[0].checksum == "valid" and .action == "unchanged"' --arg id $GPU_ID
+    saved=$(jq -r .file "$W/rom-json.out" 2>/dev/null)
+    check "the saved ROM ($saved) equals the host's vgabios-stdvga.bin over the $len bytes its header declares" \
+        eval 'test "$len" -gt 0 && test "$(stat -c %s "$saved")" = "$len" && head -c "$len" "$VGABIOS" | cmp - "$saved"'
+    run rom-audio gpt rom $AUDIO
+    check "gpt rom $AUDIO (the HDA function) says it has no ROM (exit 1)" \
+        eval 'exited rom-audio 1 && grep -q "has no ROM" "$W/rom-audio.err"'
+}
+
 # --- scenarios ------------------------------------------------------------------------------------------
 echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
 settle
@@ -703,6 +744,7 @@ main:1)
     record $GPU $AUDIO
     installed_from_deb
     iommu_json
+    rom_refused_in_use
     full_configures full 1234
     full_again_is_noop full2 1234
     ;;
@@ -715,6 +757,7 @@ main:2)
     check_json_passes
     reset_facts_reported $GPU $AUDIO
     qemu_names_both
+    rom_reads_the_real_vgabios
     purge_keeps_journal
     # The rescue step gpt prints: boot once without vfio-pci.ids= (as if edited at the GRUB prompt).
     cp /boot/grub/grub.cfg "$state/grub.cfg.configured"

@@ -173,6 +173,7 @@ pub(super) fn configured(
         let reboot_pending = !missing_now.is_empty();
         out.extend(device_checks(topo, stack, c, reboot_pending));
         out.extend(super::reset::checks(host, f, stack, c, reboot_pending));
+        out.extend(super::rom::checks(host, topo, c));
     }
 }
 

@@ -9,6 +9,7 @@
 mod config;
 mod host;
 mod reset;
+mod rom;
 mod verdict;
 
 use crate::boot::StackId;
