@@ -402,6 +402,16 @@ fn write_state_bytes(host: &Host, state: &State, bytes: &[u8], sync_dir: bool) -
     Ok(())
 }
 
+/// A failed command's message split before the stderr tail the runner appends, which goes
+/// last (on lines of its own).
+fn split_tail(text: &str) -> (String, String) {
+    const TAIL: &str = "; the last lines of its ";
+    match text.split_once(TAIL) {
+        Some((head, tail)) => (head.to_string(), format!("\nthe last lines of its {tail}")),
+        None => (text.to_string(), String::new()),
+    }
+}
+
 /// What a running transaction has done so far, for the rollback.
 struct Tx<'a, 'r> {
     runner: &'a Runner<'r>,
@@ -453,6 +463,11 @@ impl Tx<'_, '_> {
             .collect();
         let mut rerun = Vec::new();
         let mut failed = None;
+        if !commands.is_empty() {
+            self.runner.progress().step(
+                "Rolling back: the files are back; rebuilding the boot files from them again",
+            );
+        }
         for step in &commands {
             match self.runner.run(step) {
                 Ok(_) => rerun.push(step.shell_line()),
@@ -485,22 +500,31 @@ impl Tx<'_, '_> {
             msg.push_str(&format!(", and `{}` ran again", rerun.join("`, `")));
         }
         if let Some((line, e)) = failed {
+            let (why, _) = split_tail(&format!("{e:#}"));
             msg.push_str(&format!(
-                ". But re-running `{line}` failed too ({e:#}), so grub.cfg or the initramfs may \
-                 not match /etc yet: once that is fixed, run `gpt reset` (or `{}`)",
+                ". But re-running `{line}` failed too ({why}), so the boot files may not match /etc \
+                 yet: once the cause is fixed, run gpt again (the next `gpt full` or `gpt reset` \
+                 runs them first), or run `{}` yourself",
                 commands
                     .iter()
                     .map(|s| s.shell_line())
                     .collect::<Vec<_>>()
                     .join(" && ")
             ));
+        } else {
+            msg.push_str("; fix the cause and run the same command again");
         }
         if let Err(e) = state_result {
             msg.push_str(&format!(
                 ". The journal {STATE_FILE} could not be restored ({e:#}); run `gpt reset`"
             ));
         }
-        err.context(msg)
+        if err.downcast_ref::<crate::refusal::Refusal>().is_some() {
+            return err.context(msg);
+        }
+        // One line: what failed, the state the host is in, what to do; the stderr tail last.
+        let (cause, tail) = split_tail(&format!("{err:#}"));
+        anyhow::anyhow!("{cause}; {msg}{tail}")
     }
 
     /// Put the state file back as it was before this run (or remove the journal it created).

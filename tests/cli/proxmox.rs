@@ -269,7 +269,7 @@ fn a_refresh_that_silently_wrote_nothing_rolls_back() {
             )) && err.contains("the refresh did not reach it"),
             "without {what}: {err}"
         );
-        assert!(err.contains("error: rolled back"), "{err}");
+        assert!(err.contains("; rolled back: "), "{err}");
         assert_eq!(snap(r), before, "without {what}");
     }
 }

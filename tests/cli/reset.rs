@@ -172,14 +172,26 @@ fn a_failing_command_during_reset_rolls_back_to_the_configured_tree() {
         .env("FAKE_FAIL", "update-initramfs:1"));
     assert_eq!(code, 1, "{err}");
     assert!(out.is_empty());
+    // One line: what failed, the state the host is in, what to do; then the stderr tail.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
     assert!(
-        err.contains("error: rolled back: the 3 files gpt changed are back as they were"),
+        line.contains("update-initramfs -u -k all` failed (exit status 1); rolled back: the 3 files gpt changed are back as they were")
+            && line.ends_with("; fix the cause and run the same command again"),
         "{err}"
     );
-    assert!(
-        err.contains("update-initramfs -u -k all` failed (exit status 1)"),
-        "{err}"
+    assert_eq!(
+        err.matches("fake failure requested").count(),
+        1,
+        "the tail once: {err}"
     );
+    assert!(
+        err.contains("==> Rolling back:"),
+        "the second round of steps is named: {err}"
+    );
+    assert!(!err.contains("run `gpt reset`"), "{err}");
     assert_eq!(snap(root), configured);
     // Once the cause is gone, reset goes through.
     let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
@@ -824,4 +836,37 @@ fn full_stopped_at_every_fail_point_converges_with_a_rerun_and_a_reset() {
         total += points.len();
     }
     crate::support::tally::record("fail points", "full", total, total);
+}
+
+/// A command that fails again when the rollback re-runs it: one error, the stderr tail once,
+/// and the advice fits whichever command the user ran (not `gpt reset` from inside reset).
+#[test]
+fn a_command_that_fails_again_in_the_rollback_is_said_once_with_one_thing_to_do() {
+    let (dir, fakes) = primed_host();
+    let root = dir.path();
+    full_then(root, &fakes);
+    let (code, _, err) = run(reset(root, &fakes)
+        .arg("--yes")
+        .env("FAKE_FAIL", "update-grub"));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("error: ").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("fake failure requested").count(),
+        1,
+        "the tail once: {err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("error: `"),
+        "what failed comes first: {line}"
+    );
+    assert!(
+        line.contains("failed too")
+            && line.contains("run gpt again (the next `gpt full` or `gpt reset` runs them first)"),
+        "{line}"
+    );
+    assert!(!err.contains("run `gpt reset`"), "{err}");
 }
