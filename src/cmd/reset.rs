@@ -447,7 +447,7 @@ fn journalled(host: &Host, state: &State, added: &[String]) -> Result<Vec<Item>>
                 note: None,
                 before: cur_bytes,
                 after: original,
-                meta: Some(e.original_meta()),
+                meta: Some(e.meta_to_restore(cur.as_ref().map(|c| c.meta))?),
                 path,
             }
         } else {

@@ -32,6 +32,8 @@
 //!   a rollback could not re-run a command, or `--no-update`): the next `full` or `reset`
 //!   runs update-grub and update-initramfs even if no file changes.
 //! - Deterministic: no timestamps; the same runs give the same bytes.
+//! - Data, not instructions: every journal loaded is checked against what gpt writes
+//!   (`journal_rules`), and one that is not is refused before anything changes.
 
 use super::fs::{self as tfs, Meta};
 use crate::host::Host;
@@ -67,6 +69,25 @@ impl Entry {
             uid: self.uid,
             gid: self.gid,
         }
+    }
+
+    /// The original's mode and owner, to give back to the file whose mode and owner are now
+    /// `current`: refused when the owner is neither root nor the file's own (the journal is
+    /// data: gpt never hands a file to another user on its word).
+    pub fn meta_to_restore(&self, current: Option<Meta>) -> Result<Meta> {
+        use nix::unistd::{getegid, geteuid};
+        let me = (!geteuid().is_root()).then(|| (geteuid().as_raw(), getegid().as_raw()));
+        let now = current.map(|m| (m.uid, m.gid));
+        if !super::journal_rules::owner_allowed((self.uid, self.gid), now, me) {
+            bail!(
+                "{STATE_FILE} gives {} to {}:{}, which is neither root nor its owner now, so gpt \
+                 does not act on it: move it aside and run `gpt reset` to clean up from the files themselves",
+                self.path,
+                self.uid,
+                self.gid
+            );
+        }
+        Ok(self.original_meta())
     }
 }
 
@@ -214,6 +235,12 @@ pub(crate) fn parse(raw: &[u8]) -> Result<State> {
         bail!(
             "{STATE_FILE} has version {} and this gpt reads version {VERSION}: use the gpt that wrote it",
             state.version
+        );
+    }
+    if let Some(why) = super::journal_rules::check(&state) {
+        bail!(
+            "{STATE_FILE} is not a journal gpt wrote ({why}), so gpt does not act on it: \
+             move it aside and run `gpt reset` to clean up from the files themselves"
         );
     }
     Ok(state)

@@ -12,6 +12,7 @@ mod early;
 mod example;
 mod full;
 mod iommu;
+mod journal_trust;
 mod kernelstub;
 mod layouts;
 mod legacy;
