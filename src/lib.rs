@@ -18,6 +18,7 @@ pub mod pci;
 pub mod pciids;
 pub mod plan;
 pub mod planner;
+pub mod printable;
 pub mod reset_facts;
 pub mod resetability;
 pub mod select;

@@ -16,6 +16,7 @@ mod journal_trust;
 mod kernelstub;
 mod layouts;
 mod legacy;
+mod printable;
 mod proxmox;
 mod qemu;
 mod reset;
