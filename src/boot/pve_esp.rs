@@ -3,10 +3,11 @@
 //! entries.
 //!
 //! gpt never mounts them in the host's mount namespace. It starts itself again through the
-//! runner as `unshare --mount --propagation private -- gpt --root ROOT __read-esps
-//! --outside-ns INODE UUID…` (proxmox-boot-tool re-executes itself in a private namespace the
-//! same way). That process refuses to mount anything unless its mount namespace is another one
-//! than its starter's, makes every mount in it private, mounts each `/dev/disk/by-uuid/UUID`
+//! runner as `unshare --mount --propagation private -- gpt --root ROOT __read-esps UUID…`
+//! (proxmox-boot-tool re-executes itself in a private namespace the same way). That process
+//! refuses to mount anything unless its mount namespace is another one than its parent's (it
+//! compares `/proc/self/ns/mnt` with `/proc/PPID/ns/mnt` itself: no argument can tell it
+//! so), makes every mount in it private, mounts each `/dev/disk/by-uuid/UUID`
 //! read-only (vfat; nosuid, nodev, noexec) on a temp folder, reads it, unmounts it, and prints
 //! one JSON document ([`parse`] reads it back). The mounts die with the namespace.
 //!
@@ -198,10 +199,12 @@ fn refresh_running(host: &Host) -> Option<String> {
     None
 }
 
-/// The inode of this process's mount namespace.
-fn mount_namespace() -> std::io::Result<u64> {
+/// The mount namespace of process `pid` (`self` or a number) on this machine, as the device
+/// and inode of `/proc/PID/ns/mnt`: two processes share a namespace when these are equal.
+fn mount_namespace(pid: &str) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/self/ns/mnt")?.ino())
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// The managed ESPs as they are now, each read in a private mount namespace; or why they
@@ -225,14 +228,9 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
              writing them"
         ));
     }
-    let ns = mount_namespace().map_err(|e| format!("cannot read /proc/self/ns/mnt: {e}"))?;
     let ui = crate::ui::Ui::new(true);
     let runner = crate::txn::Runner::new(host, &ui);
-    let mut args = vec![
-        HELPER.to_string(),
-        "--outside-ns".to_string(),
-        ns.to_string(),
-    ];
+    let mut args = vec![HELPER.to_string()];
     args.extend(uuids);
     let c = runner
         .query_gpt_unshared(&args)
@@ -256,12 +254,15 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
 /// `gpt __read-esps`: in a private mount namespace only, read each ESP and print the JSON
 /// document [`parse`] reads.
 pub fn helper(host: &Host, args: &ReadEspsArgs) -> Result<u8> {
-    let here = mount_namespace().context("cannot read /proc/self/ns/mnt")?;
-    if here == args.outside_ns {
+    let here = mount_namespace("self").context("cannot read /proc/self/ns/mnt")?;
+    let parent = nix::unistd::getppid().to_string();
+    let theirs = mount_namespace(&parent)
+        .with_context(|| format!("cannot read /proc/{parent}/ns/mnt, its parent's"))?;
+    if here == theirs {
         bail!(
             "{HELPER} mounts the ESPs only in a mount namespace of its own, and this is the one \
-             of the gpt that started it; gpt runs it through `unshare --mount --propagation \
-             private`"
+             of the process that started it ({parent}); gpt runs it through `unshare --mount \
+             --propagation private`"
         );
     }
     // Nothing mounted here may reach another namespace, whatever unshare was told.

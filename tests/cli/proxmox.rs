@@ -324,15 +324,10 @@ fn an_esp_without_a_device_is_said_and_loader_info_decides() {
 
 #[test]
 fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
-    use std::os::unix::fs::MetadataExt;
     let (dir, _fakes) = host(true);
     let r = dir.path();
-    let ns = std::fs::metadata("/proc/self/ns/mnt")
-        .unwrap()
-        .ino()
-        .to_string();
     // Started without unshare, it shares this namespace: it refuses to mount.
-    let (code, out, err) = run(gpt(r).args(["__read-esps", "--outside-ns", &ns, PVE_ESP]));
+    let (code, out, err) = run(gpt(r).args(["__read-esps", PVE_ESP]));
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("mount namespace of its own"), "{err}");
     assert!(out.is_empty(), "{out}");
@@ -343,7 +338,7 @@ fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
         .arg(&exe)
         .arg("--root")
         .arg(r)
-        .args(["__read-esps", "--outside-ns", &ns, PVE_ESP, "C0FF-EE00"])
+        .args(["__read-esps", PVE_ESP, "C0FF-EE00"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -376,6 +371,38 @@ fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains("gpt-esp-"), "nothing stays mounted here");
+}
+
+/// The reader tells for itself whether its namespace is private: nothing its starter says
+/// counts. Here the starter (a shell) is in a private namespace and starts the reader in that
+/// same one, its parent's: it refuses to mount (issue 27, item 9). The namespace is the
+/// test's own, so nothing reaches this machine's mounts either way.
+#[test]
+fn the_esp_reader_refuses_its_parents_namespace_whoever_started_it() {
+    let (dir, _fakes) = host(true);
+    let r = dir.path();
+    let exe = assert_cmd::cargo::cargo_bin("gpt");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        // `; exit` keeps the shell as the reader's parent (no exec of the last command).
+        .arg("\"$0\" --root \"$1\" __read-esps \"$2\"; exit $?")
+        .arg(&exe)
+        .arg(r)
+        .arg(PVE_ESP)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "mount namespace of its own, and this is the one of the process that started it"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
 }
 
 #[test]
