@@ -19,8 +19,8 @@
 //! Not while a refresh runs: gpt reads only after its own refresh ended (the runner waits for
 //! it), under its own lock. proxmox-boot-tool takes no lock gpt could share (none in the
 //! proxmox-kernel-helper scripts read for this: they mount, write, unmount), so gpt looks for a
-//! running `proxmox-boot-tool` or one of its hook scripts in the host's processes and does not
-//! read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
+//! running `proxmox-boot-tool` or one of its hook scripts in the host's processes (root's only,
+//! a shell running the script: not anything a user names so) and does not read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
 //! mount of it (EBUSY), which gpt reports as such.
 
 use crate::cli::ReadEspsArgs;
@@ -163,13 +163,10 @@ pub fn parse(out: &str) -> Result<Vec<Esp>, String> {
 }
 
 /// A running proxmox-boot-tool (or one of the hook scripts a refresh runs), as `pid command`,
-/// from the host's `/proc`.
+/// from the host's `/proc`. Only root's processes count, and only a shell running the script
+/// (`/proc/PID/exe` is the shell, the script is its first argument): any user can start a
+/// process whose argv[0] is `proxmox-boot-tool`, and that must not switch gpt's checks off.
 fn refresh_running(host: &Host) -> Option<String> {
-    const NAMES: [&str; 3] = [
-        "proxmox-boot-tool",
-        "zz-proxmox-boot",
-        "proxmox-auto-removal",
-    ];
     let me = std::process::id().to_string();
     for pid in host.list_dir("/proc").ok()? {
         if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
@@ -183,20 +180,48 @@ fn refresh_running(host: &Host) -> Option<String> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        // A script runs as `/bin/sh /usr/sbin/proxmox-boot-tool refresh` (its shell first).
-        let base = |i: usize| {
-            argv.get(i)
-                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
-                .unwrap_or_default()
-        };
-        let hit = NAMES.contains(&base(0).as_str())
-            || (["sh", "dash", "bash"].contains(&base(0).as_str())
-                && NAMES.contains(&base(1).as_str()));
-        if hit {
+        let status = host
+            .read_optional(format!("/proc/{pid}/status"))
+            .ok()
+            .flatten();
+        let exe = host.link_target(format!("/proc/{pid}/exe"));
+        let exe = exe.as_deref().and_then(Path::to_str);
+        if runs_the_tool(status.as_deref(), exe, &argv) {
             return Some(format!("process {pid}: {}", argv.join(" ")));
         }
     }
     None
+}
+
+/// Whether a process is root running proxmox-boot-tool or one of its hook scripts: its real and
+/// effective uid are 0 (`status`), its executable (`exe`) is a shell, and the script that
+/// shell runs (`argv[1]`, as the kernel starts a `#!` script) is the tool's. Pure.
+fn runs_the_tool(status: Option<&str>, exe: Option<&str>, argv: &[String]) -> bool {
+    const NAMES: [&str; 3] = [
+        "proxmox-boot-tool",
+        "zz-proxmox-boot",
+        "proxmox-auto-removal",
+    ];
+    const SHELLS: [&str; 6] = [
+        "/usr/bin/bash",
+        "/usr/bin/dash",
+        "/usr/bin/sh",
+        "/bin/bash",
+        "/bin/dash",
+        "/bin/sh",
+    ];
+    let root = status
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")))
+        .is_some_and(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() == 4 && ids[..2] == ["0", "0"]
+        });
+    let shell = exe.is_some_and(|e| SHELLS.contains(&e));
+    let script = argv
+        .get(1)
+        .and_then(|a| a.rsplit('/').next())
+        .is_some_and(|name| NAMES.contains(&name));
+    root && shell && script
 }
 
 /// The mount namespace of process `pid` (`self` or a number) on this machine, as the device
@@ -513,27 +538,76 @@ mod tests {
         );
     }
 
+    /// `/proc/PID` of a process: its argv, its `Uid:` line and its executable.
+    fn process(root: &Path, pid: u32, argv: &[u8], uids: &str, exe: &str) {
+        let dir = root.join(format!("proc/{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cmdline"), argv).unwrap();
+        std::fs::write(dir.join("status"), format!("Name:\tx\nUid:\t{uids}\n")).unwrap();
+        std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+    }
+
     #[test]
     fn a_refresh_is_seen_in_the_hosts_processes() {
         let d = tempfile::tempdir().unwrap();
         let host = Host::new(d.path());
-        std::fs::create_dir_all(d.path().join("proc/77")).unwrap();
-        std::fs::write(d.path().join("proc/77/cmdline"), b"bash\0-l\0").unwrap();
-        std::fs::create_dir_all(d.path().join("proc/78")).unwrap();
-        std::fs::write(
-            d.path().join("proc/78/cmdline"),
+        process(d.path(), 77, b"bash\0-l\0", "0\t0\t0\t0", "/usr/bin/bash");
+        process(
+            d.path(),
+            78,
             b"less\0/usr/sbin/proxmox-boot-tool\0",
-        )
-        .unwrap();
+            "0\t0\t0\t0",
+            "/usr/bin/less",
+        );
         std::fs::write(d.path().join("proc/cmdline"), b"root=x\n").unwrap();
         assert_eq!(refresh_running(&host), None);
-        std::fs::create_dir_all(d.path().join("proc/4242")).unwrap();
-        std::fs::write(
-            d.path().join("proc/4242/cmdline"),
+        process(
+            d.path(),
+            4242,
             b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
-        )
-        .unwrap();
+            "0\t0\t0\t0",
+            "/usr/bin/dash",
+        );
         let seen = refresh_running(&host).unwrap();
         assert!(seen.contains("4242") && seen.contains("refresh"), "{seen}");
+    }
+
+    /// Any user can name a process `proxmox-boot-tool` (argv[0] is the caller's to choose, and
+    /// so is a script's name): only root running the script in a shell counts (issue 27,
+    /// item 7).
+    #[test]
+    fn a_process_counts_as_a_refresh_only_as_root_in_a_shell() {
+        let argv = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+        let script = argv(&["/bin/sh", "/usr/sbin/proxmox-boot-tool", "refresh"]);
+        let root = "Name:\tsh\nUid:\t0\t0\t0\t0\n";
+        assert!(runs_the_tool(Some(root), Some("/usr/bin/dash"), &script));
+        let hook = argv(&[
+            "/bin/sh",
+            "/etc/kernel/postinst.d/zz-proxmox-boot",
+            "6.8.4-2-pve",
+        ]);
+        assert!(runs_the_tool(Some(root), Some("/bin/sh"), &hook));
+        // A user's process, however it is named.
+        let user = "Uid:\t1000\t1000\t1000\t1000\n";
+        assert!(!runs_the_tool(Some(user), Some("/usr/bin/dash"), &script));
+        // A set-uid program a user started: its real uid is the user's.
+        let setuid = "Uid:\t1000\t0\t0\t0\n";
+        assert!(!runs_the_tool(Some(setuid), Some("/usr/bin/dash"), &script));
+        // Root's process whose argv[0] is the tool's name, but which runs something else.
+        let named = argv(&["proxmox-boot-tool", "refresh"]);
+        assert!(!runs_the_tool(Some(root), Some("/usr/bin/sleep"), &named));
+        assert!(!runs_the_tool(
+            Some(root),
+            Some("/usr/bin/python3"),
+            &script
+        ));
+        // Unreadable status or executable (a process that ended, no permission): not counted.
+        assert!(!runs_the_tool(None, Some("/usr/bin/dash"), &script));
+        assert!(!runs_the_tool(Some(root), None, &script));
+        assert!(!runs_the_tool(
+            Some("Uid:\t0\t0\n"),
+            Some("/bin/sh"),
+            &script
+        ));
     }
 }

@@ -405,19 +405,54 @@ fn the_esp_reader_refuses_its_parents_namespace_whoever_started_it() {
     assert!(stdout.is_empty(), "{stdout}");
 }
 
+/// `/proc/PID` of a process running `/bin/sh /usr/sbin/proxmox-boot-tool refresh` under the
+/// root `r`, with real and effective uid `uid` and the executable `exe`.
+fn process(r: &Path, pid: u32, uid: &str, exe: &str) {
+    let dir = r.join(format!("proc/{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cmdline"),
+        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("status"),
+        format!("Name:\tsh\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+}
+
+/// Another user's process that looks like a refresh (the same argv, a shell) does not switch
+/// the check of the ESPs' entries off (issue 27, item 7).
+#[test]
+fn a_users_process_named_like_a_refresh_does_not_stop_the_esp_check() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: reading the ESPs needs root");
+        return;
+    }
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    process(r, 4343, "1000", "/usr/bin/dash");
+    let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("in the entries on the ESPs"))
+        .unwrap_or_default();
+    assert!(!line.is_empty(), "{out}{err}");
+    assert!(!line.contains("is running"), "{out}{err}");
+}
+
 #[test]
 fn no_esp_is_read_while_proxmox_boot_tool_runs() {
     let (dir, fakes) = host(true);
     let r = dir.path();
     let (code, _, err) = full(r, &fakes);
     assert_eq!(code, 0, "{err}");
-    // The host's processes: a refresh (as its shell runs it) is under way.
-    std::fs::create_dir_all(r.join("proc/4242")).unwrap();
-    std::fs::write(
-        r.join("proc/4242/cmdline"),
-        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
-    )
-    .unwrap();
+    // The host's processes: a refresh (root's, as its shell runs it) is under way.
+    process(r, 4242, "0", "/usr/bin/dash");
     let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
     let line = out
         .lines()
