@@ -289,11 +289,6 @@ pub struct RomArgs {
 
 #[derive(Debug, Args)]
 pub struct ReadEspsArgs {
-    /// The inode of the starting gpt's mount namespace (`/proc/self/ns/mnt`): this process
-    /// mounts nothing unless its own namespace is another one
-    #[arg(long, value_name = "INODE")]
-    pub outside_ns: u64,
-
     /// The ESPs, by file system UUID (`/dev/disk/by-uuid/UUID`)
     #[arg(value_name = "UUID")]
     pub uuids: Vec<String>,

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     match gpt::cmd::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", gpt::printable::clean(&format!("{err:#}")));
             let usage = err.downcast_ref::<gpt::cli::UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }

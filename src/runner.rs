@@ -365,7 +365,7 @@ impl<'u> Progress<'u> {
             {
                 bar.set_style(style);
             }
-            bar.set_message(label.to_string());
+            bar.set_message(crate::printable::clean(label).into_owned());
             bar.enable_steady_tick(Duration::from_millis(100));
             Some(bar)
         } else {
@@ -374,7 +374,7 @@ impl<'u> Progress<'u> {
         };
         Progress {
             ui,
-            label: label.to_string(),
+            label: crate::printable::clean(label).into_owned(),
             bar,
             warned: std::cell::Cell::new(false),
         }

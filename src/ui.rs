@@ -3,6 +3,7 @@
 //! With `--json`, stdout carries exactly one JSON document, so everything meant for a person
 //! goes to stderr.
 
+use crate::printable::clean;
 pub use crate::refusal::{Refusal, UsageError};
 use console::{Style, Term};
 use std::fmt::Display;
@@ -40,37 +41,40 @@ impl Ui {
     }
 
     pub fn info(&self, msg: impl Display) {
-        eprintln!("{msg}");
+        eprintln!("{}", clean(&msg.to_string()));
     }
 
     pub fn step(&self, msg: impl Display) {
         eprintln!(
-            "{} {msg}",
-            Style::new().for_stderr().cyan().bold().apply_to("==>")
+            "{} {}",
+            Style::new().for_stderr().cyan().bold().apply_to("==>"),
+            clean(&msg.to_string())
         );
     }
 
     pub fn warn(&self, msg: impl Display) {
         eprintln!(
-            "{} {msg}",
+            "{} {}",
             Style::new()
                 .for_stderr()
                 .yellow()
                 .bold()
-                .apply_to("warning:")
+                .apply_to("warning:"),
+            clean(&msg.to_string())
         );
     }
 
     pub fn ok(&self, msg: impl Display) {
         eprintln!(
-            "{} {msg}",
-            Style::new().for_stderr().green().bold().apply_to("ok:")
+            "{} {}",
+            Style::new().for_stderr().green().bold().apply_to("ok:"),
+            clean(&msg.to_string())
         );
     }
 
     /// Print a JSON document on stdout (one line, then a newline).
     pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
-        out(&format!("{}\n", serde_json::to_string(value)?));
+        write_stdout(&format!("{}\n", serde_json::to_string(value)?));
         self.printed_json
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -99,9 +103,19 @@ pub fn error_json(err: &anyhow::Error) -> serde_json::Value {
     })
 }
 
-/// Write to stdout. A reader that stopped early (`gpt … | head`) is not an error, and never a
-/// panic as with `print!`; another write error is said on stderr.
+/// Write text for a person to stdout, without control characters (see [`crate::printable`];
+/// gpt's own colours stay when colours are on). A reader that stopped early (`gpt … | head`)
+/// is not an error, and never a panic as with `print!`; another write error is said on stderr.
 pub fn out(text: &str) {
+    if console::colors_enabled() {
+        write_stdout(&crate::printable::clean_keep_colours(text));
+    } else {
+        write_stdout(&clean(text));
+    }
+}
+
+/// Write `text` to stdout as it is (JSON: it escapes control characters itself).
+fn write_stdout(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     match stdout

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "progress.rs",
             "runner.rs",
             "signals.rs",
+            "printable.rs",
         ],
     ),
     (
@@ -40,7 +41,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the boot stacks", &["boot/"]),
     (
         "deciding",
-        &["select.rs", "planner.rs", "leftovers.rs", "undo.rs"],
+        &[
+            "select.rs",
+            "planner.rs",
+            "leftovers.rs",
+            "undo.rs",
+            "journal_rules.rs",
+        ],
     ),
     ("applying", &["txn/"]),
     ("the face", &["cli.rs", "ui.rs"]),

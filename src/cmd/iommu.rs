@@ -118,7 +118,11 @@ fn is_gpu(topo: &Topology, addr: &PciAddress) -> bool {
 fn device_lines(out: &mut String, dev: &PciDevice, names: &Names) {
     let desc = lspci_nn(dev, names);
     if dev.is_gpu() {
-        let line = format!("  {} {desc}", dev.address.short());
+        let line = format!(
+            "  {} {}",
+            dev.address.short(),
+            crate::printable::clean(&desc)
+        );
         let tag = if dev.boot_vga {
             "[GPU, boot VGA]"
         } else {

@@ -43,9 +43,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
         Command::Rom(args) => rom::run(&host, &ui, args),
-        Command::ReadEsps(args) => {
-            crate::facts::pve_esp::helper(&host, args.outside_ns, &args.uuids)
-        }
+        Command::ReadEsps(args) => crate::facts::pve_esp::helper(&host, &args.uuids),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
     // `--json` promises one document on stdout: a refusal or an error is one too.

@@ -33,6 +33,12 @@ const FIRMWARE: [(&str, Option<&str>); 3] = [
     ("/usr/share/ovmf/OVMF.fd", None),
 ];
 
+/// Where the printed command keeps everything the VM opens (the UEFI variables, the disk,
+/// the display's socket): a folder only root can enter, as QEMU runs as root and no other
+/// user may swap a file it opens or connect to its console. Absolute, so the folder the
+/// command is run from does not matter.
+pub const VM_DIR: &str = "/var/lib/gpt-vm";
+
 /// NVIDIA: older GeForce drivers stop with "Code 43" when they see a hypervisor.
 const NVIDIA: u16 = 0x10de;
 
@@ -353,11 +359,20 @@ fn vars_copy(template: &str) -> &str {
     template.rsplit('/').next().unwrap_or(template)
 }
 
+/// Where the copy of the variables template goes.
+fn vars_path(template: &str) -> String {
+    format!("{VM_DIR}/{}", vars_copy(template))
+}
+
+/// Run as root before the first start: the root-only folder, then the copy of the UEFI
+/// variables into it.
 fn setup_commands(fw: &Firmware) -> Vec<Vec<String>> {
-    fw.vars
+    let mkdir = ["install", "-d", "-m", "0700", VM_DIR].map(str::to_string);
+    let copies = fw
+        .vars
         .iter()
-        .map(|v| vec!["cp".to_string(), v.clone(), vars_copy(v).to_string()])
-        .collect()
+        .map(|v| vec!["cp".to_string(), v.clone(), vars_path(v)]);
+    std::iter::once(mkdir.to_vec()).chain(copies).collect()
 }
 
 /// Half the host's hardware threads (at least one), as one socket with the host's threads
@@ -455,7 +470,7 @@ pub fn qemu_argv(
             );
             opt(
                 "-drive",
-                format!("if=pflash,format=raw,file={}", vars_copy(vars)),
+                format!("if=pflash,format=raw,file={}", vars_path(vars)),
             );
         }
         None => opt("-bios", fw.code.clone()),
@@ -479,16 +494,16 @@ pub fn qemu_argv(
             );
         }
     }
-    opt("-drive", "if=virtio,format=qcow2,file=disk.qcow2".into());
     opt(
-        "-netdev",
-        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22".into(),
+        "-drive",
+        format!("if=virtio,format=qcow2,file={VM_DIR}/disk.qcow2"),
     );
+    opt("-netdev", "user,id=net0".into());
     opt("-device", "virtio-net-pci,netdev=net0".into());
     opt("-device", "qemu-xhci".into());
     opt("-device", "usb-tablet".into());
     opt("-vga", "std".into());
-    opt("-vnc", "127.0.0.1:0".into());
+    opt("-vnc", format!("unix:{VM_DIR}/vnc.sock"));
     a
 }
 
@@ -521,27 +536,39 @@ fn script(
             " (not installed: sudo apt install ovmf)"
         }
     ));
-    s.push_str(
-        "# Supply disk.qcow2, the guest's disk: `qemu-img create -f qcow2 disk.qcow2 64G` and add\n\
-         #   `-cdrom INSTALLER.iso` for the first boot, or a cloud image\n\
-         #   (`qemu-img create -f qcow2 -b CLOUD.qcow2 -F qcow2 disk.qcow2 32G`) with a cloud-init seed\n\
-         #   (`cloud-localds seed.img user-data`, then add `-drive if=virtio,format=raw,file=seed.img`).\n\
-         #   Windows guests need the virtio-win drivers for the virtio disk and network.\n",
-    );
     s.push_str(&format!(
-        "# The guest's RAM ({mem_gib}G) is pinned for DMA, so it must be free. Its screen is on VNC at\n\
-         #   127.0.0.1:5900 (ssh -L 5900:127.0.0.1:5900 to this host) until the GPU's own outputs\n\
-         #   take over; then `-vga none -display none` can replace `-vga std -vnc 127.0.0.1:0`.\n\
-         #   SSH to the guest: ssh -p 2222 USER@127.0.0.1\n"
+        "# Everything the VM opens is in {VM_DIR}, which only root can enter: QEMU runs as root.\n\
+         # Supply {VM_DIR}/disk.qcow2, the guest's disk: `sudo qemu-img create -f qcow2 {VM_DIR}/disk.qcow2 64G`\n\
+         #   and add `-cdrom {VM_DIR}/INSTALLER.iso` (copied there) for the first boot, or a cloud image\n\
+         #   (`sudo qemu-img create -f qcow2 -b CLOUD.qcow2 -F qcow2 {VM_DIR}/disk.qcow2 32G`, CLOUD.qcow2\n\
+         #   copied there) with a cloud-init seed (`sudo cloud-localds {VM_DIR}/seed.img user-data`, then\n\
+         #   add `-drive if=virtio,format=raw,file={VM_DIR}/seed.img`).\n\
+         #   Windows guests need the virtio-win drivers for the virtio disk and network.\n"
+    ));
+    s.push_str(&format!(
+        "# The guest's RAM ({mem_gib}G) is pinned for DMA, so it must be free. Its screen is VNC on the\n\
+         #   Unix socket {VM_DIR}/vnc.sock, which only root can open (from another machine:\n\
+         #   ssh -L 5900:{VM_DIR}/vnc.sock root@HOST, then a VNC viewer on localhost:5900), until the\n\
+         #   GPU's own outputs take over; then `-vga none -display none` can replace `-vga std -vnc …`.\n\
+         #   The network is QEMU's user mode, outgoing only; `hostfwd=tcp:127.0.0.1:2222-:22` on -netdev\n\
+         #   would reach the guest's SSH, and every local user could connect to that port.\n"
     ));
     for cmd in setup {
-        // Copy the variables template once: later runs keep the guest's boot entries.
-        let target = cmd.last().map(String::as_str).unwrap_or_default();
-        s.push_str(&format!("[ -e {target} ] || {}\n", cmd.join(" ")));
+        s.push_str(&setup_line(cmd));
     }
     s.push_str("sudo ");
     s.push_str(&continued(argv));
     s
+}
+
+/// A setup command as a line of the script, as root. The variables template is copied once
+/// (later runs keep the guest's boot entries), tested as root since only root sees the folder.
+fn setup_line(cmd: &[String]) -> String {
+    let line = cmd.join(" ");
+    match cmd {
+        [cp, _, target] if cp == "cp" => format!("sudo test -e {target} || sudo {line}\n"),
+        _ => format!("sudo {line}\n"),
+    }
 }
 
 /// `prog \` then each option with its value on its own line, indented.

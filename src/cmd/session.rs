@@ -62,7 +62,7 @@ impl<'a> Session<'a> {
         match self.mode {
             Mode::DryRun if !self.ui.json => crate::ui::out(text),
             Mode::DryRun => {}
-            Mode::Apply(_) => eprint!("{text}"),
+            Mode::Apply(_) => eprint!("{}", crate::printable::clean(text)),
         }
     }
 

@@ -3,10 +3,11 @@
 //! entries.
 //!
 //! gpt never mounts them in the host's mount namespace. It starts itself again through the
-//! runner as `unshare --mount --propagation private -- gpt --root ROOT __read-esps
-//! --outside-ns INODE UUID…` (proxmox-boot-tool re-executes itself in a private namespace the
-//! same way). That process refuses to mount anything unless its mount namespace is another one
-//! than its starter's, makes every mount in it private, mounts each `/dev/disk/by-uuid/UUID`
+//! runner as `unshare --mount --propagation private -- gpt --root ROOT __read-esps UUID…`
+//! (proxmox-boot-tool re-executes itself in a private namespace the same way). That process
+//! refuses to mount anything unless its mount namespace is another one than its parent's (it
+//! compares `/proc/self/ns/mnt` with `/proc/PPID/ns/mnt` itself: no argument can tell it
+//! so), makes every mount in it private, mounts each `/dev/disk/by-uuid/UUID`
 //! read-only (vfat; nosuid, nodev, noexec) on a temp folder, reads it, unmounts it, and prints
 //! one JSON document ([`parse`] reads it back). The mounts die with the namespace.
 //!
@@ -18,8 +19,8 @@
 //! Not while a refresh runs: gpt reads only after its own refresh ended (the runner waits for
 //! it), under its own lock. proxmox-boot-tool takes no lock gpt could share (none in the
 //! proxmox-kernel-helper scripts read for this: they mount, write, unmount), so gpt looks for a
-//! running `proxmox-boot-tool` or one of its hook scripts in the host's processes and does not
-//! read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
+//! running `proxmox-boot-tool` or one of its hook scripts in the host's processes (root's only,
+//! a shell running the script: not anything a user names so) and does not read then. While an ESP is mounted read-write elsewhere, the kernel refuses a read-only
 //! mount of it (EBUSY), which gpt reports as such.
 
 use crate::host::Host;
@@ -161,13 +162,10 @@ pub fn parse(out: &str) -> Result<Vec<Esp>, String> {
 }
 
 /// A running proxmox-boot-tool (or one of the hook scripts a refresh runs), as `pid command`,
-/// from the host's `/proc`.
+/// from the host's `/proc`. Only root's processes count, and only a shell running the script
+/// (`/proc/PID/exe` is the shell, the script is its first argument): any user can start a
+/// process whose argv[0] is `proxmox-boot-tool`, and that must not switch gpt's checks off.
 fn refresh_running(host: &Host) -> Option<String> {
-    const NAMES: [&str; 3] = [
-        "proxmox-boot-tool",
-        "zz-proxmox-boot",
-        "proxmox-auto-removal",
-    ];
     let me = std::process::id().to_string();
     for pid in host.list_dir("/proc").ok()? {
         if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
@@ -181,26 +179,56 @@ fn refresh_running(host: &Host) -> Option<String> {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        // A script runs as `/bin/sh /usr/sbin/proxmox-boot-tool refresh` (its shell first).
-        let base = |i: usize| {
-            argv.get(i)
-                .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
-                .unwrap_or_default()
-        };
-        let hit = NAMES.contains(&base(0).as_str())
-            || (["sh", "dash", "bash"].contains(&base(0).as_str())
-                && NAMES.contains(&base(1).as_str()));
-        if hit {
+        let status = host
+            .read_optional(format!("/proc/{pid}/status"))
+            .ok()
+            .flatten();
+        let exe = host.link_target(format!("/proc/{pid}/exe"));
+        let exe = exe.as_deref().and_then(Path::to_str);
+        if runs_the_tool(status.as_deref(), exe, &argv) {
             return Some(format!("process {pid}: {}", argv.join(" ")));
         }
     }
     None
 }
 
-/// The inode of this process's mount namespace.
-fn mount_namespace() -> std::io::Result<u64> {
+/// Whether a process is root running proxmox-boot-tool or one of its hook scripts: its real and
+/// effective uid are 0 (`status`), its executable (`exe`) is a shell, and the script that
+/// shell runs (`argv[1]`, as the kernel starts a `#!` script) is the tool's. Pure.
+fn runs_the_tool(status: Option<&str>, exe: Option<&str>, argv: &[String]) -> bool {
+    const NAMES: [&str; 3] = [
+        "proxmox-boot-tool",
+        "zz-proxmox-boot",
+        "proxmox-auto-removal",
+    ];
+    const SHELLS: [&str; 6] = [
+        "/usr/bin/bash",
+        "/usr/bin/dash",
+        "/usr/bin/sh",
+        "/bin/bash",
+        "/bin/dash",
+        "/bin/sh",
+    ];
+    let root = status
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")))
+        .is_some_and(|ids| {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            ids.len() == 4 && ids[..2] == ["0", "0"]
+        });
+    let shell = exe.is_some_and(|e| SHELLS.contains(&e));
+    let script = argv
+        .get(1)
+        .and_then(|a| a.rsplit('/').next())
+        .is_some_and(|name| NAMES.contains(&name));
+    root && shell && script
+}
+
+/// The mount namespace of process `pid` (`self` or a number) on this machine, as the device
+/// and inode of `/proc/PID/ns/mnt`: two processes share a namespace when these are equal.
+fn mount_namespace(pid: &str) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/self/ns/mnt")?.ino())
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// The managed ESPs as they are now, each read in a private mount namespace; or why they
@@ -224,13 +252,8 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
              writing them"
         ));
     }
-    let ns = mount_namespace().map_err(|e| format!("cannot read /proc/self/ns/mnt: {e}"))?;
     let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
-    let mut args = vec![
-        HELPER.to_string(),
-        "--outside-ns".to_string(),
-        ns.to_string(),
-    ];
+    let mut args = vec![HELPER.to_string()];
     args.extend(uuids);
     let c = runner
         .query_gpt_unshared(&args)
@@ -253,13 +276,16 @@ pub fn read(host: &Host) -> Result<Vec<Esp>, String> {
 
 /// `gpt __read-esps`: in a private mount namespace only, read each ESP and print the JSON
 /// document [`parse`] reads.
-pub fn helper(host: &Host, outside_ns: u64, uuids: &[String]) -> Result<u8> {
-    let here = mount_namespace().context("cannot read /proc/self/ns/mnt")?;
-    if here == outside_ns {
+pub fn helper(host: &Host, uuids: &[String]) -> Result<u8> {
+    let here = mount_namespace("self").context("cannot read /proc/self/ns/mnt")?;
+    let parent = nix::unistd::getppid().to_string();
+    let theirs = mount_namespace(&parent)
+        .with_context(|| format!("cannot read /proc/{parent}/ns/mnt, its parent's"))?;
+    if here == theirs {
         bail!(
             "{HELPER} mounts the ESPs only in a mount namespace of its own, and this is the one \
-             of the gpt that started it; gpt runs it through `unshare --mount --propagation \
-             private`"
+             of the process that started it ({parent}); gpt runs it through `unshare --mount \
+             --propagation private`"
         );
     }
     // Nothing mounted here may reach another namespace, whatever unshare was told.
@@ -333,6 +359,13 @@ fn mount_and_read(host: &Host, esp: &mut Esp) -> Result<(), String> {
         return Err(format!("{:?} is not a VFAT volume id", esp.uuid));
     }
     let (src, folder) = source(host, &esp.uuid)?;
+    if !folder {
+        // Already mounted (read-write at /boot/efi, say): the kernel refuses a second,
+        // read-only mount (EBUSY), so read it where it is.
+        if let Some(at) = already_mounted(&src) {
+            return read_tree(&at, esp);
+        }
+    }
     let dir = tempfile::Builder::new()
         .prefix("gpt-esp-")
         .tempdir()
@@ -377,6 +410,50 @@ fn mount_and_read(host: &Host, esp: &mut Esp) -> Result<(), String> {
     let unmounted = umount2(dir.path(), MntFlags::MNT_DETACH);
     read?;
     unmounted.map_err(|e| format!("cannot unmount {shown}: {e}"))
+}
+
+/// Where the block device `src` is mounted now in this namespace, if it is.
+fn already_mounted(src: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(src).ok()?.rdev();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mount_point_of(&mounts, |source| {
+        std::fs::metadata(source).is_ok_and(|m| m.rdev() == rdev)
+    })
+}
+
+/// The first mount point in a `/proc/self/mounts` text whose source `is_it` (octal escapes
+/// such as `\040` for a blank undone).
+fn mount_point_of(mounts: &str, is_it: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut cols = l.split(' ');
+        let (source, target) = (cols.next()?, cols.next()?);
+        (source.starts_with('/') && is_it(&unescape(source)))
+            .then(|| PathBuf::from(unescape(target)))
+    })
+}
+
+/// `/proc/mounts` writes a blank, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A regular file's text (`None`: absent or not a regular file).
@@ -433,6 +510,24 @@ fn read_tree(dir: &Path, esp: &mut Esp) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_esp_mounted_already_is_found_where_it_is() {
+        let mounts = "rpool/ROOT/pve-1 / zfs rw 0 0\n\
+                      /dev/sda2 /boot/efi vfat rw,relatime 0 0\n\
+                      /dev/sdb2 /mnt/my\\040esp vfat ro 0 0\n";
+        assert_eq!(
+            mount_point_of(mounts, |s| s == "/dev/sda2"),
+            Some(PathBuf::from("/boot/efi"))
+        );
+        assert_eq!(
+            mount_point_of(mounts, |s| s == "/dev/sdb2"),
+            Some(PathBuf::from("/mnt/my esp"))
+        );
+        assert_eq!(mount_point_of(mounts, |s| s == "/dev/sdc1"), None);
+        // A source that is not a path (zfs, tmpfs) is never asked about.
+        assert_eq!(mount_point_of(mounts, |s| !s.starts_with('/')), None);
+    }
 
     #[test]
     fn the_list_gives_vfat_ids_in_order_and_skips_the_rest() {
@@ -510,27 +605,76 @@ mod tests {
         );
     }
 
+    /// `/proc/PID` of a process: its argv, its `Uid:` line and its executable.
+    fn process(root: &Path, pid: u32, argv: &[u8], uids: &str, exe: &str) {
+        let dir = root.join(format!("proc/{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cmdline"), argv).unwrap();
+        std::fs::write(dir.join("status"), format!("Name:\tx\nUid:\t{uids}\n")).unwrap();
+        std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+    }
+
     #[test]
     fn a_refresh_is_seen_in_the_hosts_processes() {
         let d = tempfile::tempdir().unwrap();
         let host = Host::new(d.path());
-        std::fs::create_dir_all(d.path().join("proc/77")).unwrap();
-        std::fs::write(d.path().join("proc/77/cmdline"), b"bash\0-l\0").unwrap();
-        std::fs::create_dir_all(d.path().join("proc/78")).unwrap();
-        std::fs::write(
-            d.path().join("proc/78/cmdline"),
+        process(d.path(), 77, b"bash\0-l\0", "0\t0\t0\t0", "/usr/bin/bash");
+        process(
+            d.path(),
+            78,
             b"less\0/usr/sbin/proxmox-boot-tool\0",
-        )
-        .unwrap();
+            "0\t0\t0\t0",
+            "/usr/bin/less",
+        );
         std::fs::write(d.path().join("proc/cmdline"), b"root=x\n").unwrap();
         assert_eq!(refresh_running(&host), None);
-        std::fs::create_dir_all(d.path().join("proc/4242")).unwrap();
-        std::fs::write(
-            d.path().join("proc/4242/cmdline"),
+        process(
+            d.path(),
+            4242,
             b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
-        )
-        .unwrap();
+            "0\t0\t0\t0",
+            "/usr/bin/dash",
+        );
         let seen = refresh_running(&host).unwrap();
         assert!(seen.contains("4242") && seen.contains("refresh"), "{seen}");
+    }
+
+    /// Any user can name a process `proxmox-boot-tool` (argv[0] is the caller's to choose, and
+    /// so is a script's name): only root running the script in a shell counts (issue 27,
+    /// item 7).
+    #[test]
+    fn a_process_counts_as_a_refresh_only_as_root_in_a_shell() {
+        let argv = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+        let script = argv(&["/bin/sh", "/usr/sbin/proxmox-boot-tool", "refresh"]);
+        let root = "Name:\tsh\nUid:\t0\t0\t0\t0\n";
+        assert!(runs_the_tool(Some(root), Some("/usr/bin/dash"), &script));
+        let hook = argv(&[
+            "/bin/sh",
+            "/etc/kernel/postinst.d/zz-proxmox-boot",
+            "6.8.4-2-pve",
+        ]);
+        assert!(runs_the_tool(Some(root), Some("/bin/sh"), &hook));
+        // A user's process, however it is named.
+        let user = "Uid:\t1000\t1000\t1000\t1000\n";
+        assert!(!runs_the_tool(Some(user), Some("/usr/bin/dash"), &script));
+        // A set-uid program a user started: its real uid is the user's.
+        let setuid = "Uid:\t1000\t0\t0\t0\n";
+        assert!(!runs_the_tool(Some(setuid), Some("/usr/bin/dash"), &script));
+        // Root's process whose argv[0] is the tool's name, but which runs something else.
+        let named = argv(&["proxmox-boot-tool", "refresh"]);
+        assert!(!runs_the_tool(Some(root), Some("/usr/bin/sleep"), &named));
+        assert!(!runs_the_tool(
+            Some(root),
+            Some("/usr/bin/python3"),
+            &script
+        ));
+        // Unreadable status or executable (a process that ended, no permission): not counted.
+        assert!(!runs_the_tool(None, Some("/usr/bin/dash"), &script));
+        assert!(!runs_the_tool(Some(root), None, &script));
+        assert!(!runs_the_tool(
+            Some("Uid:\t0\t0\n"),
+            Some("/bin/sh"),
+            &script
+        ));
     }
 }

@@ -32,6 +32,8 @@
 //!   a rollback could not re-run a command, or `--no-update`): the next `full` or `reset`
 //!   runs update-grub and update-initramfs even if no file changes.
 //! - Deterministic: no timestamps; the same runs give the same bytes.
+//! - Data, not instructions: every journal loaded is checked against what gpt writes
+//!   (`journal_rules`), and one that is not is refused before anything changes.
 
 use super::fs::{self as tfs, Meta};
 use crate::host::Host;
@@ -51,6 +53,25 @@ impl Entry {
             gid: self.gid,
         }
     }
+
+    /// The original's mode and owner, to give back to the file whose mode and owner are now
+    /// `current`: refused when the owner is neither root nor the file's own (the journal is
+    /// data: gpt never hands a file to another user on its word).
+    pub fn meta_to_restore(&self, current: Option<Meta>) -> Result<Meta> {
+        use nix::unistd::{getegid, geteuid};
+        let me = (!geteuid().is_root()).then(|| (geteuid().as_raw(), getegid().as_raw()));
+        let now = current.map(|m| (m.uid, m.gid));
+        if !crate::journal_rules::owner_allowed((self.uid, self.gid), now, me) {
+            bail!(
+                "{STATE_FILE} gives {} to {}:{}, which is neither root nor its owner now, so gpt \
+                 does not act on it: move it aside and run `gpt reset` to clean up from the files themselves",
+                self.path,
+                self.uid,
+                self.gid
+            );
+        }
+        Ok(self.original_meta())
+    }
 }
 
 fn blob_abs(rel: &str) -> PathBuf {
@@ -64,7 +85,7 @@ impl State {
         let Some(raw) = load_raw(host)? else {
             return Ok(None);
         };
-        Ok(Some(State::parse(&raw)?))
+        Ok(Some(parse(&raw)?))
     }
 
     /// Read a blob this state points at: from `blobs`, else from its file (earlier builds).
@@ -110,6 +131,20 @@ impl State {
 
 pub(crate) fn load_raw(host: &Host) -> Result<Option<Vec<u8>>> {
     Ok(tfs::read(host, Path::new(STATE_FILE))?.map(|c| c.bytes))
+}
+
+/// The journal from its bytes, trusted only as data: its format and version
+/// ([`State::parse`]), then gpt's rules for what a journal it wrote can hold
+/// ([`crate::journal_rules`]).
+pub(crate) fn parse(raw: &[u8]) -> Result<State> {
+    let state = State::parse(raw)?;
+    if let Some(why) = crate::journal_rules::check(&state) {
+        bail!(
+            "{STATE_FILE} is not a journal gpt wrote ({why}), so gpt does not act on it: \
+             move it aside and run `gpt reset` to clean up from the files themselves"
+        );
+    }
+    Ok(state)
 }
 
 pub(crate) fn original_name(index: usize) -> String {

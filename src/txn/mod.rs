@@ -136,7 +136,7 @@ pub fn apply_verified(
 
     // Leftovers of a killed run: temp files, blobs no saved state points at.
     let prev_raw = journal::load_raw(host)?;
-    let prev = prev_raw.as_deref().map(State::parse).transpose()?;
+    let prev = prev_raw.as_deref().map(journal::parse).transpose()?;
     journal::clean_temps(host)?;
     let befores = unchanged_since_planning(host, &files)?;
     // The journal, before the first change.
@@ -156,7 +156,7 @@ pub fn apply_verified(
     let result = (|| -> Result<Outcome> {
         // One atomic write: the copies are inside the state.
         let journal = state.to_json();
-        write_state_bytes(host, &state, &journal, true)?;
+        write_state_bytes(host, &journal, true)?;
         // Room for the final state beside it (the same size, give or take a word).
         fs::check_room(host, Path::new(STATE_FILE), journal.len() + 64)?;
         crate::failpoint!("after-journal");
@@ -378,25 +378,21 @@ fn interrupted(hold: &signals::Hold) -> Result<()> {
     }
 }
 
-/// The state holds copies of the files it journals: it is readable by all (`gpt check` and
-/// `gpt qemu` read it without sudo) unless one of those files is not.
+/// The state holds copies of the files it journals: it is root's only (0600), always — a
+/// secret added later to a file that was readable by all must not land in a readable journal.
 fn write_state(host: &Host, state: &State) -> Result<()> {
-    write_state_bytes(host, state, &state.to_json(), true)
+    write_state_bytes(host, &state.to_json(), true)
 }
 
 /// The last state of a successful run. Its folder is not synced: if a crash loses the rename,
 /// the journal before it (with `update_needed`) is what the next run finds, and it re-runs the
 /// update commands, which is safe.
 fn write_state_final(host: &Host, state: &State) -> Result<()> {
-    write_state_bytes(host, state, &state.to_json(), false)
+    write_state_bytes(host, &state.to_json(), false)
 }
 
-fn write_state_bytes(host: &Host, state: &State, bytes: &[u8], sync_dir: bool) -> Result<()> {
-    let mode = if state.files.iter().all(|e| e.mode & 0o004 != 0) {
-        0o644
-    } else {
-        0o600
-    };
+fn write_state_bytes(host: &Host, bytes: &[u8], sync_dir: bool) -> Result<()> {
+    let mode = 0o600;
     let meta = Some(Meta::new_file(mode));
     fs::write_with(host, Path::new(STATE_FILE), bytes, meta, mode, sync_dir)?;
     Ok(())
@@ -533,8 +529,7 @@ impl Tx<'_, '_> {
         match self.prev_raw {
             Some(raw) => {
                 if journal::load_raw(host)?.as_deref() != Some(raw) {
-                    let prev = self.prev.cloned().unwrap_or_default();
-                    write_state_bytes(host, &prev, raw, true)?;
+                    write_state_bytes(host, raw, true)?;
                 }
                 journal::drop_blobs(host, Some(self.state), self.prev)
             }

@@ -324,15 +324,10 @@ fn an_esp_without_a_device_is_said_and_loader_info_decides() {
 
 #[test]
 fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
-    use std::os::unix::fs::MetadataExt;
     let (dir, _fakes) = host(true);
     let r = dir.path();
-    let ns = std::fs::metadata("/proc/self/ns/mnt")
-        .unwrap()
-        .ino()
-        .to_string();
     // Started without unshare, it shares this namespace: it refuses to mount.
-    let (code, out, err) = run(gpt(r).args(["__read-esps", "--outside-ns", &ns, PVE_ESP]));
+    let (code, out, err) = run(gpt(r).args(["__read-esps", PVE_ESP]));
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("mount namespace of its own"), "{err}");
     assert!(out.is_empty(), "{out}");
@@ -343,7 +338,7 @@ fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
         .arg(&exe)
         .arg("--root")
         .arg(r)
-        .args(["__read-esps", "--outside-ns", &ns, PVE_ESP, "C0FF-EE00"])
+        .args(["__read-esps", PVE_ESP, "C0FF-EE00"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -378,19 +373,86 @@ fn the_esp_reader_reads_only_in_a_namespace_of_its_own() {
     assert!(!mounts.contains("gpt-esp-"), "nothing stays mounted here");
 }
 
+/// The reader tells for itself whether its namespace is private: nothing its starter says
+/// counts. Here the starter (a shell) is in a private namespace and starts the reader in that
+/// same one, its parent's: it refuses to mount (issue 27, item 9). The namespace is the
+/// test's own, so nothing reaches this machine's mounts either way.
+#[test]
+fn the_esp_reader_refuses_its_parents_namespace_whoever_started_it() {
+    let (dir, _fakes) = host(true);
+    let r = dir.path();
+    let exe = assert_cmd::cargo::cargo_bin("gpt");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        // `; exit` keeps the shell as the reader's parent (no exec of the last command).
+        .arg("\"$0\" --root \"$1\" __read-esps \"$2\"; exit $?")
+        .arg(&exe)
+        .arg(r)
+        .arg(PVE_ESP)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(
+            "mount namespace of its own, and this is the one of the process that started it"
+        ),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// `/proc/PID` of a process running `/bin/sh /usr/sbin/proxmox-boot-tool refresh` under the
+/// root `r`, with real and effective uid `uid` and the executable `exe`.
+fn process(r: &Path, pid: u32, uid: &str, exe: &str) {
+    let dir = r.join(format!("proc/{pid}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cmdline"),
+        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("status"),
+        format!("Name:\tsh\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(exe, dir.join("exe")).unwrap();
+}
+
+/// Another user's process that looks like a refresh (the same argv, a shell) does not switch
+/// the check of the ESPs' entries off (issue 27, item 7).
+#[test]
+fn a_users_process_named_like_a_refresh_does_not_stop_the_esp_check() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: reading the ESPs needs root");
+        return;
+    }
+    let (dir, fakes) = host(true);
+    let r = dir.path();
+    let (code, _, err) = full(r, &fakes);
+    assert_eq!(code, 0, "{err}");
+    process(r, 4343, "1000", "/usr/bin/dash");
+    let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("in the entries on the ESPs"))
+        .unwrap_or_default();
+    assert!(!line.is_empty(), "{out}{err}");
+    assert!(!line.contains("is running"), "{out}{err}");
+}
+
 #[test]
 fn no_esp_is_read_while_proxmox_boot_tool_runs() {
     let (dir, fakes) = host(true);
     let r = dir.path();
     let (code, _, err) = full(r, &fakes);
     assert_eq!(code, 0, "{err}");
-    // The host's processes: a refresh (as its shell runs it) is under way.
-    std::fs::create_dir_all(r.join("proc/4242")).unwrap();
-    std::fs::write(
-        r.join("proc/4242/cmdline"),
-        b"/bin/sh\0/usr/sbin/proxmox-boot-tool\0refresh\0",
-    )
-    .unwrap();
+    // The host's processes: a refresh (root's, as its shell runs it) is under way.
+    process(r, 4242, "0", "/usr/bin/dash");
     let (_, out, err) = run(gpt(r).env("PATH", fakes.path()).arg("check"));
     let line = out
         .lines()

@@ -53,10 +53,12 @@ fn epyc(root: &Path) -> HostTree {
 }
 
 const NOTES: &str = "\
-# Supply disk.qcow2, the guest's disk: `qemu-img create -f qcow2 disk.qcow2 64G` and add
-#   `-cdrom INSTALLER.iso` for the first boot, or a cloud image
-#   (`qemu-img create -f qcow2 -b CLOUD.qcow2 -F qcow2 disk.qcow2 32G`) with a cloud-init seed
-#   (`cloud-localds seed.img user-data`, then add `-drive if=virtio,format=raw,file=seed.img`).
+# Everything the VM opens is in /var/lib/gpt-vm, which only root can enter: QEMU runs as root.
+# Supply /var/lib/gpt-vm/disk.qcow2, the guest's disk: `sudo qemu-img create -f qcow2 /var/lib/gpt-vm/disk.qcow2 64G`
+#   and add `-cdrom /var/lib/gpt-vm/INSTALLER.iso` (copied there) for the first boot, or a cloud image
+#   (`sudo qemu-img create -f qcow2 -b CLOUD.qcow2 -F qcow2 /var/lib/gpt-vm/disk.qcow2 32G`, CLOUD.qcow2
+#   copied there) with a cloud-init seed (`sudo cloud-localds /var/lib/gpt-vm/seed.img user-data`, then
+#   add `-drive if=virtio,format=raw,file=/var/lib/gpt-vm/seed.img`).
 #   Windows guests need the virtio-win drivers for the virtio disk and network.
 ";
 
@@ -76,30 +78,33 @@ fn the_configured_gpu_goes_in_with_every_function_and_the_installed_firmware() {
 #   0000:02:00.3 Serial bus controller [0c80]: NVIDIA Corporation TU106 USB Type-C UCSI Controller [10de:1adb] (rev a1)
 # Firmware: /usr/share/OVMF/OVMF_CODE_4M.fd
 {NOTES}\
-# The guest's RAM (8G) is pinned for DMA, so it must be free. Its screen is on VNC at
-#   127.0.0.1:5900 (ssh -L 5900:127.0.0.1:5900 to this host) until the GPU's own outputs
-#   take over; then `-vga none -display none` can replace `-vga std -vnc 127.0.0.1:0`.
-#   SSH to the guest: ssh -p 2222 USER@127.0.0.1
-[ -e OVMF_VARS_4M.fd ] || cp /usr/share/OVMF/OVMF_VARS_4M.fd OVMF_VARS_4M.fd
+# The guest's RAM (8G) is pinned for DMA, so it must be free. Its screen is VNC on the
+#   Unix socket /var/lib/gpt-vm/vnc.sock, which only root can open (from another machine:
+#   ssh -L 5900:/var/lib/gpt-vm/vnc.sock root@HOST, then a VNC viewer on localhost:5900), until the
+#   GPU's own outputs take over; then `-vga none -display none` can replace `-vga std -vnc …`.
+#   The network is QEMU's user mode, outgoing only; `hostfwd=tcp:127.0.0.1:2222-:22` on -netdev
+#   would reach the guest's SSH, and every local user could connect to that port.
+sudo install -d -m 0700 /var/lib/gpt-vm
+sudo test -e /var/lib/gpt-vm/OVMF_VARS_4M.fd || sudo cp /usr/share/OVMF/OVMF_VARS_4M.fd /var/lib/gpt-vm/OVMF_VARS_4M.fd
 sudo qemu-system-x86_64 \\
   -machine q35,accel=kvm \\
   -cpu host,kvm=off,hv_vendor_id=0123456789ab \\
   -smp 8,sockets=1,cores=4,threads=2 \\
   -m 8G \\
   -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \\
-  -drive if=pflash,format=raw,file=OVMF_VARS_4M.fd \\
+  -drive if=pflash,format=raw,file=/var/lib/gpt-vm/OVMF_VARS_4M.fd \\
   -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \\
   -device vfio-pci,host=0000:02:00.0,bus=rp1,addr=00.0,multifunction=on \\
   -device vfio-pci,host=0000:02:00.1,bus=rp1,addr=00.1 \\
   -device vfio-pci,host=0000:02:00.2,bus=rp1,addr=00.2 \\
   -device vfio-pci,host=0000:02:00.3,bus=rp1,addr=00.3 \\
-  -drive if=virtio,format=qcow2,file=disk.qcow2 \\
-  -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22 \\
+  -drive if=virtio,format=qcow2,file=/var/lib/gpt-vm/disk.qcow2 \\
+  -netdev user,id=net0 \\
   -device virtio-net-pci,netdev=net0 \\
   -device qemu-xhci \\
   -device usb-tablet \\
   -vga std \\
-  -vnc 127.0.0.1:0
+  -vnc unix:/var/lib/gpt-vm/vnc.sock
 "
     );
     assert_eq!(out, expected);
@@ -221,7 +226,7 @@ fn a_3d_controller_needs_no_x_vga_and_an_amd_card_no_hidden_kvm() {
     assert!(out.contains("#   0000:41:00.0 3D controller [0302]: NVIDIA Corporation GH100 [H100 PCIe] [10de:2331] (rev a1)\n"), "{out}");
     let opts: Vec<&str> = out
         .lines()
-        .skip_while(|l| !l.starts_with("sudo "))
+        .skip_while(|l| !l.starts_with("sudo qemu-system"))
         .collect();
     assert_eq!(
         opts[..9],
@@ -234,7 +239,7 @@ fn a_3d_controller_needs_no_x_vga_and_an_amd_card_no_hidden_kvm() {
             "  -bios /usr/share/ovmf/OVMF.fd \\",
             "  -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \\",
             "  -device vfio-pci,host=0000:41:00.0,bus=rp1,addr=00.0 \\",
-            "  -drive if=virtio,format=qcow2,file=disk.qcow2 \\",
+            "  -drive if=virtio,format=qcow2,file=/var/lib/gpt-vm/disk.qcow2 \\",
         ]
     );
     assert!(
@@ -296,6 +301,81 @@ fn a_gpu_still_on_its_host_driver_is_printed_with_a_warning() {
     );
 }
 
+/// QEMU runs as root: the command opens no port and no console another user can reach (VNC
+/// on a Unix socket in a folder only root can enter, no host port forwarded), and every file
+/// it opens is an absolute path in that folder, so neither the folder it is run from nor
+/// another user can swap one (issue 27, item 5).
+#[test]
+fn the_command_exposes_nothing_to_other_users() {
+    let dir = tempfile::tempdir().unwrap();
+    rocketlake_ready(dir.path());
+    let (code, out, err) = run(gpt(dir.path()).args(["qemu", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let setup: Vec<Vec<String>> = doc["setup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(strings)
+        .collect();
+    // The first step makes the private folder; every later path is inside it.
+    let private = match setup[0].as_slice() {
+        [install, d, m, mode, folder] if install == "install" && d == "-d" && m == "-m" => {
+            assert_eq!(mode, "0700");
+            format!("{folder}/")
+        }
+        other => panic!("the first setup step makes no root-only folder: {other:?}"),
+    };
+    assert!(private.starts_with('/'), "{private}");
+    for step in &setup[1..] {
+        assert!(step.last().unwrap().starts_with(&private), "{step:?}");
+    }
+    let argv = strings(&doc["argv"]);
+    let value = |k: &str| -> Vec<&String> {
+        argv.windows(2)
+            .filter(|w| w[0] == k)
+            .map(|w| &w[1])
+            .collect()
+    };
+    let vnc = value("-vnc");
+    assert_eq!(vnc.len(), 1, "{argv:?}");
+    let socket = vnc[0].strip_prefix("unix:").expect("VNC on a Unix socket");
+    assert!(socket.starts_with(&private), "{socket}");
+    for v in value("-netdev") {
+        assert!(!v.contains("hostfwd") && !v.contains("tcp:"), "{v}");
+    }
+    for opt in [
+        "-display", "-spice", "-monitor", "-serial", "-qmp", "-chardev",
+    ] {
+        assert!(value(opt).is_empty(), "{opt} in {argv:?}");
+    }
+    let files: Vec<&str> = argv
+        .iter()
+        .flat_map(|a| a.split(','))
+        .filter_map(|p| p.strip_prefix("file="))
+        .collect();
+    assert_eq!(files.len(), 3, "{argv:?}");
+    for f in files {
+        assert!(f.starts_with('/'), "{f} is not absolute");
+        let in_firmware = f.starts_with("/usr/share/");
+        assert!(in_firmware || f.starts_with(&private), "{f}");
+    }
+    // The script runs the same steps as root.
+    let (_, script, _) = run(gpt(dir.path()).arg("qemu"));
+    assert!(
+        script.contains("\nsudo install -d -m 0700 /var/lib/gpt-vm\n"),
+        "{script}"
+    );
+    assert!(!script.contains("127.0.0.1:0"), "{script}");
+}
+
 #[test]
 fn json_carries_the_argv_and_the_setup() {
     let dir = tempfile::tempdir().unwrap();
@@ -308,7 +388,14 @@ fn json_carries_the_argv_and_the_setup() {
     assert_eq!(doc["firmware_installed"], true);
     assert_eq!(
         doc["setup"],
-        serde_json::json!([["cp", "/usr/share/OVMF/OVMF_VARS_4M.fd", "OVMF_VARS_4M.fd"]])
+        serde_json::json!([
+            ["install", "-d", "-m", "0700", "/var/lib/gpt-vm"],
+            [
+                "cp",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "/var/lib/gpt-vm/OVMF_VARS_4M.fd"
+            ]
+        ])
     );
     let argv: Vec<&str> = doc["argv"]
         .as_array()

@@ -693,9 +693,11 @@ mod with_real_full {
         assert_eq!(snap(root), before);
     }
 
-    /// The journal holds copies of the files: when one of them is private, so is the journal.
+    /// The journal holds copies of the files: it is root's only, always — also when every
+    /// file it copies is readable by all (a secret added to one of them later would otherwise
+    /// land in a readable journal), and a private file keeps its own mode.
     #[test]
-    fn the_journal_of_a_private_file_is_private_too() {
+    fn the_journal_is_private_always() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
@@ -703,14 +705,14 @@ mod with_real_full {
         let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
         let state = root.join("var/lib/gpt/state.json");
-        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, 0o600);
         let (code, _, err) = run(reset(root, &fakes).arg("--yes"));
         assert_eq!(code, 0, "{err}");
         let grub = root.join("etc/default/grub");
         fs::set_permissions(&grub, fs::Permissions::from_mode(0o600)).unwrap();
         let (code, _, err) = full(root, &fakes);
         assert_eq!(code, 0, "{err}");
-        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&state).unwrap().mode() & 0o7777, 0o600);
         assert_eq!(fs::metadata(&grub).unwrap().mode() & 0o777, 0o600);
     }
 

@@ -11,7 +11,8 @@
 # Checks: check mode changes no byte and shows gpt's diff; the first run changes, the second
 # reports changed=0 failed=0 (PLAY RECAP); a failing gpt check fails the play with gpt's
 # reason; a refusal fails with gpt's error line, not a JSON error; gpt_state absent restores
-# /etc byte for byte; a host whose IOMMU was off takes two passes; ansible-lint --offline with
+# /etc byte for byte; a host whose IOMMU was off takes two passes; the package is copied into a
+# fresh root-only folder (from install.yml); ansible-lint --offline with
 # the production profile passes. Prints `ok - …` / `not ok - …` lines and `N passed, M failed`.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -207,6 +208,11 @@ check "IOMMU on after the reboot, second pass: changes (vfio-pci.ids= now)" \
     eval 'changed_some iommu2 && grep_file "vfio-pci.ids=10de:1f08" "$b/etc/default/grub"'
 play iommu3 "$(base "$b")"
 check "a third run: changed=0 failed=0" recap_is iommu3 changed=0 failed=0
+
+# --- the package's copy -------------------------------------------------------------------------------
+# Not run here (it would install a package on this machine): checked from the task file.
+check "install.yml copies the .deb into a fresh root-only folder (tempfile, 0700) and removes it" \
+    eval '"$py" "$here/install_copy.py" "$ansible_dir/roles/gpt/tasks/install.yml" 2>"$work/install_copy.err" || { why=$(cat "$work/install_copy.err"); false; }'
 
 # --- ansible-lint -------------------------------------------------------------------------------------
 # --offline: without it ansible-lint installs collections and checks for its own updates online.

@@ -67,6 +67,14 @@ pub fn run(host: &Host, ui: &Ui, args: &CheckArgs) -> Result<u8> {
     }
 }
 
+/// The journal exists and this user may not read it (it is 0600: it holds copies of the boot
+/// files).
+fn journal_is_roots_only(host: &Host) -> bool {
+    use nix::unistd::{access, geteuid, AccessFlags};
+    let path = host.path(crate::paths::STATE_FILE);
+    !geteuid().is_root() && path.exists() && access(&path, AccessFlags::R_OK).is_err()
+}
+
 /// Every check, in the order they are shown.
 pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     let seen = match facts {
@@ -96,6 +104,13 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     out.push(stack_check);
     out.push(vfio_driver(seen, &stack, vfio_configured));
     match &config {
+        Err(_) if journal_is_roots_only(host) => out.push(Check::warn(
+            "gpt's configuration",
+            format!(
+                "{} is readable by root only: run `sudo gpt check` to check what gpt configured",
+                crate::paths::STATE_FILE
+            ),
+        )),
         Err(e) => out.push(Check::fail("gpt's configuration", format!("{e:#}"))),
         Ok(None) => {
             out.push(Check::warn(

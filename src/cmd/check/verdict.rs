@@ -54,8 +54,12 @@ impl Check {
         };
         let status = match self.status {
             Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
-            _ => style.apply_to(format!("{word} ({})", self.detail)),
+            _ => style.apply_to(format!(
+                "{word} ({})",
+                crate::printable::clean(&self.detail)
+            )),
         };
+        let title = crate::printable::clean(&title);
         format!("{title:<width$} : {status}")
     }
 }

@@ -80,7 +80,7 @@ pub(super) fn journalled(
                 note: None,
                 before: cur_bytes,
                 after: original,
-                meta: Some(e.original_meta()),
+                meta: Some(e.meta_to_restore(cur.as_ref().map(|c| c.meta))?),
                 path,
             }
         } else {
