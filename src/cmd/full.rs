@@ -469,12 +469,12 @@ fn reset_verdicts(host: &Host, ui: &Ui, f: &Facts, sel: Option<&Selection>) -> V
     let vfio = sel.targets.iter().copied().collect();
     let reports = resetability::judge_all(&facts, &f.topology, &vfio);
     ui.step("Reset by the guest, and waking up:");
-    for r in &reports {
+    for (addrs, r) in resetability::by_card(&reports) {
         let word = match r.verdict {
             Level::Pass => "PASS",
             Level::Warn => "WARN",
         };
-        ui.info(format!("    {} {word}: {}", r.address, r.reason));
+        ui.info(format!("    {} {word}: {}", addrs.join(", "), r.reason));
         ui.info(format!("        {}", r.facts_line()));
     }
     reports

@@ -218,6 +218,30 @@ fn reset_verdict(
     bus_verdict(f, all, topo, vfio, &flr_note)
 }
 
+/// What to do about a card nothing resets between VMs.
+const AFTER_A_VM: &str = "shut the guest down cleanly (not a forced stop), and if the next VM start finds the card hung or its screen dark, reboot the host first";
+
+/// The reports of one card's functions (same bus and slot) that say the same, as one: the
+/// addresses and the shared report (its facts those of the first function). Others stay one
+/// per function, in order.
+pub fn by_card(reports: &[Report]) -> Vec<(Vec<String>, Report)> {
+    let slot = |a: &str| {
+        a.rsplit_once('.')
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<(Vec<String>, Report)> = Vec::new();
+    for r in reports {
+        match out.iter_mut().find(|(_, g)| {
+            slot(&g.address) == slot(&r.address) && g.verdict == r.verdict && g.reason == r.reason
+        }) {
+            Some((addrs, _)) => addrs.push(r.address.clone()),
+            None => out.push((vec![r.address.clone()], r.clone())),
+        }
+    }
+    out
+}
+
 /// Without a per-function reset, vfio resets the bus: only off a root bus, with every device
 /// on it going to vfio-pci, and when the kernel offers a bus reset there.
 fn bus_verdict(
@@ -231,7 +255,7 @@ fn bus_verdict(
     if f.root_bus {
         return (
             Level::Warn,
-            format!("{flr_note}, and it sits on a root bus, which vfio cannot reset: the guest may find the card as the last VM left it"),
+            format!("{flr_note}, and it sits on a root bus, which vfio cannot reset: the guest may find the card as the last VM left it; {AFTER_A_VM}"),
         );
     }
     let blockers: Vec<String> = f
@@ -247,7 +271,7 @@ fn bus_verdict(
         return (
             Level::Warn,
             format!(
-                "{flr_note}, and a reset of bus {bus} would also reset {}, which stays on the host: vfio will not reset the bus, so the guest may find the card as the last VM left it",
+                "{flr_note}, and a reset of bus {bus} would also reset {}, which stays on the host: vfio will not reset the bus, so the guest may find the card as the last VM left it; move the card to a slot of its own, or {AFTER_A_VM}",
                 blockers.join(", ")
             ),
         );
@@ -255,7 +279,7 @@ fn bus_verdict(
     if !all.env.lists_methods {
         return (
             Level::Pass,
-            format!("{flr_note}; vfio resets bus {bus}, where every device goes to vfio-pci"),
+            format!("vfio resets bus {bus}, where every device goes to vfio-pci ({flr_note})"),
         );
     }
     // The kernel probes `bus` for each function as it is added, so one function of the bus
@@ -267,12 +291,12 @@ fn bus_verdict(
     if bus_listed {
         (
             Level::Pass,
-            format!("{flr_note}; vfio resets bus {bus}, where every device goes to vfio-pci"),
+            format!("vfio resets bus {bus}, where every device goes to vfio-pci ({flr_note})"),
         )
     } else {
         (
             Level::Warn,
-            format!("{flr_note}, and the kernel offers no reset of bus {bus} (a no-bus-reset quirk, or its bridge cannot): the guest may find the card as the last VM left it"),
+            format!("{flr_note}, and the kernel offers no reset of bus {bus} (a no-bus-reset quirk, or its bridge cannot): the guest may find the card as the last VM left it; {AFTER_A_VM}"),
         )
     }
 }

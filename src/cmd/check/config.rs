@@ -353,7 +353,30 @@ fn device_checks(topo: &Topology, stack: &Stack, c: &Config, reboot_pending: boo
                     .map(|drv| format!("{} ({drv})", d.address))
             })
             .collect();
-        if held.is_empty() {
+        let own_held = topo.groups[&g]
+            .iter()
+            .filter(|a| configured.contains(a))
+            .filter_map(|a| topo.device(a))
+            .filter(|d| {
+                d.driver
+                    .as_deref()
+                    .is_some_and(|drv| !NEUTRAL_DRIVERS.contains(&drv))
+            })
+            .count();
+        if held.is_empty() && own_held > 0 {
+            out.push(Check::fail(
+                name,
+                format!(
+                    "{own_held} of the functions gpt configured in it are still on host drivers \
+                     (above){}",
+                    if reboot_pending {
+                        ": reboot pending"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        } else if held.is_empty() {
             out.push(Check::pass(
                 name,
                 "no member outside the configuration is on a host driver",

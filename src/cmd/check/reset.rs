@@ -27,9 +27,10 @@ pub fn checks(
         .collect();
     let facts = reset_facts::read(host, f, &addrs);
     let vfio: BTreeSet<PciAddress> = addrs.iter().copied().collect();
-    let mut out: Vec<Check> = resetability::judge_all(&facts, &f.topology, &vfio)
+    let reports = resetability::judge_all(&facts, &f.topology, &vfio);
+    let mut out: Vec<Check> = resetability::by_card(&reports)
         .into_iter()
-        .map(reset_check)
+        .map(|(addrs, r)| reset_check(&addrs, r))
         .collect();
     if c.no_idle_d3 {
         out.push(idle_d3_check(&facts.env, f, stack, reboot_pending));
@@ -37,9 +38,30 @@ pub fn checks(
     out
 }
 
-fn reset_check(r: Report) -> Check {
-    let name = format!("{} resettable by the guest", r.address);
-    let detail = format!("{}; {}", r.reason, r.facts_line());
+/// `0000:02:00.0, .1 and .3`: the functions of one card, the slot said once.
+fn card_name(addrs: &[String]) -> String {
+    let mut name = addrs[0].clone();
+    let fns: Vec<&str> = addrs[1..]
+        .iter()
+        .filter_map(|a| a.rsplit_once('.'))
+        .map(|(_, f)| f)
+        .collect();
+    for (i, f) in fns.iter().enumerate() {
+        let sep = if i + 1 == fns.len() { " and" } else { "," };
+        name.push_str(&format!("{sep} .{f}"));
+    }
+    name
+}
+
+fn reset_check(addrs: &[String], r: Report) -> Check {
+    let (name, detail) = match addrs {
+        [one] => (one.clone(), format!("{}; {}", r.reason, r.facts_line())),
+        _ => (
+            card_name(addrs),
+            format!("{}; {}: {}", r.reason, r.address, r.facts_line()),
+        ),
+    };
+    let name = format!("{name} resettable by the guest");
     let mut check = match r.verdict {
         Level::Pass => Check::pass(name, detail),
         Level::Warn => Check::warn(name, detail),
