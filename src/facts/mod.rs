@@ -353,7 +353,11 @@ fn read_loader_probe(host: &Host, f: &mut Facts, chosen: Option<Choice>) -> Resu
             .as_deref()
             .is_some_and(|i| i.starts_with("systemd-boot"))
         || chosen == Some(Choice::SystemdBoot);
-    if p.kernel_install && sdboot_possible {
+    if p.kernel_install && sdboot_possible && !host.is_real_root() {
+        // A tree under --root is not gpt's to run: its kernel-install could do anything as
+        // root. What `inspect` would say comes from the tree's files instead.
+        f.probe.inspect = Some(inspect_from_files(host));
+    } else if p.kernel_install && sdboot_possible {
         let runner = crate::runner::Runner::new(host, &crate::progress::Quiet);
         let image = inspect_image(host, f.running_kernel.as_deref(), &f.kernels);
         let mut argv = vec!["kernel-install", "inspect"];
@@ -424,6 +428,51 @@ fn editor_on(conf: &str) -> bool {
         }
     }
     on
+}
+
+/// What `kernel-install inspect` says, read from a tree's files as kernel-install decides it
+/// (systemd 251 to 257): `BOOT_ROOT=` and `layout=` of `/etc/kernel/install.conf` (the last
+/// one wins); else `$BOOT` is the first of /efi, /boot, /boot/efi that holds an `EFI` or
+/// `loader` folder. The entry token: `/etc/kernel/entry-token`, else the machine id. The
+/// layout: `bls` when `$BOOT/loader/entries.srel` says `type1`, or without it when
+/// `$BOOT/TOKEN` exists; else `other`.
+fn inspect_from_files(host: &Host) -> Result<detect::Inspect, String> {
+    let read = |p: &str| host.read_optional(p).ok().flatten().unwrap_or_default();
+    let conf = read("/etc/kernel/install.conf");
+    let setting = |key: &str| {
+        conf.lines()
+            .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .last()
+            .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let machine_id = Some(read("/etc/machine-id").trim().to_string()).filter(|m| !m.is_empty());
+    let boot_root = setting("BOOT_ROOT")
+        .or_else(|| {
+            ["/efi", "/boot", "/boot/efi"]
+                .into_iter()
+                .find(|d| host.exists(format!("{d}/EFI")) || host.exists(format!("{d}/loader")))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "/boot".to_string());
+    let entry_token = Some(read("/etc/kernel/entry-token").trim().to_string())
+        .filter(|t| !t.is_empty())
+        .or_else(|| machine_id.clone())
+        .ok_or("under --root gpt reads kernel-install's settings from the tree, and it has neither /etc/kernel/entry-token nor /etc/machine-id")?;
+    let srel = read(&format!("{boot_root}/loader/entries.srel"));
+    let layout = setting("layout").unwrap_or_else(|| {
+        let bls = match srel.lines().next() {
+            Some(first) => first.trim() == "type1",
+            None => host.exists(format!("{boot_root}/{entry_token}")),
+        };
+        if bls { "bls" } else { "other" }.to_string()
+    });
+    Ok(detect::Inspect {
+        boot_root,
+        layout,
+        entry_token,
+        machine_id,
+    })
 }
 
 /// The kernel image `kernel-install inspect` is given: the running kernel's `/boot/vmlinuz-KVER`,
