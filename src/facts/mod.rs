@@ -442,7 +442,7 @@ fn inspect_from_files(host: &Host) -> Result<detect::Inspect, String> {
     let setting = |key: &str| {
         conf.lines()
             .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
-            .last()
+            .next_back()
             .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
             .filter(|v| !v.is_empty())
     };
