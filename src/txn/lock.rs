@@ -21,6 +21,20 @@ pub const LOCK_FILE: &str = "/run/gpt.lock";
 #[derive(Debug)]
 pub struct Lock {
     _flock: Flock<File>,
+    /// When this run made the lock's folder (a tree without /run): the lock file and the
+    /// folders, taken away again when the lock is released, so a tree gpt only looked at
+    /// keeps no trace. A folder that was there keeps its lock file (another gpt may be
+    /// about to lock that same file).
+    made: Option<(std::path::PathBuf, Vec<std::path::PathBuf>, Host)>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some((path, dirs, host)) = self.made.take() {
+            let _ = std::fs::remove_file(&path);
+            let _ = super::fs::remove_dirs_if_empty(&host, &dirs);
+        }
+    }
 }
 
 impl Lock {
@@ -30,7 +44,7 @@ impl Lock {
         let dir = abs.parent().expect("the lock file has a folder");
         // /run is a tmpfs on a real host; a host tree may lack it. The lock need not survive
         // a crash, so the folder is not synced.
-        super::fs::create_dirs_unsynced(host, dir)?;
+        let made = super::fs::create_dirs_unsynced(host, dir)?;
         let path = host.write_target(abs)?;
         let file = OpenOptions::new()
             .read(true)
@@ -53,7 +67,11 @@ impl Lock {
         // Inheritable: commands started while the lock is held keep it held.
         fcntl(flock.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
             .with_context(|| format!("cannot make {LOCK_FILE} inheritable"))?;
-        Ok(Lock { _flock: flock })
+        let made = (!made.is_empty()).then(|| (path, made, host.clone()));
+        Ok(Lock {
+            _flock: flock,
+            made,
+        })
     }
 }
 

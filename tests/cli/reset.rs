@@ -236,7 +236,8 @@ fn dry_run_prints_the_diffs_and_changes_nothing() {
     let (dir, fakes) = primed_host();
     let root = dir.path();
     full_then(root, &fakes);
-    fs::remove_dir_all(root.join("run")).unwrap();
+    // The run folder full made for its lock went with the lock.
+    assert!(!root.join("run").exists());
     let before = snapshot_all(root);
     let (code, out, err) = run(reset(root, &fakes).arg("--dry-run"));
     assert_eq!(code, 0, "{err}");
@@ -871,4 +872,18 @@ fn a_command_that_fails_again_in_the_rollback_is_said_once_with_one_thing_to_do(
         "{line}"
     );
     assert!(!err.contains("run `gpt reset`"), "{err}");
+}
+
+/// A reset on a tree with nothing of gpt's leaves no trace: not even the lock and its folder.
+#[test]
+fn reset_on_an_empty_tree_leaves_it_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (code, _, err) = run(gpt(root).args(["reset", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    let left: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}: {err}");
 }
