@@ -456,4 +456,11 @@ fn a_device_knows_its_bridge_from_the_text_of_its_link_alone() {
         topo,
         gpt::sysfs::read_topology_with(&portable, usize::MAX).unwrap()
     );
+    // `gpt iommu` shows no bridge and reads none: the rest is the same.
+    let mut flat = topo.clone();
+    flat.devices.values_mut().for_each(|d| d.parent = None);
+    assert_eq!(
+        flat,
+        gpt::sysfs::read_topology_without_bridges(&fast).unwrap()
+    );
 }
