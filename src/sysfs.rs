@@ -88,7 +88,8 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// The devices at `addrs`; `links` is the open folder of their links ([`PCI_DEVICES`]).
+/// The devices at `addrs`, each with its bridge when `links`, the open folder of their links
+/// ([`PCI_DEVICES`]), is given; without it, no bridge is read.
 fn read_devices(host: &Host, links: Option<&Fd>, addrs: &[PciAddress]) -> Vec<PciDevice> {
     // One buffer for every attribute of these devices.
     let mut buf = Vec::with_capacity(128);
