@@ -12,6 +12,7 @@
  * `links` reads each device's `iommu_group` link instead of listing every group.
  * scripts/bench.sh builds it with `cc -O2 -pthread` and times it next to gpt. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <pthread.h>
@@ -43,7 +44,13 @@ static int open_in_root(const char *path, long flags) {
       .flags = flags | O_CLOEXEC,
       .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
   };
-  return syscall(SYS_openat2, root, path, &how, sizeof how);
+  /* The kernel answers EAGAIN when a rename or mount anywhere on the machine raced a `..`
+   * of the walk (busy build machines see it every few runs): try again, as the man page says. */
+  int fd, tries = 0;
+  do
+    fd = syscall(SYS_openat2, root, path, &how, sizeof how);
+  while (fd < 0 && errno == EAGAIN && ++tries < 8);
+  return fd;
 }
 
 /* The entries of a folder (without . and ..) into names; their number. */

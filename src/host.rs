@@ -82,10 +82,17 @@ impl Fd {
 
     /// The file name a symlink in this directory points at (`driver`, `iommu_group`).
     pub fn link_name_at(&self, name: &str) -> Option<String> {
-        let target = nix::fcntl::readlinkat(Some(self.0), name).ok()?;
-        Path::new(&target)
+        self.link_target_at(name)?
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// The path a symlink in this directory points at, as written in the link
+    /// (`../../../devices/pci0000:00/…`): one `readlinkat`, nothing followed.
+    pub fn link_target_at(&self, name: &str) -> Option<PathBuf> {
+        nix::fcntl::readlinkat(Some(self.0), name)
+            .ok()
+            .map(PathBuf::from)
     }
 }
 
@@ -347,20 +354,6 @@ impl Host {
         }
         let target = std::fs::read_link(self.open_parent(abs.as_ref())?).ok()?;
         target.file_name().map(|n| n.to_string_lossy().into_owned())
-    }
-
-    /// The path a symlink points at, as written in the link (`../../../devices/pci0000:00/…`).
-    pub fn link_target(&self, abs: impl AsRef<Path>) -> Option<PathBuf> {
-        let abs = abs.as_ref();
-        if let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) {
-            let dir = self.open_fast(parent, OFlag::O_PATH | OFlag::O_DIRECTORY);
-            if let (Some(dir), Some(name)) = (dir, name.to_str()) {
-                if let Ok(t) = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
-                    return Some(PathBuf::from(t));
-                }
-            }
-        }
-        std::fs::read_link(self.open_parent(abs)?).ok()
     }
 
     /// `abs` with its parent resolved but the last component kept as is (to read a link itself).

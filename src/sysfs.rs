@@ -20,31 +20,46 @@ const PCI_IDS: [&str; 2] = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.id
 /// (a thread costs tens of microseconds; a device about 25).
 const PARALLEL_FROM: usize = 48;
 
-/// Read every PCI function and every IOMMU group.
+/// Read every PCI function, every IOMMU group, and the bridge above each function.
 pub fn read_topology(host: &Host) -> Result<Topology> {
     read_topology_with(host, PARALLEL_FROM)
 }
 
+/// Every PCI function and every IOMMU group, but not the bridges above them (each `parent`
+/// stays `None`): all a listing such as `gpt iommu` shows, one system call per device fewer.
+/// Not for deciding what a card is ([`Topology::card_of`] needs the bridges).
+pub fn read_topology_without_bridges(host: &Host) -> Result<Topology> {
+    read(host, PARALLEL_FROM, false)
+}
+
 /// [`read_topology`], in threads from `parallel_from` devices on (tests compare both ways).
 pub fn read_topology_with(host: &Host, parallel_from: usize) -> Result<Topology> {
+    read(host, parallel_from, true)
+}
+
+fn read(host: &Host, parallel_from: usize, bridges: bool) -> Result<Topology> {
     let addrs: Vec<PciAddress> = host
         .list_dir(PCI_DEVICES)?
         .iter()
         .filter_map(|name| PciAddress::parse(name))
         .collect();
+    // The folder of the device links, opened once: each device's bridge is read from its
+    // link in it, one `readlinkat` per device.
+    let links = bridges.then(|| host.open_dir(PCI_DEVICES)).flatten();
+    let links = links.as_ref();
     let parallel = addrs.len() >= parallel_from
         && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     let (devices, groups) = if parallel {
         std::thread::scope(|s| {
             let (first, second) = addrs.split_at(addrs.len() / 2);
             let groups = s.spawn(|| read_groups(host));
-            let rest = s.spawn(|| read_devices(host, second));
-            let mut devices = read_devices(host, first);
+            let rest = s.spawn(|| read_devices(host, links, second));
+            let mut devices = read_devices(host, links, first);
             devices.extend(join(rest));
             (devices, join(groups))
         })
     } else {
-        (read_devices(host, &addrs), read_groups(host))
+        (read_devices(host, links, &addrs), read_groups(host))
     };
     let mut topo = Topology::default();
     topo.devices
@@ -73,12 +88,14 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-fn read_devices(host: &Host, addrs: &[PciAddress]) -> Vec<PciDevice> {
+/// The devices at `addrs`, each with its bridge when `links`, the open folder of their links
+/// ([`PCI_DEVICES`]), is given; without it, no bridge is read.
+fn read_devices(host: &Host, links: Option<&Fd>, addrs: &[PciAddress]) -> Vec<PciDevice> {
     // One buffer for every attribute of these devices.
     let mut buf = Vec::with_capacity(128);
     addrs
         .iter()
-        .map(|addr| read_device(host, *addr, &mut buf))
+        .map(|addr| read_device(host, links, *addr, &mut buf))
         .collect()
 }
 
@@ -100,7 +117,7 @@ fn read_groups(host: &Host) -> Result<Vec<(u32, Vec<PciAddress>)>> {
     Ok(groups)
 }
 
-fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
+fn read_device(host: &Host, links: Option<&Fd>, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
     let abs = format!("{PCI_DEVICES}/{addr}");
     // One descriptor for the device directory (the `devices/ADDR` link is resolved once); its
     // files are opened relative to it.
@@ -112,14 +129,16 @@ fn read_device(host: &Host, addr: PciAddress, buf: &mut Vec<u8>) -> PciDevice {
         Some(dev) => dev,
         None => read_device_attrs(host, dir, addr, &abs, buf),
     };
-    dev.parent = parent_of(host, &abs);
+    let name = &abs[PCI_DEVICES.len() + 1..];
+    dev.parent = links.and_then(|links| parent_of(links, name));
     dev
 }
 
 /// The bridge a device sits behind: the folder holding its folder in `/sys/devices`
-/// (`…/pci0000:00/0000:00:01.0/0000:01:00.0`), when that is a PCI device.
-fn parent_of(host: &Host, abs: &str) -> Option<PciAddress> {
-    let target = host.link_target(abs)?;
+/// (`…/pci0000:00/0000:00:01.0/0000:01:00.0`), when that is a PCI device. Read from the text
+/// of the device's link `name` in the open folder `links`, in one call; nothing is followed.
+fn parent_of(links: &Fd, name: &str) -> Option<PciAddress> {
+    let target = links.link_target_at(name)?;
     let up = target.parent()?.file_name()?.to_str()?;
     PciAddress::parse(up)
 }

@@ -27,7 +27,8 @@ struct ListingJson {
 }
 
 pub fn run(host: &Host, ui: &Ui, args: &IommuArgs) -> Result<u8> {
-    let topo = sysfs::read_topology(host)?;
+    // The listing shows no bridge: they are not read.
+    let topo = sysfs::read_topology_without_bridges(host)?;
     let names = sysfs::load_names(host, &topo);
     let groups: Vec<(u32, &Vec<PciAddress>)> = topo
         .groups

@@ -394,3 +394,77 @@ fn devices_read_in_threads_are_the_devices_read_in_one() {
     assert!(!one.devices.values().nth(200).unwrap().problems.is_empty());
     assert_eq!(one, threads);
 }
+
+#[test]
+fn a_device_knows_its_bridge_from_the_text_of_its_link_alone() {
+    // The bridge above a device is the folder holding its folder, read from the text of the
+    // device's link in /sys/bus/pci/devices (the folder opened once, one readlinkat per
+    // device, nothing followed). A link that climbs far past the root or is absolute still
+    // names its bridge while the device is read inside the root; a device folder that is no
+    // link, or sits on a root bus, has none. The same in one thread, in two, and on the
+    // portable walk.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = HostTree::new(dir.path());
+    let port = |a: &str, g: u32| Dev::new(a, (0x8086, 0x06bc), 0x060400).group(g);
+    t.device(port("00:1c.0", 1));
+    t.device(port("01:00.0", 2).behind("00:1c.0"));
+    t.device(port("02:01.0", 3).behind("01:00.0"));
+    t.device(
+        Dev::new("03:00.0", (0x10de, 0x1f08), 0x030000)
+            .group(4)
+            .behind("02:01.0"),
+    );
+    t.device(
+        Dev::new("04:00.0", (0x1cc1, 0x8201), 0x010802)
+            .group(5)
+            .behind("00:1c.0"),
+    );
+    t.device(
+        Dev::new("05:00.0", (0x8086, 0x15f3), 0x020000)
+            .group(6)
+            .behind("00:1c.0"),
+    );
+    t.device(Dev::new("00:1f.0", (0x8086, 0x0684), 0x060100).group(7));
+    let links = dir.path().join("sys/bus/pci/devices");
+    let (nvme, nic) = (t.dev_dir("0000:04:00.0"), t.dev_dir("0000:05:00.0"));
+    let climbs = format!("{}{}", "../".repeat(12), &nvme[1..]);
+    for (addr, target) in [("0000:04:00.0", climbs.as_str()), ("0000:05:00.0", &nic)] {
+        std::fs::remove_file(links.join(addr)).unwrap();
+        t.symlink(&format!("/sys/bus/pci/devices/{addr}"), target);
+    }
+    let lpc = dir.path().join(&t.dev_dir("0000:00:1f.0")[1..]);
+    std::fs::remove_file(links.join("0000:00:1f.0")).unwrap();
+    std::fs::rename(lpc, links.join("0000:00:1f.0")).unwrap();
+
+    let fast = gpt::host::Host::new(dir.path());
+    let topo = gpt::sysfs::read_topology_with(&fast, usize::MAX).unwrap();
+    let a = |s: &str| s.parse::<gpt::pci::PciAddress>().unwrap();
+    let parent = |s: &str| topo.device(&a(s)).unwrap().parent;
+    assert_eq!(parent("00:1c.0"), None, "on the root bus");
+    assert_eq!(parent("01:00.0"), Some(a("00:1c.0")));
+    assert_eq!(parent("02:01.0"), Some(a("01:00.0")));
+    assert_eq!(parent("04:00.0"), Some(a("00:1c.0")), "link past the root");
+    assert_eq!(parent("05:00.0"), Some(a("00:1c.0")), "absolute link");
+    assert_eq!(parent("00:1f.0"), None, "a folder, not a link");
+    assert_eq!(
+        topo.ancestors(&a("03:00.0")),
+        [a("02:01.0"), a("01:00.0"), a("00:1c.0")]
+    );
+    for addr in ["04:00.0", "05:00.0", "00:1f.0"] {
+        let d = topo.device(&a(addr)).unwrap();
+        assert!(d.vendor.is_some() && d.problems.is_empty(), "{addr}: {d:?}");
+    }
+    assert_eq!(topo, gpt::sysfs::read_topology_with(&fast, 1).unwrap());
+    let portable = gpt::host::Host::new(dir.path()).portable_only();
+    assert_eq!(
+        topo,
+        gpt::sysfs::read_topology_with(&portable, usize::MAX).unwrap()
+    );
+    // `gpt iommu` shows no bridge and reads none: the rest is the same.
+    let mut flat = topo.clone();
+    flat.devices.values_mut().for_each(|d| d.parent = None);
+    assert_eq!(
+        flat,
+        gpt::sysfs::read_topology_without_bridges(&fast).unwrap()
+    );
+}
