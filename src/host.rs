@@ -356,6 +356,20 @@ impl Host {
         target.file_name().map(|n| n.to_string_lossy().into_owned())
     }
 
+    /// The path a symlink points at, as written in the link (`../../../devices/pci0000:00/…`).
+    pub fn link_target(&self, abs: impl AsRef<Path>) -> Option<PathBuf> {
+        let abs = abs.as_ref();
+        if let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) {
+            let dir = self.open_fast(parent, OFlag::O_PATH | OFlag::O_DIRECTORY);
+            if let (Some(dir), Some(name)) = (dir, name.to_str()) {
+                if let Ok(t) = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+                    return Some(PathBuf::from(t));
+                }
+            }
+        }
+        std::fs::read_link(self.open_parent(abs)?).ok()
+    }
+
     /// `abs` with its parent resolved but the last component kept as is (to read a link itself).
     fn open_parent(&self, abs: &Path) -> Option<PathBuf> {
         let name = abs.file_name()?;
