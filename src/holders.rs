@@ -9,9 +9,11 @@
 //! holds the tree's files matches. A node is matched by what it is (the device number of a
 //! device node, else the file's inode), not by the path a process opened it by.
 //!
-//! The console: fbcon bound (`/sys/class/vtconsole/*/bind` of a "frame buffer device") and a
-//! framebuffer whose `device` is the function, or, for the boot VGA, a firmware framebuffer
-//! (efifb, simpledrm: not a PCI device), which vfio-pci removes when it takes the card.
+//! The console: fbcon bound (`/sys/class/vtconsole/*/bind` of a "frame buffer device") and
+//! drawing on a framebuffer whose `device` is the function (`/sys/class/graphics/fb*/device`),
+//! or, for the boot VGA, on a firmware framebuffer (efifb, simpledrm: not a PCI device), which
+//! vfio-pci removes when it takes the card. A second card's own framebuffer (a DRM driver's
+//! fbdev) does not make it the console.
 
 use crate::host::Host;
 use crate::pci::PciAddress;
@@ -91,11 +93,11 @@ fn sound_node_of(node: &str, card: &str) -> bool {
     })
 }
 
-/// Who holds the functions `funcs` (each with whether it is the boot VGA).
-pub fn read(host: &Host, funcs: &[(PciAddress, bool)]) -> Holders {
+/// Who holds the functions `funcs`; `boot_vga` is the host's boot VGA device.
+pub fn read(host: &Host, funcs: &[PciAddress], boot_vga: Option<PciAddress>) -> Holders {
     let mut found = Holders::default();
     let mut wanted: BTreeMap<Ident, (PciAddress, String)> = BTreeMap::new();
-    for (a, _) in funcs {
+    for a in funcs {
         for node in nodes(host, a) {
             if let Some(meta) = host
                 .resolve(&node)
@@ -109,8 +111,8 @@ pub fn read(host: &Host, funcs: &[(PciAddress, bool)]) -> Holders {
     if !wanted.is_empty() {
         processes(&wanted, &mut found);
     }
-    for (a, boot_vga) in funcs {
-        if let Some(fb) = console_on(host, a, *boot_vga) {
+    for a in funcs {
+        if let Some(fb) = console_on(host, a, boot_vga) {
             found.holds.push((*a, Hold::Console { fb }));
         }
     }
@@ -178,29 +180,48 @@ fn fbcon_bound(host: &Host) -> bool {
         })
 }
 
-/// The framebuffer of `a` the console is drawn on, if any.
-fn console_on(host: &Host, a: &PciAddress, boot_vga: bool) -> Option<String> {
+/// Each framebuffer (`fbN`, by number) with the PCI function it belongs to (`None`: not a PCI
+/// device, a firmware framebuffer such as efifb or simpledrm's).
+fn framebuffers(host: &Host) -> Vec<(u32, String, Option<PciAddress>)> {
+    let mut out: Vec<(u32, String, Option<PciAddress>)> = host
+        .list_dir("/sys/class/graphics")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|fb| {
+            let n: u32 = fb.strip_prefix("fb")?.parse().ok()?;
+            let link = format!("/sys/class/graphics/{fb}/device");
+            let pci = host
+                .resolve(&link)
+                .ok()
+                .filter(|_| host.link_target(&link).is_some())
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .and_then(|n| PciAddress::parse(&n));
+            Some((n, fb, pci))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The framebuffer the console is drawn on, when it is `a`'s. fbcon draws on the boot VGA's
+/// framebuffer when it has one (its own, or the firmware's that stands for it: the kernel's
+/// primary-device detection, on in Debian's and Ubuntu's kernels), else on the first one.
+fn console_on(host: &Host, a: &PciAddress, boot_vga: Option<PciAddress>) -> Option<String> {
     if !fbcon_bound(host) {
         return None;
     }
-    for fb in host.list_dir("/sys/class/graphics").unwrap_or_default() {
-        if !fb.starts_with("fb") {
-            continue;
-        }
-        let link = format!("/sys/class/graphics/{fb}/device");
-        let target = host.link_target(&link);
-        let pci = host
-            .resolve(&link)
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .and_then(|n| PciAddress::parse(&n));
-        match (target, pci) {
-            (Some(_), Some(p)) if p == *a => return Some(fb),
-            (_, None) if boot_vga => return Some(format!("{fb} (firmware framebuffer)")),
-            _ => {}
-        }
+    let fbs = framebuffers(host);
+    let primary = fbs.iter().find(|(_, _, pci)| match (pci, boot_vga) {
+        (Some(p), Some(b)) => *p == b,
+        (None, Some(_)) => true,
+        _ => false,
+    });
+    let (_, fb, pci) = primary.or(fbs.first())?;
+    match pci {
+        Some(p) if p == a => Some(fb.clone()),
+        None if boot_vga == Some(*a) => Some(format!("{fb}, the firmware framebuffer")),
+        _ => None,
     }
-    None
 }
 
 #[cfg(test)]
@@ -215,6 +236,68 @@ mod tests {
         assert!(!sound_node_of("pcmC10D3p", "1"));
         assert!(!sound_node_of("controlC10", "1"));
         assert!(!sound_node_of("timer", "1"));
+    }
+
+    #[test]
+    fn the_console_is_on_the_boot_vga_even_through_a_firmware_framebuffer() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let mk = |p: &str, c: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, c).unwrap();
+        };
+        let link = |target: &str, p: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        };
+        mk(
+            "sys/class/vtconsole/vtcon1/name",
+            "(M) frame buffer device\n",
+        );
+        mk("sys/class/vtconsole/vtcon1/bind", "0\n");
+        mk(
+            "sys/devices/platform/efi-framebuffer.0/graphics/fb0/dev",
+            "29:0\n",
+        );
+        link(
+            "../../../efi-framebuffer.0",
+            "sys/devices/platform/efi-framebuffer.0/graphics/fb0/device",
+        );
+        link(
+            "../../devices/platform/efi-framebuffer.0/graphics/fb0",
+            "sys/class/graphics/fb0",
+        );
+        mk(
+            "sys/devices/pci0000:00/0000:01:00.0/graphics/fb1/dev",
+            "29:1\n",
+        );
+        link(
+            "../../../0000:01:00.0",
+            "sys/devices/pci0000:00/0000:01:00.0/graphics/fb1/device",
+        );
+        link(
+            "../../devices/pci0000:00/0000:01:00.0/graphics/fb1",
+            "sys/class/graphics/fb1",
+        );
+        let host = Host::new(root);
+        let vga = PciAddress::parse("00:01.0").unwrap();
+        let second = PciAddress::parse("01:00.0").unwrap();
+        assert_eq!(console_on(&host, &vga, Some(vga)), None, "fbcon not bound");
+        mk("sys/class/vtconsole/vtcon1/bind", "1\n");
+        assert_eq!(
+            console_on(&host, &vga, Some(vga)).as_deref(),
+            Some("fb0, the firmware framebuffer")
+        );
+        assert_eq!(
+            console_on(&host, &second, Some(vga)),
+            None,
+            "its own fb1 is not the console"
+        );
+        // Without a boot VGA, the console is on the first framebuffer.
+        std::fs::remove_file(root.join("sys/class/graphics/fb0")).unwrap();
+        assert_eq!(console_on(&host, &second, None).as_deref(), Some("fb1"));
     }
 
     #[test]
@@ -248,7 +331,7 @@ mod tests {
             .stdin(std::fs::File::open(root.join("dev/dri/card1")).unwrap())
             .spawn()
             .unwrap();
-        let found = read(&host, &[(a, false)]);
+        let found = read(&host, &[a], None);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(

@@ -4,8 +4,8 @@
 //!
 //! Per function, as libvirt does, but verified: load vfio-pci, write `vfio-pci` to
 //! `driver_override`, the address to the old driver's `unbind`, the address to
-//! `/sys/bus/pci/drivers_probe`, then read the `driver` link back (a probe that binds nothing
-//! returns success). The card's other functions (HDA audio, USB, UCSI) go first and the
+//! `/sys/bus/pci/drivers_probe`, reading the `driver` link back after the unbind and after the
+//! probe (a probe that binds nothing returns success). The card's other functions (HDA audio, USB, UCSI) go first and the
 //! display function last, so the GPU's driver never sees its audio function on a driver while
 //! it is gone (a stateless device link ties them: unbinding the GPU does not unbind the
 //! audio); handing back goes in the reverse order.
@@ -17,6 +17,76 @@ use serde::{Deserialize, Serialize};
 pub const VFIO_PCI: &str = "vfio-pci";
 /// The module that provides the vfio-pci driver.
 pub const VFIO_PCI_MODULE: &str = "vfio_pci";
+/// How a function came to vfio-pci, as `gpt check` says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `gpt bind`, journalled in /run.
+    Bind,
+    /// `vfio-pci.ids=` at boot; `true` when gpt's configuration put the ids there.
+    BootIds { gpts: bool },
+    /// gpt's early step (binding by address at boot).
+    EarlyStep,
+    /// A driverctl override (its file).
+    Driverctl(String),
+    /// A `driver_override` gpt did not write (a script, libvirt's managed device).
+    Override,
+    /// Nothing gpt can see (modprobe.d ids, a tool run by hand).
+    Other,
+}
+
+/// What gpt can see of a function on vfio-pci, in the order that decides.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub journalled: bool,
+    pub driverctl: Option<String>,
+    /// Its id is in `vfio-pci.ids=` on the running kernel's command line.
+    pub on_cmdline_ids: bool,
+    /// gpt's configuration passes it, and how.
+    pub configured: Option<crate::state::BindMode>,
+    pub override_vfio: bool,
+}
+
+pub fn origin(s: &Seen) -> Origin {
+    use crate::state::BindMode;
+    if s.journalled {
+        return Origin::Bind;
+    }
+    if let Some(f) = &s.driverctl {
+        return Origin::Driverctl(f.clone());
+    }
+    match (s.configured, s.on_cmdline_ids, s.override_vfio) {
+        (Some(BindMode::Address), _, true) => Origin::EarlyStep,
+        (conf, true, _) => Origin::BootIds {
+            gpts: conf == Some(BindMode::Ids),
+        },
+        (_, false, true) => Origin::Override,
+        _ => Origin::Other,
+    }
+}
+
+impl Origin {
+    /// Whether gpt set it up (and `gpt reset` or `gpt unbind` undoes it).
+    pub fn gpts(&self) -> bool {
+        matches!(
+            self,
+            Origin::Bind | Origin::EarlyStep | Origin::BootIds { gpts: true }
+        )
+    }
+
+    /// The sentence for `gpt check`, with what it means for `gpt reset`.
+    pub fn describe(&self, a: &PciAddress) -> String {
+        match self {
+            Origin::Bind => "by `gpt bind`, for this boot; `gpt unbind` gives it back, and `gpt reset` does so first".into(),
+            Origin::BootIds { gpts: true } => "by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on".into(),
+            Origin::BootIds { gpts: false } => "by vfio-pci.ids= at boot, which gpt did not write; `gpt reset` leaves it".into(),
+            Origin::EarlyStep => "by gpt's early step at boot, by address; `gpt reset` undoes it from the next boot on".into(),
+            Origin::Driverctl(f) => format!("by a driverctl override, {f}, applied at every boot; `gpt reset` leaves it, `sudo driverctl unset-override {a}` removes it"),
+            Origin::Override => "by a driver_override gpt did not write, from a script or from libvirt while a VM with managed='yes' runs; `gpt reset` leaves it".into(),
+            Origin::Other => "by something gpt did not set up, such as options vfio-pci ids= in modprobe.d; `gpt reset` leaves it".into(),
+        }
+    }
+}
+
 /// The runtime binding journal: under /run, so it ends with the boot, as the binding does.
 pub const JOURNAL: &str = "/run/gpt/bind.json";
 pub const PROBE: &str = "/sys/bus/pci/drivers_probe";
@@ -127,6 +197,7 @@ pub fn bind_steps(f: &Function) -> Vec<Step> {
     let mut steps = vec![Step::write(a, override_path(&a), VFIO_PCI, None)];
     if let Some(d) = &f.driver {
         steps.push(Step::write(a, unbind_path(d), &a.to_string(), Some(d)));
+        steps.push(Step::verify(a, None));
     }
     steps.push(Step::write(a, PROBE.into(), &a.to_string(), Some(VFIO_PCI)));
     steps.push(Step::verify(a, Some(VFIO_PCI)));
@@ -156,6 +227,9 @@ pub fn restore_steps(
     steps.push(Step::write(a, ov.clone(), original.unwrap_or(""), None));
     if let Some(cur) = current {
         steps.push(Step::write(a, unbind_path(cur), &a.to_string(), Some(cur)));
+        if original.is_some() {
+            steps.push(Step::verify(a, None));
+        }
     }
     if let Some(orig) = original {
         steps.push(Step::write(a, PROBE.into(), &a.to_string(), Some(orig)));
@@ -248,7 +322,7 @@ pub fn refuse_holders(holds: &[(PciAddress, Hold)], verb: &str) -> Option<anyhow
             "console",
             console.iter().map(|(a, _)| *a),
             format!(
-                "refusing: {a} shows this host's console ({fb} with fbcon bound to it): it is the \
+                "refusing: {a} shows this host's console (fbcon draws it on {fb}): it is the \
                  host's display, and `gpt {verb}` is for a second card. Nothing was changed;"
             ),
             "pass a card that is not the console (`gpt iommu --gpu` lists them)",
@@ -362,6 +436,7 @@ mod tests {
             [
                 "echo vfio-pci > /sys/bus/pci/devices/0000:02:00.1/driver_override",
                 "echo 0000:02:00.1 > /sys/bus/pci/drivers/snd_hda_intel/unbind",
+                "check that 0000:02:00.1 has no driver",
                 "echo 0000:02:00.1 > /sys/bus/pci/drivers_probe",
                 "check that 0000:02:00.1 is bound to vfio-pci",
             ]
@@ -390,13 +465,14 @@ mod tests {
             [
                 "echo nouveau > /sys/bus/pci/devices/0000:02:00.0/driver_override",
                 "echo 0000:02:00.0 > /sys/bus/pci/drivers/vfio-pci/unbind",
+                "check that 0000:02:00.0 has no driver",
                 "echo 0000:02:00.0 > /sys/bus/pci/drivers_probe",
                 "check that 0000:02:00.0 is bound to nouveau",
                 "echo > /sys/bus/pci/devices/0000:02:00.0/driver_override",
             ]
         );
         let kept = restore_steps(a, Some("vfio-pci"), Some("nouveau"), true);
-        assert_eq!(kept.len(), 4, "the override keeps naming nouveau");
+        assert_eq!(kept.len(), 5, "the override keeps naming nouveau");
         // A probe that bound nothing: no unbind, straight to the probe.
         assert_eq!(
             shown(&restore_steps(a, None, Some("nouveau"), false))[1],
@@ -472,6 +548,57 @@ mod tests {
         with_console.push((a, Hold::Console { fb: "fb0".into() }));
         let e = refuse_holders(&with_console, "bind").unwrap();
         assert_eq!(e.downcast_ref::<Refusal>().unwrap().kind, "console");
+    }
+
+    #[test]
+    fn the_origin_of_a_binding_goes_by_what_decides_it() {
+        use crate::state::BindMode;
+        let o = |s: Seen| origin(&s);
+        assert_eq!(
+            o(Seen {
+                journalled: true,
+                on_cmdline_ids: true,
+                ..Seen::default()
+            }),
+            Origin::Bind
+        );
+        assert_eq!(
+            o(Seen {
+                driverctl: Some("/etc/driverctl.d/pci-0000:02:00.0".into()),
+                override_vfio: true,
+                ..Seen::default()
+            }),
+            Origin::Driverctl("/etc/driverctl.d/pci-0000:02:00.0".into())
+        );
+        let ids = Seen {
+            on_cmdline_ids: true,
+            ..Seen::default()
+        };
+        assert_eq!(o(ids.clone()), Origin::BootIds { gpts: false });
+        assert_eq!(
+            o(Seen {
+                configured: Some(BindMode::Ids),
+                ..ids
+            }),
+            Origin::BootIds { gpts: true }
+        );
+        assert_eq!(
+            o(Seen {
+                configured: Some(BindMode::Address),
+                override_vfio: true,
+                ..Seen::default()
+            }),
+            Origin::EarlyStep
+        );
+        assert_eq!(
+            o(Seen {
+                override_vfio: true,
+                ..Seen::default()
+            }),
+            Origin::Override
+        );
+        assert_eq!(o(Seen::default()), Origin::Other);
+        assert!(Origin::Bind.gpts() && !Origin::Override.gpts());
     }
 
     #[test]

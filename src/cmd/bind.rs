@@ -85,11 +85,12 @@ fn refuse_holders(
     targets: &[PciAddress],
     verb: &str,
 ) -> Result<()> {
-    let funcs: Vec<(PciAddress, bool)> = targets
-        .iter()
-        .map(|a| (*a, topo.device(a).is_some_and(|d| d.boot_vga)))
-        .collect();
-    let found = holders::read(host, &funcs);
+    let boot_vga = topo
+        .devices
+        .values()
+        .find(|d| d.boot_vga)
+        .map(|d| d.address);
+    let found = holders::read(host, targets, boot_vga);
     if let Some(e) = rb::refuse_holders(&found.holds, verb) {
         return Err(e);
     }

@@ -40,6 +40,9 @@ pub struct Check {
     /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset: Option<crate::resetability::Report>,
+    /// Its detail shows on PASS too (how a function came to vfio-pci).
+    #[serde(skip)]
+    pub explain: bool,
 }
 
 impl Check {
@@ -49,6 +52,14 @@ impl Check {
             status,
             detail: detail.into(),
             reset: None,
+            explain: false,
+        }
+    }
+    /// A PASS whose detail is the point: it shows in the text output too.
+    pub(crate) fn pass_explained(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            explain: true,
+            ..Check::new(name, Status::Pass, detail)
         }
     }
     pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
@@ -70,7 +81,9 @@ impl Check {
             Status::Fail => ("FAIL", Style::new().red().bold()),
         };
         let status = match self.status {
-            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
+            Status::Pass if self.reset.is_none() && !self.explain => {
+                style.apply_to(word.to_string())
+            }
             _ => style.apply_to(format!("{word} ({})", self.detail)),
         };
         format!("{title:<width$} : {status}")
@@ -160,6 +173,7 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     }
     out.push(leftovers(host));
     let cfg = config.as_ref().ok().and_then(Option::as_ref);
+    out.extend(super::check_origin::checks(host, seen, cfg));
     out.extend(foreign_passthrough(seen, &stack, cfg));
     out
 }

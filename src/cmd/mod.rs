@@ -3,6 +3,7 @@
 
 pub mod bind;
 pub mod check;
+mod check_origin;
 pub mod docs;
 pub mod full;
 pub mod iommu;

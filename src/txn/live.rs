@@ -238,6 +238,8 @@ impl Live<'_> {
     pub fn bind(&self, order: &[Function], journal: &mut Journal) -> Result<Vec<PciAddress>> {
         self.ensure_driver(rb::VFIO_PCI, Some(rb::VFIO_PCI_MODULE))?;
         let mut moved: Vec<PciAddress> = Vec::new();
+        #[cfg(feature = "failpoints")]
+        let mut steps = 0;
         for f in order {
             if f.driver.as_deref() == Some(rb::VFIO_PCI) {
                 continue;
@@ -248,6 +250,11 @@ impl Live<'_> {
             for s in rb::bind_steps(f) {
                 if let Err(e) = self.step(&s) {
                     return Err(self.undo(&moved, journal, e));
+                }
+                #[cfg(feature = "failpoints")]
+                {
+                    steps += 1;
+                    crate::failpoint!("bind-after-step:{}", steps);
                 }
             }
             crate::failpoint!("bind-after-function:{}", moved.len());

@@ -77,6 +77,10 @@ Checking for 0000:02:00.1 resettable by the guest           : PASS (no function-
 Checking for 0000:02:00.2 resettable by the guest           : PASS (no function-level reset; vfio resets bus 0000:02, where every device goes to vfio-pci; driver vfio-pci, reset_method none, power_state D0, d3cold_allowed 1)
 Checking for 0000:02:00.3 resettable by the guest           : PASS (no function-level reset; vfio resets bus 0000:02, where every device goes to vfio-pci; driver vfio-pci, reset_method none, power_state D0, d3cold_allowed 1)
 Checking for leftovers of the old setup.sh                  : PASS
+Checking for how 0000:02:00.0 came to vfio-pci              : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.1 came to vfio-pci              : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.2 came to vfio-pci              : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.3 came to vfio-pci              : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
 "
     );
 }
