@@ -103,28 +103,31 @@ fn refuse_holders(
     Ok(())
 }
 
-/// A driver_override gpt did not write (driverctl, a script): someone else manages the
-/// function, and gpt would fight it.
-fn refuse_foreign_override(host: &Host, targets: &[PciAddress]) -> Result<()> {
+/// A driver_override that someone else manages (driverctl), or that names another driver than
+/// the one bound (written by hand or by a script): gpt would fight it. One that names the bound
+/// driver (what `gpt unbind` leaves where `vfio-pci.ids=` would take the function back), or a
+/// function in gpt's own journal (a bind that did not finish), is gpt's to change.
+fn refuse_foreign_override(host: &Host, targets: &[PciAddress], journal: &Journal) -> Result<()> {
     for a in targets {
-        if let Some(o) = live::override_of(host, a) {
-            if o != rb::VFIO_PCI || live::driver_of(host, a).as_deref() != Some(rb::VFIO_PCI) {
-                let driverctl = format!("/etc/driverctl.d/pci-{a}");
-                let who = if host.exists(&driverctl) {
-                    format!(
-                        "driverctl ({driverctl}); `sudo driverctl unset-override {a}` removes it"
-                    )
-                } else {
-                    "not gpt; clear it with `echo | sudo tee /sys/bus/pci/devices/ADDR/driver_override`".replace("ADDR", &a.to_string())
-                };
-                return Err(Refusal::error(
-                    "foreign_override",
-                    [a],
-                    format!("refusing: {a} has driver_override set to {o} by {who}. Nothing was changed;"),
-                    "run this again once it is cleared",
-                ));
-            }
-        }
+        let Some(o) = live::override_of(host, a) else {
+            continue;
+        };
+        let driverctl = format!("/etc/driverctl.d/pci-{a}");
+        let who = if host.exists(&driverctl) {
+            format!("driverctl ({driverctl}); `sudo driverctl unset-override {a}` removes it")
+        } else if journal.entry(a).is_some()
+            || live::driver_of(host, a).as_deref() == Some(o.as_str())
+        {
+            continue;
+        } else {
+            format!("hand or a script, not gpt; clear it with `echo | sudo tee /sys/bus/pci/devices/{a}/driver_override`")
+        };
+        return Err(Refusal::error(
+            "foreign_override",
+            [a],
+            format!("refusing: {a} has driver_override set to {o} by {who}. Nothing was changed;"),
+            "run this again once it is cleared",
+        ));
     }
     Ok(())
 }
@@ -163,7 +166,11 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
     for w in &sel.warnings {
         ui.warn(w);
     }
-    refuse_foreign_override(host, &sel.targets)?;
+    let journal = live::load_journal(host)?.unwrap_or_else(|| Journal {
+        boot_id: live::boot_id(host),
+        functions: Vec::new(),
+    });
+    refuse_foreign_override(host, &sel.targets, &journal)?;
     let moving: Vec<PciAddress> = sel
         .targets
         .iter()
@@ -231,10 +238,7 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
         timeout: Duration::from_secs(args.timeout),
         keep_override: BTreeSet::new(),
     };
-    let mut journal = live::load_journal(host)?.unwrap_or_else(|| Journal {
-        boot_id: live::boot_id(host),
-        functions: Vec::new(),
-    });
+    let mut journal = journal;
     live.bind(&order, &mut journal)?;
     print(ui, true, false, devices, &steps, &sel.warnings)?;
     ui.ok("bound to vfio-pci until `sudo gpt unbind` or the next boot; `gpt qemu` prints a VM command for it");

@@ -483,6 +483,32 @@ fn unbind_gives_gpt_fulls_card_to_its_host_drivers_for_this_boot() {
         "{err}"
     );
     assert!(journal(root).is_none());
+    // That override names the bound driver: it is no reason to refuse the next bind.
+    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(drivers(root), vec![Some("vfio-pci".to_string()); 4]);
+}
+
+#[test]
+fn an_override_someone_else_set_is_refused_and_left_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    second_card(root);
+    let _k = Kernel::start(root, Rules::default());
+    let ov = root.join("sys/bus/pci/devices/0000:02:00.1/driver_override");
+    std::fs::write(&ov, "pci-stub\n").unwrap();
+    let msg = refused(root, &["--device", "02:00.0"], "foreign_override");
+    assert!(
+        msg.contains("0000:02:00.1 has driver_override set to pci-stub by hand or a script"),
+        "{msg}"
+    );
+    std::fs::create_dir_all(root.join("etc/driverctl.d")).unwrap();
+    std::fs::write(root.join("etc/driverctl.d/pci-0000:02:00.1"), "pci-stub\n").unwrap();
+    let msg = refused(root, &["--device", "02:00.0"], "foreign_override");
+    assert!(
+        msg.contains("by driverctl (/etc/driverctl.d/pci-0000:02:00.1)"),
+        "{msg}"
+    );
 }
 
 #[test]
