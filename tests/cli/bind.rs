@@ -568,3 +568,20 @@ fn check_says_how_each_function_came_to_vfio_pci() {
         "{why}"
     );
 }
+
+#[test]
+fn bind_waits_for_no_one_while_another_gpt_holds_the_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    second_card(root);
+    let k = Kernel::start(root, Rules::default());
+    let held = gpt::txn::Lock::acquire(&gpt::host::Host::new(root)).unwrap();
+    for cmd in ["bind", "unbind"] {
+        let (code, _, err) = run(gpt(root).args([cmd, "--device", "02:00.0", "--yes"]));
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("another gpt is running"), "{err}");
+    }
+    drop(held);
+    assert!(k.log().is_empty());
+    assert_eq!(drivers(root), host_drivers());
+}
