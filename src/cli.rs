@@ -71,6 +71,29 @@ pub enum Command {
             FILE paths are this machine's, as given (not under --root)."
     )]
     Rom(RomArgs),
+    /// Hand a card to vfio-pci now, without a reboot, until `gpt unbind` or the next boot
+    #[command(
+        long_about = "Hand a card to vfio-pci now, without a reboot: every function of the card \
+            (and of its IOMMU group), selected and refused as by `gpt full`, goes to vfio-pci \
+            until `gpt unbind` or the next boot. The card that shows the console or a display \
+            is refused, and so is a card a process holds open (named with its pid). Per \
+            function: driver_override, unbind, probe, and the driver read back; a write that \
+            does not return within --timeout is reported and the functions already moved are \
+            handed back. The original drivers are journalled in /run/gpt/bind.json."
+    )]
+    Bind(BindArgs),
+    /// Give a card back to its host drivers, without a reboot
+    #[command(
+        long_about = "Give a card back to the drivers it had before `gpt bind` (from the \
+            journal in /run/gpt/bind.json, also after a crash), or a card that `gpt full` \
+            configured to its host driver for this boot only. Without VENDOR or --device: \
+            everything `gpt bind` bound. Each function is verified on its driver afterwards."
+    )]
+    Unbind(BindArgs),
+    /// Internal: write VALUE to the sysfs attribute PATH (inside --root), as `echo VALUE >
+    /// PATH`. gpt runs it as a child it can abandon when a driver never returns from the write.
+    #[command(name = "__sysfs-write", hide = true)]
+    SysfsWrite(SysfsWriteArgs),
     /// Internal: read the ESPs proxmox-boot-tool manages, each mounted read-only, and print
     /// what boots from them as JSON. gpt runs it itself in a private mount namespace
     /// (`unshare --mount --propagation private`); it refuses to mount anything in the
@@ -285,6 +308,39 @@ pub struct RomArgs {
     /// Read the ROM even while a driver other than vfio-pci uses the card
     #[arg(long, conflicts_with = "check")]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// GPU vendor: nvidia, amd, intel (any case) or a 4-digit hex vendor id such as 10de
+    #[arg(value_name = "VENDOR")]
+    pub vendor: Option<String>,
+
+    /// Select a GPU by PCI address (0000:02:00.0 or 02:00.0); repeatable
+    #[arg(long = "device", value_name = "ADDR")]
+    pub devices: Vec<String>,
+
+    /// Print the steps and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Apply without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Seconds one sysfs write may take before gpt gives up on it (a driver that does not let
+    /// go of the card)
+    #[arg(long, value_name = "SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SysfsWriteArgs {
+    /// The attribute, as a path on the host (`/sys/bus/pci/drivers_probe`)
+    pub path: String,
+    /// What to write (a newline is added)
+    pub value: String,
 }
 
 #[derive(Debug, Args)]

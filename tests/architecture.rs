@@ -32,11 +32,23 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "pure editors and judges",
-        &["edit/", "resetability/", "passthrough.rs", "rom.rs"],
+        &[
+            "edit/",
+            "resetability/",
+            "passthrough.rs",
+            "rom.rs",
+            "runtime_bind.rs",
+        ],
     ),
     (
         "the reader",
-        &["facts/", "sysfs.rs", "reset_facts.rs", "rom_read.rs"],
+        &[
+            "facts/",
+            "sysfs.rs",
+            "reset_facts.rs",
+            "rom_read.rs",
+            "holders.rs",
+        ],
     ),
     ("the boot stacks", &["boot/"]),
     (

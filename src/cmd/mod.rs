@@ -1,6 +1,7 @@
 //! One module per subcommand; each takes the host, the UI and its arguments and returns the
 //! exit code (0 success, 1 failure or refusal).
 
+pub mod bind;
 pub mod check;
 pub mod docs;
 pub mod full;
@@ -43,6 +44,11 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Check(args) => check::run(&host, &ui, args),
         Command::Qemu(args) => qemu::run(&host, &ui, args),
         Command::Rom(args) => rom::run(&host, &ui, args),
+        Command::Bind(args) => bind::bind(&host, &ui, args),
+        Command::Unbind(args) => bind::unbind(&host, &ui, args),
+        Command::SysfsWrite(args) => {
+            crate::txn::live::write_helper(&host, &args.path, &args.value).map(|()| 0)
+        }
         Command::ReadEsps(args) => crate::facts::pve_esp::helper(&host, &args.uuids),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };

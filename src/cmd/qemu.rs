@@ -82,8 +82,17 @@ struct LibvirtJson {
 pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
     let topo = sysfs::read_topology(host)?;
     let names = sysfs::load_names(host, &topo);
+    // Functions `gpt bind` put on vfio-pci at runtime.
+    let runtime: Vec<PciAddress> = crate::txn::live::load_journal(host)?
+        .map(|j| {
+            j.functions
+                .iter()
+                .filter_map(|e| PciAddress::parse(&e.address))
+                .collect()
+        })
+        .unwrap_or_default();
     let cards = if args.devices.is_empty() {
-        configured_cards(ui, host, &topo)?
+        configured_cards(ui, host, &topo, &runtime)?
     } else {
         chosen_cards(ui, &topo, &names, &args.devices)?
     };
@@ -99,7 +108,7 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
         .collect();
 
     if args.libvirt {
-        let mut xml = libvirt_xml(&topo, &names, &cards);
+        let mut xml = libvirt_xml(&topo, &names, &cards, &runtime);
         if let Some((addr, file)) = &rom {
             xml = with_rom_element(&xml, addr, file);
         }
@@ -148,9 +157,17 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
 /// The cards of the GPUs `gpt full` configured: the configured devices in a GPU's slot or
 /// below the card's own switch (an Arc card's audio), grouped by slot. Other configured
 /// devices (taken with `full --force`) stay out of the VM.
-fn configured_cards(ui: &Ui, host: &Host, topo: &Topology) -> Result<Vec<Card>> {
+fn configured_cards(
+    ui: &Ui,
+    host: &Host,
+    topo: &Topology,
+    runtime: &[PciAddress],
+) -> Result<Vec<Card>> {
     let config = crate::facts::recorded_config(host)?;
     let Some(config) = config.filter(|c| c.phase == Phase::Vfio && !c.devices.is_empty()) else {
+        if !runtime.is_empty() {
+            return Ok(cards_by_slot(runtime.to_vec()));
+        }
         bail!("nothing configured; run `sudo gpt full VENDOR` or pass --device ADDR");
     };
     let parse = |list: &[String]| -> Result<Vec<PciAddress>> {
@@ -586,15 +603,26 @@ fn continued(argv: &[String]) -> String {
     out
 }
 
-fn libvirt_xml(topo: &Topology, names: &Names, cards: &[Card]) -> String {
+/// A function `gpt bind` bound (in `runtime`) is `managed='no'`: libvirt must not hand it back
+/// to the host behind gpt's journal when the VM stops; `gpt unbind` does.
+fn libvirt_xml(topo: &Topology, names: &Names, cards: &[Card], runtime: &[PciAddress]) -> String {
     let mut s = String::from(
         "<!-- Add inside <devices> of a domain with UEFI firmware (<os firmware='efi'>) and a q35 machine (virsh edit NAME). -->\n",
     );
     for addr in cards.iter().flat_map(|c| &c.functions) {
         let what = format!("{addr}{}", describe(topo, names, addr)).replace("--", "- -");
+        let managed = if runtime.contains(addr) {
+            s.push_str(
+                "<!-- bound to vfio-pci by `gpt bind`: managed='no', so libvirt leaves it on \
+                 vfio-pci when the VM stops; `sudo gpt unbind` gives it back to the host -->\n",
+            );
+            "no"
+        } else {
+            "yes"
+        };
         s.push_str(&format!(
             "<!-- {what} -->\n\
-             <hostdev mode='subsystem' type='pci' managed='yes'>\n  \
+             <hostdev mode='subsystem' type='pci' managed='{managed}'>\n  \
                <source>\n    \
                  <address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>\n  \
                </source>\n\

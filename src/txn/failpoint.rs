@@ -14,6 +14,9 @@
 //! | `before-commit` | every file and command is done, the final state is not saved yet |
 //! | `after-commit` | the final state is saved (or, for `reset`, the journal is gone) |
 //! | `rollback-after-restore:N` | while rolling back, the N-th restored file is back |
+//!
+//! `gpt bind` (`txn::live`) has its own: `bind-after-step:N`, after the N-th sysfs step of
+//! the run (a write or its check), and `bind-after-function:N`, once the N-th function moved.
 
 /// The environment variable naming the point to stop at.
 pub const ENV: &str = "GPT_FAILPOINT";

@@ -16,6 +16,7 @@
 pub mod failpoint;
 pub mod fs;
 pub mod journal;
+pub mod live;
 pub mod lock;
 
 pub use fs::Meta;

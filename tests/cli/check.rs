@@ -73,6 +73,10 @@ Checking for 0000:02:00.3 bound to vfio-pci                      : PASS
 Checking for IOMMU group 14 free of host drivers                 : PASS
 Checking for 0000:02:00.0, .1, .2 and .3 resettable by the guest : PASS (vfio resets bus 0000:02, where every device goes to vfio-pci (no function-level reset); 0000:02:00.0: driver vfio-pci, reset_method \"bus\", power_state D0, d3cold_allowed 1)
 Checking for leftovers of the old setup.sh                       : PASS
+Checking for how 0000:02:00.0 came to vfio-pci                   : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.1 came to vfio-pci                   : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.2 came to vfio-pci                   : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
+Checking for how 0000:02:00.3 came to vfio-pci                   : PASS (by vfio-pci.ids= at boot, from `gpt full`; `gpt reset` undoes it from the next boot on)
 "
     );
 }

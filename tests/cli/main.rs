@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod bind;
 mod check;
 mod concurrency;
 mod docs;

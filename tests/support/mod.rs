@@ -3,6 +3,7 @@
 
 pub mod fakes;
 pub mod hosts;
+pub mod kernel;
 pub mod synth;
 pub mod tally;
 pub mod transact;

@@ -53,8 +53,11 @@ log() { printf '[image] %s\n' "$*" >&2; }
 # The boot loader: GRUB's EFI modules (a standalone GRUB is built from them below), or for sdboot
 # systemd-boot with its EFI binaries and bootctl (split into three packages since Debian 13).
 loader=grub-efi-amd64-bin,grub-common,grub2-common,
+# main's guest also runs a VM of its own on the card (QEMU under TCG, SeaBIOS, no display):
+# the proof that a card on vfio-pci can be opened by a VM, not only bound.
+extra=
 case $variant in
-initramfs-tools) generator=initramfs-tools, ;;
+initramfs-tools) generator=initramfs-tools, extra=qemu-system-x86, ;;
 dracut) generator= ;;
 dracut-itc) generator=initramfs-tools-core, ;;
 sdboot) generator=initramfs-tools, loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
@@ -74,7 +77,7 @@ log "debootstrap $suite (minbase)"
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 debootstrap --variant=minbase --cache-dir="$(cd "$debs" && pwd)" \
     $([ -r $keyring ] && echo "--keyring=$keyring") \
-    --include=linux-image-amd64,${generator}${loader}kmod,udev,systemd-sysv,lz4,jq,pciutils,man-db,bash-completion \
+    --include=linux-image-amd64,${generator}${loader}${extra}kmod,udev,systemd-sysv,lz4,jq,pciutils,man-db,bash-completion \
     "$suite" "$root" ${mirror:+"$mirror"} >"$tmp/debootstrap.log" 2>&1 || {
     tail -n 30 "$tmp/debootstrap.log" >&2
     exit 1

@@ -733,6 +733,105 @@ rom_reads_the_real_vgabios() {
         eval 'exited rom-audio 1 && grep -q "has no ROM" "$W/rom-audio.err"'
 }
 
+# --- runtime binding (main): gpt bind / gpt unbind, and a VM that opens the card -------------------------
+# The boot VGA (the host's own cirrus display, where fbcon draws the console).
+console_vga() {
+    local d
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/boot_vga" 2>/dev/null)" = 1 ] && basename "$d"
+    done | head -n 1
+}
+# The card's DRM nodes as udev names them (by-path), one per line.
+gpu_dri_nodes() { ls /dev/dri/by-path/ 2>/dev/null | grep "^pci-$GPU-" | sort; }
+console_facts() {
+    echo "--- boot VGA: $(console_vga); framebuffers:"
+    local f
+    for f in /sys/class/graphics/fb*; do
+        [ -e "$f" ] && echo "  $f -> $(readlink -f "$f/device" 2>/dev/null)"
+    done
+    for f in /sys/class/vtconsole/vtcon*; do
+        [ -e "$f" ] && echo "  $f: $(cat "$f/name") bind=$(cat "$f/bind")"
+    done
+    echo "--- /dev/dri/by-path: $(ls /dev/dri/by-path 2>/dev/null | tr '\n' ' ')"
+}
+# Boot 1, before gpt full: the card (bochs-drm + snd_hda_intel) to vfio-pci and back, the
+# refusals for real, and a nested VM on the bound card.
+runtime_bind_cycle() {
+    gpt_works bind || { notok "gpt bind is available ($why)"; return; }
+    console_facts
+    gpu_dri_nodes >"$state/dri.before"
+    local console holder
+    console=$(console_vga)
+    run bind-console gpt --json bind --device "$console" --dry-run
+    check "gpt bind refuses the console card $console (kind console, exit 1)" \
+        eval 'exited bind-console 1 && jqt bind-console ".ok == false and .kind == \"console\""'
+    # A process holding the card's DRM node.
+    sleep 600 <"/dev/dri/by-path/pci-$GPU-card" &
+    holder=$!
+    run bind-held gpt --json bind --device $GPU --yes --timeout 30
+    check "gpt bind refuses while a process holds the card node, naming it (sleep, pid $holder)" \
+        eval 'exited bind-held 1 && jqt bind-held ".kind == \"in_use\"" && grep -q "sleep (pid $holder)" "$W/bind-held.err"'
+    kill $holder
+    wait $holder 2>/dev/null
+    check "... and both functions stayed on boot 1's drivers" drivers_match "$state/drivers.before"
+    run bind gpt --json bind --device $GPU --yes --timeout 60
+    check "gpt bind --device $GPU exits 0" exited bind 0
+    check "$GPU and $AUDIO are on vfio-pci after gpt bind" bound_to vfio-pci $GPU $AUDIO
+    check "the binding journal /run/gpt/bind.json names bochs-drm and snd_hda_intel" \
+        eval 'jq -e ".functions | map(.driver) | sort == [\"bochs-drm\", \"snd_hda_intel\"]" /run/gpt/bind.json'
+    check "the card's /dev/dri nodes are gone" test -z "$(gpu_dri_nodes)"
+    run check-bound gpt --json check
+    check "gpt check says $GPU came to vfio-pci by gpt bind" \
+        jqt check-bound '.checks[] | select(.name == "how '$GPU' came to vfio-pci") | .detail | startswith("by `gpt bind`")'
+    nested_vm bind
+    run unbind gpt --json unbind --yes --timeout 60
+    check "gpt unbind exits 0" exited unbind 0
+    check "gpt unbind: bochs-drm and snd_hda_intel are bound again" drivers_match "$state/drivers.before"
+    udevadm settle --timeout=60 || true
+    check "the card's /dev/dri nodes are back" eval 'gpu_dri_nodes | cmp -s - "$state/dri.before" && test -s "$state/dri.before"'
+    check "driver_override is empty again on both functions" \
+        eval 'test "$(cat /sys/bus/pci/devices/$GPU/driver_override /sys/bus/pci/devices/$AUDIO/driver_override)" = "$(printf "(null)\n(null)")"'
+    check "no binding journal is left" test ! -e /run/gpt/bind.json
+}
+# nested_vm NAME: QEMU (TCG, no display) with the pcie-root-port and vfio-pci devices that
+# `gpt qemu --json` prints opens the card's /dev/vfio/GROUP, runs SeaBIOS a few seconds with the
+# card in it, and quits cleanly through QMP.
+nested_vm() {
+    local name=$1 group pid qmp=4444 i
+    group=$(group_of $GPU)
+    command -v qemu-system-x86_64 >/dev/null || { notok "$name: qemu-system-x86_64 is in the guest"; return; }
+    run "$name-qemu" gpt qemu --json
+    local -a devs
+    mapfile -t devs < <(jq -r '.argv as $a | range(0; $a | length) | select($a[.] == "-device" and ($a[. + 1] | test("^(pcie-root-port|vfio-pci),"))) | "-device", $a[. + 1]' "$W/$name-qemu.out")
+    echo "--- \$ qemu-system-x86_64 -machine q35 -accel tcg -m 256 -display none -nodefaults -serial none ${devs[*]} -qmp tcp:127.0.0.1:$qmp,server=on,wait=off"
+    qemu-system-x86_64 -machine q35 -accel tcg -m 256 -display none -nodefaults -serial none \
+        "${devs[@]}" -qmp tcp:127.0.0.1:$qmp,server=on,wait=off >"$W/$name-vm.out" 2>"$W/$name-vm.err" </dev/null &
+    pid=$!
+    for i in $(seq 120); do
+        ls -l /proc/$pid/fd 2>/dev/null | grep -q "/dev/vfio/$group\$" && break
+        kill -0 $pid 2>/dev/null || break
+        sleep 1
+    done
+    check "$name: nested QEMU (TCG) with gpt qemu's ${#devs[@]} device arguments opened /dev/vfio/$group" \
+        eval 'ls -l /proc/'$pid'/fd 2>/dev/null | grep -q "/dev/vfio/'$group'\$"'
+    sleep 5
+    check "$name: ... and still runs 5 s later" kill -0 $pid
+    (
+        exec 3<>/dev/tcp/127.0.0.1/$qmp || exit 1
+        head -n 1 <&3
+        printf '{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n' >&3
+        timeout 30 cat <&3
+    ) >"$W/$name-qmp.txt" 2>&1
+    for i in $(seq 60); do kill -0 $pid 2>/dev/null || break; sleep 1; done
+    kill -9 $pid 2>/dev/null
+    wait $pid
+    local vm_rc=$?
+    sed 's/^/  qmp| /' "$W/$name-qmp.txt"
+    sed 's/^/  vm 2| /' "$W/$name-vm.err"
+    check "$name: ... and quit through QMP with exit status 0" \
+        eval 'test '$vm_rc' = 0 && grep -q "\"SHUTDOWN\"" "$W/'$name'-qmp.txt"'
+}
+
 # --- scenarios ------------------------------------------------------------------------------------------
 echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
 settle
@@ -745,6 +844,7 @@ main:1)
     installed_from_deb
     iommu_json
     rom_refused_in_use
+    runtime_bind_cycle
     full_configures full 1234
     full_again_is_noop full2 1234
     ;;
@@ -758,6 +858,7 @@ main:2)
     reset_facts_reported $GPU $AUDIO
     qemu_names_both
     rom_reads_the_real_vgabios
+    nested_vm full
     purge_keeps_journal
     # The rescue step gpt prints: boot once without vfio-pci.ids= (as if edited at the GRUB prompt).
     cp /boot/grub/grub.cfg "$state/grub.cfg.configured"

@@ -8,6 +8,7 @@
 
 mod config;
 mod host;
+mod origin;
 mod reset;
 mod rom;
 mod verdict;
@@ -123,6 +124,7 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     }
     out.push(leftovers(host));
     let cfg = config.as_ref().ok().and_then(Option::as_ref);
+    out.extend(origin::checks(host, seen, cfg));
     out.extend(foreign_passthrough(seen, &stack, cfg));
     out
 }

@@ -23,6 +23,9 @@ pub struct Check {
     /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reset: Option<crate::resetability::Report>,
+    /// Its detail shows on PASS too (how a function came to vfio-pci).
+    #[serde(skip)]
+    pub explain: bool,
 }
 
 impl Check {
@@ -32,6 +35,14 @@ impl Check {
             status,
             detail: detail.into(),
             reset: None,
+            explain: false,
+        }
+    }
+    /// A PASS whose detail is the point: it shows in the text output too.
+    pub(crate) fn pass_explained(name: impl Into<String>, detail: impl Into<String>) -> Check {
+        Check {
+            explain: true,
+            ..Check::new(name, Status::Pass, detail)
         }
     }
     pub(crate) fn pass(name: impl Into<String>, detail: impl Into<String>) -> Check {
@@ -53,7 +64,9 @@ impl Check {
             Status::Fail => ("FAIL", Style::new().red().bold()),
         };
         let status = match self.status {
-            Status::Pass if self.reset.is_none() => style.apply_to(word.to_string()),
+            Status::Pass if self.reset.is_none() && !self.explain => {
+                style.apply_to(word.to_string())
+            }
             _ => style.apply_to(format!(
                 "{word} ({})",
                 crate::printable::clean(&self.detail)

@@ -44,6 +44,8 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
         args.yes,
         "gpt reset changes /etc and /boot: run it with sudo (or add --dry-run to see what it would do)",
     )?;
+    // What `gpt bind` bound goes back first: the binding ends before its configuration does.
+    super::bind::hand_back_all(host, ui, args.dry_run)?;
     let state = State::load(host)?;
     let facts = Facts::read_for(host, args.boot_loader.map(|b| b.choice()))?;
     let stack = stack_now(ui, &facts, state.as_ref());
