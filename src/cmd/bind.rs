@@ -31,7 +31,7 @@ struct BindJson {
     warnings: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct DeviceJson {
     address: String,
     from: Option<String>,
@@ -222,14 +222,11 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
     }
     ui.step("Steps:");
     print_steps(ui, &steps);
-    if session.dry_run() {
-        print(ui, false, true, devices, &steps, &sel.warnings)?;
-        ui.info("dry run: nothing was changed");
-        return Ok(0);
-    }
-    if !session.confirm("Bind these functions to vfio-pci now?")? {
-        ui.info("nothing was changed");
-        return Ok(1);
+    let ask = "Bind these functions to vfio-pci now?";
+    if let Some(code) = dry_run_or_ask(ui, &session, ask, || {
+        print(ui, false, true, devices.clone(), &steps, &sel.warnings)
+    })? {
+        return Ok(code);
     }
     let runner = Runner::new(host, ui);
     let live = Live {
@@ -243,6 +240,26 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
     print(ui, true, false, devices, &steps, &sel.warnings)?;
     ui.ok("bound to vfio-pci until `sudo gpt unbind` or the next boot; `gpt qemu` prints a VM command for it");
     Ok(0)
+}
+
+/// A dry run prints what would be done and ends (exit 0); otherwise ask. `Some(code)` when
+/// nothing more is to be done.
+fn dry_run_or_ask(
+    ui: &Ui,
+    session: &Session,
+    question: &str,
+    print: impl FnOnce() -> Result<()>,
+) -> Result<Option<u8>> {
+    if session.dry_run() {
+        print()?;
+        ui.info("dry run: nothing was changed; run the same command without --dry-run to apply it");
+        return Ok(Some(0));
+    }
+    if !session.confirm(question)? {
+        ui.info("nothing was changed");
+        return Ok(Some(1));
+    }
+    Ok(None)
 }
 
 fn print(
@@ -474,14 +491,11 @@ pub fn unbind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
             to: b.driver.clone().or(b.module.clone()),
         })
         .collect();
-    if session.dry_run() {
-        print(ui, false, true, devices, &steps, &warnings)?;
-        ui.info("dry run: nothing was changed");
-        return Ok(0);
-    }
-    if !session.confirm("Give these functions back to their drivers now?")? {
-        ui.info("nothing was changed");
-        return Ok(1);
+    let ask = "Give these functions back to their drivers now?";
+    if let Some(code) = dry_run_or_ask(ui, &session, ask, || {
+        print(ui, false, true, devices.clone(), &steps, &warnings)
+    })? {
+        return Ok(code);
     }
     let runner = Runner::new(host, ui);
     let live = Live {
