@@ -81,7 +81,7 @@ fn check_json(root: &Path) -> Vec<Value> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|c| c.get("reset").is_some())
+        .filter(|c| c.get("resets").is_some())
         .cloned()
         .collect()
 }
@@ -120,8 +120,8 @@ fn as_on_debian_11_nothing_is_reported_and_check_degrades_without_failing() {
     let (code, _, err) = run(gpt_with_fakes(r).arg("check"));
     assert_eq!(code, 0, "{err}");
     let json = check_json(r);
-    assert_eq!(json[0]["reset"]["reset_method"], Value::Null);
-    assert_eq!(json[0]["reset"]["power_state"], Value::Null);
+    assert_eq!(json[0]["resets"][0]["reset_method"], Value::Null);
+    assert_eq!(json[0]["resets"][0]["power_state"], Value::Null);
 }
 
 #[test]
@@ -145,8 +145,8 @@ fn flr_passes_and_json_carries_every_fact() {
     );
     assert_eq!(json[0]["status"], "pass");
     assert_eq!(
-        json[0]["reset"],
-        serde_json::json!({
+        json[0]["resets"],
+        serde_json::json!([{
             "address": "0000:02:00.0",
             "driver": "vfio-pci",
             "reset_method": ["flr", "bus"],
@@ -154,10 +154,18 @@ fn flr_passes_and_json_carries_every_fact() {
             "d3cold_allowed": "1",
             "verdict": "pass",
             "reason": "function-level reset (FLR)"
-        })
+        }])
     );
+    // The shared line still carries each of its three functions' own facts.
+    let shared: Vec<&str> = json[1]["resets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(shared, ["0000:02:00.1", "0000:02:00.2", "0000:02:00.3"]);
     // A function the kernel found no method for: an empty list, not null.
-    assert_eq!(json[1]["reset"]["reset_method"], serde_json::json!([]));
+    assert_eq!(json[1]["resets"][2]["reset_method"], serde_json::json!([]));
 }
 
 #[test]

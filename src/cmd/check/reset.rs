@@ -30,7 +30,14 @@ pub fn checks(
     let reports = resetability::judge_all(&facts, &f.topology, &vfio);
     let mut out: Vec<Check> = resetability::by_card(&reports)
         .into_iter()
-        .map(|(addrs, r)| reset_check(&addrs, r))
+        .map(|(addrs, r)| {
+            let all = reports
+                .iter()
+                .filter(|f| addrs.contains(&f.address))
+                .cloned()
+                .collect();
+            reset_check(&addrs, r, all)
+        })
         .collect();
     if c.no_idle_d3 {
         out.push(idle_d3_check(&facts.env, f, stack, reboot_pending));
@@ -53,7 +60,8 @@ fn card_name(addrs: &[String]) -> String {
     name
 }
 
-fn reset_check(addrs: &[String], r: Report) -> Check {
+/// One card's line; `all` holds the facts of each function it names, for the JSON.
+fn reset_check(addrs: &[String], r: Report, all: Vec<Report>) -> Check {
     let (name, detail) = match addrs {
         [one] => (one.clone(), format!("{}; {}", r.reason, r.facts_line())),
         _ => (
@@ -66,7 +74,7 @@ fn reset_check(addrs: &[String], r: Report) -> Check {
         Level::Pass => Check::pass(name, detail),
         Level::Warn => Check::warn(name, detail),
     };
-    check.reset = Some(r);
+    check.resets = all;
     check
 }
 

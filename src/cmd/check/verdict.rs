@@ -20,9 +20,10 @@ pub struct Check {
     pub name: String,
     pub status: Status,
     pub detail: String,
-    /// A function's reset and power facts (the reset checks): its detail shows on PASS too.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reset: Option<crate::resetability::Report>,
+    /// The reset and power facts of every function the line speaks for (the reset checks, one
+    /// line per card where its functions say the same): its detail shows on PASS too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resets: Vec<crate::resetability::Report>,
     /// Its detail shows on PASS too (how a function came to vfio-pci).
     #[serde(skip)]
     pub explain: bool,
@@ -34,7 +35,7 @@ impl Check {
             name: name.into(),
             status,
             detail: detail.into(),
-            reset: None,
+            resets: Vec::new(),
             explain: false,
         }
     }
@@ -64,7 +65,7 @@ impl Check {
             Status::Fail => ("FAIL", Style::new().red().bold()),
         };
         let status = match self.status {
-            Status::Pass if self.reset.is_none() && !self.explain => {
+            Status::Pass if self.resets.is_empty() && !self.explain => {
                 style.apply_to(word.to_string())
             }
             _ => style.apply_to(format!(
