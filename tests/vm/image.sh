@@ -15,6 +15,8 @@
 #                    Loader Specification entry (loader/entries/<machine-id>-<kver>.conf), and the
 #                    guest mounts the ESP at /boot/efi (fstab). No /etc/kernel/cmdline: the guest's
 #                    kernel-install falls back to /proc/cmdline, as on a fresh install.
+#   sdboot-dracut    sdboot's loader with dracut's images (the dracut variant's packages and
+#                    configuration): the layout where a bare `dracut` picks an output on the ESP.
 # A dracut image carries /etc/dracut.conf.d/10-gpt-vm.conf: lz4 images and force_drivers of the fake
 # GPU's own drivers (bochs, snd_hda_intel), which the initramfs then loads before anything else
 # unless gpt's configuration holds them off. The dracut variant keeps Debian's generic images (no
@@ -61,8 +63,12 @@ initramfs-tools) generator=initramfs-tools, extra=qemu-system-x86, ;;
 dracut) generator= ;;
 dracut-itc) generator=initramfs-tools-core, ;;
 sdboot) generator=initramfs-tools, loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
-*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc, sdboot)"; exit 2 ;;
+sdboot-dracut) generator= loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
+*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc, sdboot, sdboot-dracut)"; exit 2 ;;
 esac
+# The two sides of a variant: its loader (systemd-boot or GRUB) and its generator.
+case $variant in sdboot | sdboot-dracut) sdboot=yes ;; *) sdboot=no ;; esac
+case $variant in dracut | dracut-itc | sdboot-dracut) dracut=yes ;; *) dracut=no ;; esac
 
 tmp=$out.tmp
 rm -rf "$tmp"
@@ -98,7 +104,7 @@ chroot_apt() {
         DEBIAN_FRONTEND=noninteractive LC_ALL=C apt-get -y -q -o APT::Install-Recommends=false \
         -o Dpkg::Use-Pty=false "$@"
 }
-if [ "$variant" = dracut ] || [ "$variant" = dracut-itc ]; then
+if [ "$dracut" = yes ]; then
     t1=$SECONDS
     log "variant $variant: apt-get install dracut"
     # The packages' scripts would build an initramfs here, host-only, in a tree without /proc:
@@ -113,7 +119,7 @@ if [ "$variant" = dracut ] || [ "$variant" = dracut-itc ]; then
         if ! chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' dracut 2>/dev/null | grep -q '^ii'; then
             chroot_apt update && chroot_apt install dracut
         fi &&
-            if [ "$variant" = dracut ]; then chroot_apt purge initramfs-tools initramfs-tools-core; fi &&
+            if [ "$variant" != dracut-itc ]; then chroot_apt purge initramfs-tools initramfs-tools-core; fi &&
             find "$root/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -n {} "$debs/" \; &&
             chroot_apt clean
     } >"$tmp/apt.log" 2>&1 || {
@@ -134,7 +140,7 @@ log "kernel $kver"
 echo gpt-vm >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tgpt-vm\n' >"$root/etc/hosts"
 printf 'LABEL=gpt-root\t/\text4\trw,errors=remount-ro\t0\t1\n' >"$root/etc/fstab"
-if [ "$variant" = sdboot ]; then
+if [ "$sdboot" = yes ]; then
     # The ESP where bootctl and kernel-install expect it; umask as Debian's installer mounts it.
     printf 'LABEL=ESP\t/boot/efi\tvfat\tumask=0077\t0\t0\n' >>"$root/etc/fstab"
 fi
@@ -143,7 +149,7 @@ fi
 # miss the kernel's IO-APIC timer test, and with interrupt remapping on (intel_iommu=on, after gpt
 # full) that is a panic ("timer doesn't work through Interrupt-remapped IO-APIC").
 base_cmdline="console=ttyS0 no_timer_check"
-if [ "$variant" != sdboot ]; then
+if [ "$sdboot" = no ]; then
     # Stock /etc/default/grub, made quiet and serial.
     cp "$root/usr/share/grub/default/grub" "$root/etc/default/grub"
     sed -i \
@@ -154,7 +160,7 @@ if [ "$variant" != sdboot ]; then
     grep -q '^GRUB_TERMINAL=serial' "$root/etc/default/grub" || echo 'GRUB_TERMINAL=serial' >>"$root/etc/default/grub"
 fi
 
-if [ "$variant" = initramfs-tools ] || [ "$variant" = sdboot ]; then
+if [ "$dracut" = no ]; then
     # A small initramfs is what keeps update-initramfs under TCG at ~2 minutes instead of 8+.
     sed -i -e 's/^MODULES=.*/MODULES=dep/' -e 's/^COMPRESS=.*/COMPRESS=lz4/' \
         "$root/etc/initramfs-tools/initramfs.conf"
@@ -194,7 +200,7 @@ install -m 0644 "$here/guest/gpt-test.service" "$here/guest/gpt-test.target" "$r
 ln -sfn /etc/systemd/system/gpt-test.target "$root/etc/systemd/system/default.target"
 install -d -m 0755 "$root/usr/local/lib/gpt-test" "$root/var/lib/gpt-test"
 
-if [ "$variant" = initramfs-tools ] || [ "$variant" = sdboot ]; then
+if [ "$dracut" = no ]; then
     # First initramfs: MODULES=dep cannot look at the guest's disk from here, so build this one from a
     # copy of the configuration with an explicit module list; the guest's own rebuilds (gpt's
     # update-initramfs) then use the image's MODULES=dep. /etc stays as the packages left it.
@@ -222,7 +228,7 @@ else
     }
 fi
 
-if [ "$variant" = sdboot ]; then
+if [ "$sdboot" = yes ]; then
     # systemd-boot and the kernel's entry, by the image's own bootctl and kernel-install. Both
     # insist that the ESP is the root of a mount (SYSTEMD_RELAX_ESP_CHECKS=1 waives only its file
     # system and partition checks), and 90-loaderentry.install finds the ESP's mount point with
@@ -289,13 +295,13 @@ root_mib=3072
 esp_mib=64
 # systemd-boot loads the kernels from the ESP: each installed kernel keeps a copy of its kernel
 # and initramfs there.
-[ "$variant" != sdboot ] || esp_mib=512
+[ "$sdboot" = no ] || esp_mib=512
 log "mkfs.ext4 -d (${root_mib} MiB)"
 mkfs.ext4 -q -F -L gpt-root -d "$root" "$tmp/root.ext4" "${root_mib}M" >/dev/null
 
 log "EFI system partition (${esp_mib} MiB)"
 rm -f "$tmp/esp.img"
-if [ "$variant" = sdboot ]; then
+if [ "$sdboot" = yes ]; then
     mkfs.vfat -C -F 32 -n ESP "$tmp/esp.img" $((esp_mib * 1024)) >/dev/null
     MTOOLS_SKIP_CHECK=1 mcopy -s -i "$tmp/esp.img" "$tmp/esp-tree"/* ::/
     rm -rf "$tmp/esp-tree"

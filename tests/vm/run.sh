@@ -24,11 +24,11 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin dracut dracut-testing twin-dracut sdboot)
+all_scenarios=(main twin dracut dracut-testing twin-dracut sdboot sdboot-dracut)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
 # Longest first: with two at a time, dracut and sdboot start together, then main and twin take
 # whichever slot frees first.
-default_scenarios=(dracut sdboot main twin)
+default_scenarios=(dracut sdboot-dracut sdboot main twin)
 
 usage() {
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -173,11 +173,13 @@ fi
 #   dracut-testing   testing (dracut >= 107 with its update-initramfs), initramfs-tools-core kept
 #   twin-dracut      trixie's dracut image with twin's two identical GPUs (gpt's pre-udev hook)
 #   sdboot           trixie, systemd-boot (kernel-install, BLS entries on the ESP), no GRUB
+#   sdboot-dracut    trixie, systemd-boot with dracut 106 (no update-initramfs) as the generator
 image_of() {
     case $1 in
     dracut | twin-dracut) echo trixie dracut ;;
     dracut-testing) echo testing dracut-itc ;;
     sdboot) echo trixie sdboot ;;
+    sdboot-dracut) echo trixie sdboot-dracut ;;
     *) echo "$suite" initramfs-tools ;;
     esac
 }

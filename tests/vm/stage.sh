@@ -259,7 +259,7 @@ full_configures() {
         jqt "$name" '.changed == true and .phase == "vfio" and .reboot_required == true'
     check "gpt full: devices are exactly $GPU and $AUDIO" \
         jqt "$name" '(.devices | sort) == [$g, $a]' --arg g $GPU --arg a $AUDIO
-    if [ "$scenario" = sdboot ]; then
+    if [ "${scenario%-dracut}" = sdboot ]; then
         check "gpt full --json: \"boot\": {\"loader\": \"systemd-boot\"}" jqt "$name" '.boot.loader == "systemd-boot"'
     else
         check "the regenerated grub.cfg carries the IOMMU arguments" grep -q 'intel_iommu=on' /boot/grub/grub.cfg
@@ -450,7 +450,7 @@ dracut_sanity() {
     check "the dracut package is installed ($v)" pkg_installed dracut || bail "not a dracut guest"
     check "initramfs-tools is not installed" eval '! pkg_installed initramfs-tools'
     case $scenario in
-    dracut | twin-dracut)
+    dracut | twin-dracut | sdboot-dracut)
         check "dracut < 107: no update-initramfs on the guest" \
             eval 'dpkg --compare-versions "$v" lt 107 && ! command -v update-initramfs'
         check "no initramfs-tools-core, no /etc/initramfs-tools" \
@@ -604,8 +604,10 @@ sdboot_sanity() {
         eval 'grep -q "Layout: bls" "$W/inspect.out" && grep -q "Boot Root: $ESP\$" "$W/inspect.out"'
 }
 check_json_names_sdboot() {
-    check "gpt check --json: \"boot\": {\"loader\": \"systemd-boot\", \"initramfs\": \"initramfs-tools\"}" \
-        jqt "$1" '.boot.loader == "systemd-boot" and .boot.initramfs == "initramfs-tools"'
+    local gen=initramfs-tools
+    [ "$scenario" = sdboot-dracut ] && gen=dracut
+    check "gpt check --json: \"boot\": {\"loader\": \"systemd-boot\", \"initramfs\": \"$gen\"}" \
+        jqt "$1" '.boot.loader == "systemd-boot" and .boot.initramfs == $gen' --arg gen "$gen"
 }
 # What gpt full must have done on a systemd-boot guest: /etc/kernel/cmdline created from
 # /proc/cmdline with its arguments, every kernel's entry regenerated with them.
@@ -621,6 +623,38 @@ sdboot_configured() {
         eval 'grep -qx intel_iommu=on "$state/gpt-args" && grep -qx iommu=pt "$state/gpt-args" && grep -q "^vfio-pci\.ids=" "$state/gpt-args"'
     check "every kernel's entry carries intel_iommu=on, iommu=pt and vfio-pci.ids=" \
         entries_carry intel_iommu=on iommu=pt 'vfio-pci\.ids=.*'
+}
+
+# entry_images REGEX: every installed kernel's entry names an initrd on the ESP, and lsinitrd of
+# that file (the image systemd-boot really loads, not /boot's) lists REGEX; entry_images_lack: none does.
+entry_images() {
+    local want=$1 k e i n=0 bad=
+    for k in /boot/vmlinuz-*; do
+        [ -e "$k" ] || continue
+        n=$((n + 1))
+        e=$(ls "$ESP"/loader/entries/*-"${k#/boot/vmlinuz-}".conf 2>/dev/null | head -n 1)
+        [ -n "$e" ] || { bad="$bad ${k#/boot/vmlinuz-}(no entry)"; continue; }
+        i=$(sed -n 's/^initrd[[:space:]]\{1,\}//p' "$e" | tail -n 1)
+        [ -n "$i" ] && [ -f "$ESP$i" ] || { bad="$bad $(basename "$e")(initrd '${i:-none}' not on the ESP)"; continue; }
+        lsinitrd "$ESP$i" >"$W/lsinitrd.esp" 2>&1 || { bad="$bad $ESP$i(lsinitrd exit $?)"; continue; }
+        if grep -q -- "$2" "$W/lsinitrd.esp"; then [ "$want" = yes ] || bad="$bad $ESP$i"; else [ "$want" = no ] || bad="$bad $ESP$i"; fi
+    done
+    [ "$n" -gt 0 ] || { why="no /boot/vmlinuz-*"; return 1; }
+    [ -z "$bad" ] && return 0
+    why="wrong:$bad"
+    return 1
+}
+# no_orphan_esp_files: every file on the ESP outside EFI/ and loader/ is the linux or initrd of an
+# entry (a dracut that picks its own output leaves MACHINE-ID/KVER/initrd there, booted by nothing).
+no_orphan_esp_files() {
+    local f rel bad=
+    while IFS= read -r f; do
+        rel=/${f#"$ESP"/}
+        grep -qsx "\(linux\|initrd\)[[:space:]]\{1,\}$rel" "$ESP"/loader/entries/*.conf || bad="$bad $rel"
+    done < <(find "$ESP" -type f ! -path "$ESP/EFI/*" ! -path "$ESP/loader/*")
+    [ -z "$bad" ] && return 0
+    why="booted by no entry:$bad"
+    return 1
 }
 
 # --- gpt's Debian package (main: installed in boot 1, purged in the last boot) ---------------------------
@@ -1086,6 +1120,44 @@ sdboot:4)
         eval 'test "$(efivar LoaderEntrySelected)" = "$(basename "$(kernel_entries | head -n 1)")"'
     check "no entry under $ESP/loader/entries carries an argument of gpt's" no_entry_carries_gpt_args
     check "no /etc/kernel/cmdline" test ! -e /etc/kernel/cmdline
+    complete=yes
+    ;;
+# sdboot-dracut (Debian 13, systemd-boot, dracut 106 without update-initramfs, no GRUB): dracut
+# must write the image where kernel-install takes it from, not pick its own output on the ESP;
+# full → reboot → reset, and /etc byte-identical right after the reset (two boots, no third).
+sdboot-dracut:1)
+    sanity
+    sdboot_sanity
+    dracut_sanity
+    record $GPU $AUDIO
+    full_configures full 1234
+    sdboot_configured
+    dracut_configured
+    check "every kernel's entry boots an image on the ESP that holds vfio_pci" entry_images yes '/vfio-pci\.ko\|/vfio_pci\.ko'
+    check "no file on the ESP that no entry boots" no_orphan_esp_files
+    find "$ESP" -type f ! -path "$ESP/EFI/*" | sed 's/^/  esp| /'
+    full_again_is_noop full2 1234
+    ;;
+sdboot-dracut:2)
+    check "/proc/cmdline: vfio-pci.ids= holds exactly $GPU_ID and $AUDIO_ID" \
+        eval 'test "$(cmdline_ids | tr "\n" ,)" = "$(printf "%s\n" $GPU_ID $AUDIO_ID | sort | tr "\n" ,)"'
+    check "/proc/cmdline: intel_iommu=on" cmdline_has intel_iommu=on
+    check "systemd-boot booted (LoaderInfo) the running kernel's entry" \
+        eval 'efivar LoaderInfo | grep -q "^systemd-boot " && test "$(efivar LoaderEntrySelected)" = "$(basename "$(kernel_entries | head -n 1)")"'
+    check "$GPU and $AUDIO are bound to vfio-pci (bochs and snd_hda_intel are in the image too)" \
+        bound_to vfio-pci $GPU $AUDIO
+    check "vfio-pci took the card in the initramfs (before the root fs was mounted)" \
+        loaded_before_root 'vfio_pci: add \[1234:1111'
+    check_json_passes
+    check_json_names_sdboot check
+    reset_facts_reported $GPU $AUDIO
+    reset_restores
+    show_entries
+    check "after reset no entry under $ESP/loader/entries carries an argument of gpt's" no_entry_carries_gpt_args
+    check "after reset no kernel's entry boots an image that holds vfio_pci" entry_images no '/vfio-pci\.ko\|/vfio_pci\.ko'
+    check "after reset no file on the ESP that no entry boots" no_orphan_esp_files
+    check "after reset /etc/kernel/cmdline, which gpt created, is gone" test ! -e /etc/kernel/cmdline
+    check "/etc is byte-identical to boot 1 (contents, modes, owners, links)" etc_same_as "$state/etc.before"
     complete=yes
     ;;
 *)
