@@ -56,11 +56,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Diffs are the product of a dry run (stdout, unless `--json`); a real run shows them
-    /// with the question (stderr).
+    /// The plan's diffs go to stdout in a dry run and a real run alike (`> plan.diff` keeps
+    /// them either way). Under `--json` stdout holds only the JSON document: a dry run's plan
+    /// is in it, a real run's diffs go to stderr.
     pub fn show(&self, text: &str) {
         match self.mode {
-            Mode::DryRun if !self.ui.json => crate::ui::out(text),
+            _ if !self.ui.json => crate::ui::out(text),
             Mode::DryRun => {}
             Mode::Apply(_) => eprint!("{}", crate::printable::clean(text)),
         }

@@ -3,7 +3,7 @@
 
 use crate::support::hosts::{self, amd_datacenter, rocketlake};
 use crate::support::tree::{snapshot, Dev, HostTree};
-use crate::support::{gpt, run};
+use crate::support::{gpt, plan_only, run};
 use serde_json::Value;
 use std::path::Path;
 
@@ -27,7 +27,7 @@ fn refuses(root: &Path, args: &[&str], code: i32, needle: &str) -> String {
     let before = state(root);
     let (c, out, err) = run(gpt(root).arg("full").args(args).env("PATH", "/nonexistent"));
     assert_eq!(c, code, "exit code for {args:?}; stderr: {err}");
-    assert!(out.is_empty(), "stdout for {args:?}: {out}");
+    assert!(plan_only(&out), "stdout for {args:?}: {out}");
     assert!(
         err.contains(needle),
         "{args:?}: expected '{needle}' in: {err}"
@@ -516,7 +516,8 @@ fn a_failing_command_rolls_every_file_back() {
         .env("FAKE_FAIL", "update-initramfs:1")
         .args(["full", "nvidia", "--yes", "--no-deps"]));
     assert_eq!(code, 1, "{err}");
-    assert!(out.is_empty());
+    // The plan, then nothing: the failure and the rollback are told on stderr.
+    assert!(out.starts_with("--- a/") && plan_only(&out), "{out}");
     assert!(err.contains("update-initramfs"), "{err}");
     assert!(err.contains("rolled back"), "{err}");
     assert_same(&snap(r), &before, "rollback must leave the tree as it was");
@@ -689,4 +690,30 @@ fn the_plan_names_the_gpu_the_host_keeps_and_warns_about_the_boot_display() {
         "{err}"
     );
     assert!(err.contains("NVIDIA"), "{err}");
+}
+
+#[test]
+fn a_real_run_prints_on_stdout_the_plan_its_dry_run_printed() {
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let args = ["full", "nvidia", "--no-deps"];
+    let (code, dry, err) = run(gpt(r).env("PATH", fakes.path()).args(args).arg("--dry-run"));
+    assert_eq!(code, 0, "{err}");
+    let (code, real, err) = run(gpt(r).env("PATH", fakes.path()).args(args).arg("--yes"));
+    assert_eq!(code, 0, "{err}");
+    assert!(dry.contains("+++ b/etc/default/grub"), "{dry}");
+    assert_eq!(real, dry, "stdout of the real run and of its dry run");
+    // Under --json stdout is the one document, and the diffs go to stderr.
+    let (dir, fakes) = primed_host();
+    let r = dir.path();
+    let (code, out, err) = run(gpt(r)
+        .env("PATH", fakes.path())
+        .args(args)
+        .args(["--yes", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "{out}"
+    );
+    assert!(err.contains("+++ b/etc/default/grub"), "{err}");
 }

@@ -5,7 +5,7 @@ use crate::support::fakes::Fakes;
 use crate::support::hosts::DEBIAN_KVER;
 use crate::support::transact::{etc, primed_host, simulate_full, snap};
 use crate::support::tree::HostTree;
-use crate::support::{gpt, run};
+use crate::support::{gpt, plan_only, run};
 use gpt::host::Host;
 use gpt::txn::Lock;
 use serde_json::Value;
@@ -37,7 +37,11 @@ fn full_then_reset_gives_back_the_identical_tree() {
     assert_ne!(snap(root), before);
     let (code, out, err) = run(reset(root, &fakes).arg("--yes"));
     assert_eq!(code, 0, "{err}");
-    assert!(out.is_empty(), "stdout is for --json only: {out}");
+    // The plan on stdout, as a dry run prints it; everything else on stderr.
+    assert!(
+        out.contains("--- a/etc/default/grub") && plan_only(&out),
+        "{out}"
+    );
     assert!(
         err.contains("restore /etc/default/grub: back to its bytes from before gpt"),
         "{err}"
@@ -171,7 +175,7 @@ fn a_failing_command_during_reset_rolls_back_to_the_configured_tree() {
         .arg("--yes")
         .env("FAKE_FAIL", "update-initramfs:1"));
     assert_eq!(code, 1, "{err}");
-    assert!(out.is_empty());
+    assert!(out.starts_with("--- a/") && plan_only(&out), "{out}");
     // One line: what failed, the state the host is in, what to do; then the stderr tail.
     let line = err
         .lines()

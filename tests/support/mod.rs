@@ -40,3 +40,16 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Whether `out` holds nothing but a plan as gpt renders it (unified diffs, then a `Commands:`
+/// list): what a real run without `--json` prints on stdout before it applies or fails. Any
+/// message, error or JSON there is a defect.
+pub fn plan_only(out: &str) -> bool {
+    out.lines().all(|l| {
+        l.is_empty()
+            || l == "Commands:"
+            || ["--- ", "+++ ", "@@ ", " ", "+", "-", "\\ No newline"]
+                .iter()
+                .any(|p| l.starts_with(p))
+    })
+}
