@@ -754,3 +754,92 @@ fn a_display_manager_that_will_not_start_fails_the_restore_loudly_after_every_ot
         "{out}"
     );
 }
+
+#[test]
+fn qemu_prints_the_single_gpu_hostdevs_managed_or_not() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    one_card(root);
+    let (code, out, err) = run(gpt(root).args(["qemu", "--libvirt", "--single-gpu"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("gpt single-gpu enable NAME"), "{out}");
+    let xml = |out: &str| {
+        out.lines()
+            .filter(|l| !l.starts_with("<!--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(xml(&out).matches("managed='yes'").count(), 2, "{out}");
+    assert!(
+        out.contains("bus='0x01' slot='0x00' function='0x1'"),
+        "{out}"
+    );
+    // What the hook reads from the domain XML is exactly the card.
+    let (code, out, err) =
+        run(gpt(root).args(["qemu", "--libvirt", "--single-gpu", "--unmanaged"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(xml(&out).matches("managed='no'").count(), 2, "{out}");
+    assert!(!xml(&out).contains("managed='yes'"));
+    // --unmanaged alone is a usage error.
+    let (code, _, _) = run(gpt(root).args(["qemu", "--libvirt", "--unmanaged"]));
+    assert_eq!(code, 2);
+}
+
+/// Before Linux 6.0 vfio-pci leaves the firmware framebuffer (efifb) in place: gpt unbinds it
+/// at the start, and binds it again when the start fails. efifb's `unbind` and `bind` are FIFOs
+/// here, served as the platform bus would (the `efi-framebuffer.0` link goes and comes back).
+#[test]
+fn before_6_0_the_firmware_framebuffer_is_released_and_given_back_on_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let (mut t, f) = desktop(root);
+    t.file("/proc/sys/kernel/osrelease", "5.10.0-26-amd64\n")
+        .file(
+            "/sys/devices/platform/efi-framebuffer.0/uevent",
+            "DRIVER=efi-framebuffer\n",
+        )
+        .symlink(
+            "/sys/bus/platform/drivers/efi-framebuffer/efi-framebuffer.0",
+            "../../../../devices/platform/efi-framebuffer.0",
+        );
+    let drv = root.join("sys/bus/platform/drivers/efi-framebuffer");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    for verb in ["unbind", "bind"] {
+        let fifo = drv.join(verb);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (drv, log) = (drv.clone(), log.clone());
+        std::thread::spawn(move || loop {
+            let mut text = String::new();
+            if let Ok(mut fh) = std::fs::File::open(&fifo) {
+                use std::io::Read;
+                let _ = fh.read_to_string(&mut text);
+            }
+            if text.trim() != "efi-framebuffer.0" {
+                continue;
+            }
+            let link = drv.join("efi-framebuffer.0");
+            let _ = std::fs::remove_file(&link);
+            if verb == "bind" {
+                std::os::unix::fs::symlink("../../../../devices/platform/efi-framebuffer.0", &link)
+                    .unwrap();
+            }
+            log.lock().unwrap().push(verb.to_string());
+        });
+    }
+    let efifb_bound = || drv.join("efi-framebuffer.0").exists();
+    let mut rules = Rules::default();
+    rules.refuse.insert("vfio-pci".into());
+    let _k = Kernel::start(root, rules);
+    enable(root, &f, &[]);
+    let (code, err) = hook(
+        root,
+        &f,
+        "prepare",
+        "begin",
+        &domain_xml(VM, "no", &["0", "1"]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(*log.lock().unwrap(), ["unbind", "bind"], "{err}");
+    assert!(efifb_bound(), "efifb is back");
+    assert_display_restored(root, &f);
+}
