@@ -843,3 +843,61 @@ fn before_6_0_the_firmware_framebuffer_is_released_and_given_back_on_failure() {
     assert!(efifb_bound(), "efifb is back");
     assert_display_restored(root, &f);
 }
+
+/// The hook shares gpt's journal with `gpt full`: each keeps the other's part, `disable` takes
+/// out only the hook, and `gpt reset` puts /etc back as it was before both.
+#[test]
+fn the_hook_and_gpt_fulls_configuration_share_the_journal_and_reset_undoes_both() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let (_t, f) = desktop(root);
+    let mut status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+    for p in [
+        "initramfs-tools",
+        "initramfs-tools-core",
+        "grub-efi-amd64",
+        "kmod",
+    ] {
+        status.push_str(&format!(
+            "Package: {p}\nStatus: install ok installed\nVersion: 1.0\n\n"
+        ));
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
+    let boot = crate::support::fakes::Fakes::new();
+    boot.prime(root);
+    let before = etc(root);
+    let with_boot = |args: &[&str]| {
+        let (code, _, err) = run(gpt(root).env("PATH", boot.path()).args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        err
+    };
+    with_boot(&["full", "nvidia", "--force", "--yes"]);
+    let config = |root: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join("var/lib/gpt/state.json")).unwrap())
+            .unwrap()
+    };
+    assert!(config(root)["config"].is_object());
+    enable(root, &f, &[]);
+    assert!(
+        config(root)["config"].is_object(),
+        "enable keeps gpt full's configuration"
+    );
+    assert_eq!(
+        config(root)["update_needed"],
+        false,
+        "the hook owes no initramfs update"
+    );
+    with_boot(&["full", "nvidia", "--force", "--yes"]);
+    assert!(root.join(HOOK).exists(), "a second gpt full keeps the hook");
+    let (code, _, err) = run(gpt_f(root, &f).args(["single-gpu", "disable", VM, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(!root.join(HOOK).exists());
+    assert!(
+        config(root)["config"].is_object(),
+        "disable keeps gpt full's configuration"
+    );
+    enable(root, &f, &[]);
+    let err = with_boot(&["reset", "--yes"]);
+    assert!(err.contains("gpt-single-gpu-win10"), "{err}");
+    assert_eq!(etc(root), before);
+}
