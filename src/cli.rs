@@ -90,6 +90,20 @@ pub enum Command {
             everything `gpt bind` bound. Each function is verified on its driver afterwards."
     )]
     Unbind(BindArgs),
+    /// Give the host's only GPU to a libvirt VM while it runs, and take it back when it stops
+    #[command(
+        name = "single-gpu",
+        long_about = "Single-GPU mode: the desktop runs on the host's only GPU until a chosen \
+            libvirt VM starts; the VM gets the card, and the desktop comes back when it stops. \
+            `enable VM` checks the host can do it (the card is the only display, every function \
+            can be reset, libvirt 6.5 or later, a way in over SSH or a serial console) and \
+            installs one hook file in /etc/libvirt/hooks/qemu.d/, journalled (`disable VM` or \
+            `gpt reset` removes it). The hook runs gpt, never virsh: `release` when the VM \
+            starts (stop the display manager, wait until nothing holds the card, unbind fbcon, \
+            hand every function to vfio-pci; any failure hands everything back and stops the \
+            start) and `restore` when it has stopped."
+    )]
+    SingleGpu(SingleGpuArgs),
     /// Internal: write VALUE to the sysfs attribute PATH (inside --root), as `echo VALUE >
     /// PATH`. gpt runs it as a child it can abandon when a driver never returns from the write.
     #[command(name = "__sysfs-write", hide = true)]
@@ -271,6 +285,16 @@ pub struct QemuArgs {
     #[arg(long)]
     pub libvirt: bool,
 
+    /// With --libvirt: the XML for single-GPU mode (`gpt single-gpu enable`), the host's only
+    /// GPU with every function of its card; managed='yes' (libvirt hands the card back, gpt
+    /// checks) or, with --unmanaged, managed='no' (gpt does both ways)
+    #[arg(long, requires = "libvirt")]
+    pub single_gpu: bool,
+
+    /// With --single-gpu: managed='no'
+    #[arg(long, requires = "single_gpu")]
+    pub unmanaged: bool,
+
     /// Give the GPU this ROM file (romfile=FILE, or <rom file='FILE'/> with --libvirt), checked first: a clean chain
     /// for the GPU's ids, starting at the image (`gpt rom` saves one)
     #[arg(long, value_name = "FILE")]
@@ -330,6 +354,89 @@ pub struct BindArgs {
 
     /// Seconds one sysfs write may take before gpt gives up on it (a driver that does not let
     /// go of the card)
+    #[arg(long, value_name = "SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SingleGpuArgs {
+    #[command(subcommand)]
+    pub action: SingleGpuAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SingleGpuAction {
+    /// Check the host and install the libvirt hook for domain VM
+    Enable(SingleGpuEnable),
+    /// Remove the libvirt hook for domain VM
+    Disable(SingleGpuDisable),
+    /// Run by the hook when VM starts (`prepare begin`): take the card from the host
+    Release(SingleGpuHook),
+    /// Run by the hook when VM has stopped (`release end`): give the card back to the host
+    Restore(SingleGpuHook),
+}
+
+#[derive(Debug, Args)]
+pub struct SingleGpuEnable {
+    /// The libvirt domain (VM) that gets the GPU
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    /// The GPU, by PCI address (default: the host's only display controller)
+    #[arg(long = "device", value_name = "ADDR")]
+    pub device: Option<String>,
+
+    /// A unit to stop besides display-manager.service when the VM starts (a session's
+    /// compositor, pipewire); repeatable
+    #[arg(long = "also-stop", value_name = "UNIT")]
+    pub also_stop: Vec<String>,
+
+    /// Seconds each wait and each sysfs write may take in the hook
+    #[arg(long, value_name = "SECONDS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+
+    /// Print the hook file as a diff and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Apply without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SingleGpuDisable {
+    /// The libvirt domain (VM) whose hook to remove
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    /// Print the removal as a diff and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Apply without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SingleGpuHook {
+    /// The libvirt domain (VM); its XML is read from standard input, and nothing is done
+    /// unless it holds the card
+    #[arg(value_name = "VM")]
+    pub vm: String,
+
+    /// The GPU's display function
+    #[arg(long = "device", value_name = "ADDR", required = true)]
+    pub device: String,
+
+    /// A unit to stop (release) or start (restore) besides display-manager.service
+    #[arg(long = "also-stop", value_name = "UNIT")]
+    pub also_stop: Vec<String>,
+
+    /// Seconds each wait and each sysfs write may take
     #[arg(long, value_name = "SECONDS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,

@@ -70,7 +70,10 @@ pub fn is_gpts_file(path: &str) -> bool {
         .strip_prefix(GRUB_BAK_ASIDE)
         .and_then(|s| s.strip_prefix('.'))
         .is_some_and(digits);
-    suffixed(GRUB_D, ".cfg") || suffixed(MODPROBE_D, ".conf") || aside_n
+    suffixed(GRUB_D, ".cfg")
+        || suffixed(MODPROBE_D, ".conf")
+        || aside_n
+        || crate::single_gpu::is_hook_path(path)
 }
 
 /// Whether `dir` is a folder gpt may have created: one on the way to a file gpt writes.
@@ -81,7 +84,7 @@ pub fn is_gpts_dir(dir: &str) -> bool {
     let parents = fixed_files()
         .into_iter()
         .map(|f| f.rsplit_once('/').map_or("", |(p, _)| p).to_string());
-    let own = [GRUB_D, MODPROBE_D, STATE_DIR].map(str::to_string);
+    let own = [GRUB_D, MODPROBE_D, STATE_DIR, crate::single_gpu::HOOK_DIR].map(str::to_string);
     let copies = ["originals", "written"].map(|d| format!("{STATE_DIR}/{d}"));
     let mut folders = parents.chain(own).chain(copies);
     folders.any(|f| f == dir || f.starts_with(&format!("{dir}/")))

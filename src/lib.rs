@@ -32,6 +32,7 @@ pub mod runner;
 pub mod runtime_bind;
 pub mod select;
 pub mod signals;
+pub mod single_gpu;
 pub mod sysfs;
 pub mod txn;
 pub mod ui;

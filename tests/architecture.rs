@@ -38,6 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "passthrough.rs",
             "rom.rs",
             "runtime_bind.rs",
+            "single_gpu.rs",
         ],
     ),
     (

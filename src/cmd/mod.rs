@@ -10,6 +10,7 @@ pub mod qemu;
 pub mod reset;
 pub mod rom;
 mod session;
+pub mod single_gpu;
 
 use crate::cli::{Cli, Command};
 use crate::host::Host;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Rom(args) => rom::run(&host, &ui, args),
         Command::Bind(args) => bind::bind(&host, &ui, args),
         Command::Unbind(args) => bind::unbind(&host, &ui, args),
+        Command::SingleGpu(args) => single_gpu::run(&host, &ui, args),
         Command::SysfsWrite(args) => {
             crate::txn::live::write_helper(&host, &args.path, &args.value).map(|()| 0)
         }

@@ -91,7 +91,9 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
                 .collect()
         })
         .unwrap_or_default();
-    let cards = if args.devices.is_empty() {
+    let cards = if args.single_gpu && args.devices.is_empty() {
+        chosen_cards(ui, &topo, &names, &[only_display(&topo)?])?
+    } else if args.devices.is_empty() {
         configured_cards(ui, host, &topo, &runtime)?
     } else {
         chosen_cards(ui, &topo, &names, &args.devices)?
@@ -108,7 +110,10 @@ pub fn run(host: &Host, ui: &Ui, args: &QemuArgs) -> Result<u8> {
         .collect();
 
     if args.libvirt {
-        let mut xml = libvirt_xml(&topo, &names, &cards, &runtime);
+        let single = args
+            .single_gpu
+            .then_some(if args.unmanaged { "no" } else { "yes" });
+        let mut xml = libvirt_xml(&topo, &names, &cards, &runtime, single);
         if let Some((addr, file)) = &rom {
             xml = with_rom_element(&xml, addr, file);
         }
@@ -234,6 +239,19 @@ fn chosen_cards(ui: &Ui, topo: &Topology, names: &Names, wanted: &[String]) -> R
         }
     }
     Ok(cards_by_slot(addrs))
+}
+
+/// The host's only display controller (single-GPU mode without --device).
+fn only_display(topo: &Topology) -> Result<String> {
+    let gpus: Vec<PciAddress> = topo
+        .devices
+        .values()
+        .filter(|d| d.is_gpu())
+        .map(|d| d.address)
+        .collect();
+    crate::single_gpu::only_display(&gpus)
+        .map(|a| a.to_string())
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// `--rom FILE`: the GPU it goes to and the file's absolute path, once the file checked clean
@@ -605,13 +623,35 @@ fn continued(argv: &[String]) -> String {
 
 /// A function `gpt bind` bound (in `runtime`) is `managed='no'`: libvirt must not hand it back
 /// to the host behind gpt's journal when the VM stops; `gpt unbind` does.
-fn libvirt_xml(topo: &Topology, names: &Names, cards: &[Card], runtime: &[PciAddress]) -> String {
+/// With `single` (single-GPU mode), every function is `managed=single`: with 'yes' libvirt
+/// hands the card back before gpt's restore, which checks it; with 'no' gpt does both ways.
+fn libvirt_xml(
+    topo: &Topology,
+    names: &Names,
+    cards: &[Card],
+    runtime: &[PciAddress],
+    single: Option<&str>,
+) -> String {
     let mut s = String::from(
         "<!-- Add inside <devices> of a domain with UEFI firmware (<os firmware='efi'>) and a q35 machine (virsh edit NAME). -->\n",
     );
+    if let Some(m) = single {
+        s.push_str(&format!(
+            "<!-- single-GPU mode: `sudo gpt single-gpu enable NAME` installs the hook that takes \
+             the card from the host's desktop when the VM starts and gives it back when it stops; \
+             managed='{m}': {} -->\n",
+            if m == "yes" {
+                "libvirt hands the card back to its host drivers at the stop, and gpt's hook checks that it did"
+            } else {
+                "gpt's hook hands the card to vfio-pci and back itself (--unmanaged)"
+            }
+        ));
+    }
     for addr in cards.iter().flat_map(|c| &c.functions) {
         let what = format!("{addr}{}", describe(topo, names, addr)).replace("--", "- -");
-        let managed = if runtime.contains(addr) {
+        let managed = if let Some(m) = single {
+            m
+        } else if runtime.contains(addr) {
             s.push_str(
                 "<!-- bound to vfio-pci by `gpt bind`: managed='no', so libvirt leaves it on \
                  vfio-pci when the VM stops; `sudo gpt unbind` gives it back to the host -->\n",

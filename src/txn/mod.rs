@@ -13,6 +13,7 @@
 //! point a run is stopped at, each file is either its old or its new version (atomic
 //! rename), and `reset` or a re-run of `full` can tell which and converge.
 
+pub mod display;
 pub mod failpoint;
 pub mod fs;
 pub mod journal;
@@ -41,6 +42,10 @@ pub enum Finish<'c> {
     /// `reset`: forget the journal (it is removed; only an `update_needed` marker stays when
     /// the update commands did not run).
     Forget,
+    /// Files that are no boot files (a libvirt hook): journal them, keeping the recorded
+    /// config and whether an update is owed; a file back to its original (a hook removed
+    /// again) leaves the journal, and so do the folders made for it; an empty journal goes.
+    Files,
 }
 
 /// What a transaction did.
@@ -219,7 +224,13 @@ pub fn apply_verified(
 
     let mut done = state.clone();
     done.update_needed = plan.commands.is_empty()
-        && (prev.as_ref().is_some_and(|p| p.update_needed) || !files.is_empty());
+        && (prev.as_ref().is_some_and(|p| p.update_needed)
+            || files.iter().any(|f| goes_into_boot_files(&f.path)));
+    let mut gone_dirs = Vec::new();
+    if let Finish::Files = finish {
+        done.update_needed = prev.as_ref().is_some_and(|p| p.update_needed);
+        gone_dirs = forget_restored(&mut done);
+    }
     let marker = State {
         created_dirs: done.created_dirs.clone(),
         update_needed: true,
@@ -232,8 +243,9 @@ pub fn apply_verified(
         crate::failpoint!("before-commit");
         match finish {
             Finish::Record(_) => write_state_final(host, &done)?,
+            Finish::Files if !is_empty(&done) => write_state_final(host, &done)?,
             Finish::Forget if done.update_needed => write_state(host, &marker)?,
-            Finish::Forget => {}
+            Finish::Forget | Finish::Files => {}
         }
         Ok(outcome)
     });
@@ -243,6 +255,14 @@ pub fn apply_verified(
     };
     match finish {
         Finish::Record(_) => journal::drop_blobs(host, prev.as_ref(), Some(&done))?,
+        Finish::Files if is_empty(&done) => {
+            journal::remove_all(host, &done, prev.is_some())?;
+            fs::remove_dirs_if_empty(host, &gone_dirs)?;
+        }
+        Finish::Files => {
+            journal::drop_blobs(host, prev.as_ref(), Some(&done))?;
+            fs::remove_dirs_if_empty(host, &gone_dirs)?;
+        }
         Finish::Forget if done.update_needed => {
             journal::drop_blobs(host, Some(&done), Some(&marker))?
         }
@@ -305,6 +325,8 @@ fn journal_for(
     state.update_needed = true;
     if let Finish::Record(config) = finish {
         state.config = config.cloned();
+    }
+    if matches!(finish, Finish::Record(_) | Finish::Files) {
         for (f, b) in files.iter().zip(befores) {
             let path = f.path.display().to_string();
             let k = match state.files.iter().position(|e| e.path == path) {
@@ -362,6 +384,43 @@ fn journal_for(
     }
 
     Ok(state)
+}
+
+/// Whether a file can go into the boot files (all but single-GPU mode's libvirt hooks): a
+/// change to it leaves an update owed until the boot files are regenerated.
+fn goes_into_boot_files(path: &Path) -> bool {
+    !path.starts_with(crate::single_gpu::HOOK_DIR)
+}
+
+/// A journal with nothing to undo.
+fn is_empty(s: &State) -> bool {
+    s.files.is_empty() && s.config.is_none() && !s.update_needed
+}
+
+/// Drop the entries of files back to their original absence (written and original both
+/// none), and the folders created only for them; returns those folders (deepest first).
+fn forget_restored(s: &mut State) -> Vec<PathBuf> {
+    let gone: Vec<String> = s
+        .files
+        .iter()
+        .filter(|e| !e.existed && e.written.is_none())
+        .map(|e| e.path.clone())
+        .collect();
+    s.files.retain(|e| !gone.contains(&e.path));
+    let needed = |d: &str| {
+        s.files.iter().any(|e| e.path.starts_with(&format!("{d}/")))
+            || Path::new(STATE_DIR).starts_with(d)
+    };
+    let mut dirs: Vec<String> = s
+        .created_dirs
+        .iter()
+        .filter(|d| gone.iter().any(|g| g.starts_with(&format!("{d}/"))) && !needed(d))
+        .cloned()
+        .collect();
+    s.created_dirs.retain(|d| !dirs.contains(d));
+    s.prune_blobs();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    dirs.into_iter().map(PathBuf::from).collect()
 }
 
 fn meta_for(metas: &[(PathBuf, Meta)], path: &Path, new_mode: u32) -> Meta {

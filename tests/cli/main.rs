@@ -24,4 +24,5 @@ mod reset;
 mod reset_power;
 mod rom;
 mod sdboot;
+mod single_gpu;
 mod synth;

@@ -9,6 +9,8 @@
 //!   in [`Rules::refuse`] (a probe that binds nothing, as when the driver's probe fails).
 //! - `driver_override` is a plain file per device (`(null)` when empty): it only matters at
 //!   the probe, as in the kernel.
+//! - A device's `drm` folder (its DRM nodes) is there only while a driver other than vfio-pci
+//!   drives it: an unbind moves it aside (`.drm-unbound`), a bind to another driver back.
 //! - A driver in [`Rules::blocked`] gets a FIFO for `unbind` that nobody reads: the writer's
 //!   open never returns (a driver that does not let go), until [`Kernel::release`].
 //!
@@ -189,6 +191,9 @@ fn unbind(root: &Path, drv: &str, addr: &str) -> String {
     let dir = dev_dir(root, addr);
     std::fs::remove_file(dir.join("driver")).unwrap();
     let _ = std::fs::remove_file(root.join("sys/bus/pci/drivers").join(drv).join(addr));
+    if dir.join("drm").is_dir() {
+        std::fs::rename(dir.join("drm"), dir.join(".drm-unbound")).unwrap();
+    }
     super::tree::set_uevent_driver(&dir, None);
     format!("unbind {drv} {addr}")
 }
@@ -225,6 +230,9 @@ fn bind(root: &Path, addr: &str, drv: &str) {
         .to_path_buf();
     let up = "../".repeat(rel.components().count());
     symlink(format!("{up}sys/bus/pci/drivers/{drv}"), dir.join("driver")).unwrap();
+    if drv != "vfio-pci" && dir.join(".drm-unbound").is_dir() {
+        std::fs::rename(dir.join(".drm-unbound"), dir.join("drm")).unwrap();
+    }
     symlink(
         format!("../../../../{}", rel.display()),
         root.join("sys/bus/pci/drivers").join(drv).join(addr),

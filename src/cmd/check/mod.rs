@@ -126,5 +126,24 @@ pub fn collect(host: &Host, ui: &Ui, facts: &Result<Facts>) -> Vec<Check> {
     let cfg = config.as_ref().ok().and_then(Option::as_ref);
     out.extend(origin::checks(host, seen, cfg));
     out.extend(foreign_passthrough(seen, &stack, cfg));
+    out.extend(single_gpu(host));
     out
+}
+
+/// Single-GPU mode's last release or restore (this boot): a failed release stopped a VM's
+/// start and gave the display back (WARN); a failed restore may have left the host without it.
+fn single_gpu(host: &Host) -> Option<Check> {
+    use crate::single_gpu::Phase;
+    let r = crate::txn::display::load_record(host)?;
+    let name = format!(
+        "single-GPU mode's last {} (domain {})",
+        r.phase.name(),
+        r.vm
+    );
+    let log = "; `journalctl -t gpt` and /run/gpt/single-gpu.json have the steps";
+    Some(match (r.ok, r.phase) {
+        (true, _) => Check::pass(name, r.summary()),
+        (false, Phase::Release) => Check::warn(name, format!("{}{log}", r.summary())),
+        (false, Phase::Restore) => Check::fail(name, format!("{}{log}", r.summary())),
+    })
 }

@@ -81,9 +81,10 @@ pub(super) fn update_commands(
             .iter()
             .any(|f| args_owner(&f.path, owner).is_some());
     let images = owed
-        || plan
-            .files
-            .iter()
-            .any(|f| args_owner(&f.path, owner).is_none() && !f.path.starts_with("/etc/default"));
+        || plan.files.iter().any(|f| {
+            args_owner(&f.path, owner).is_none()
+                && !f.path.starts_with("/etc/default")
+                && !f.path.starts_with(crate::single_gpu::HOOK_DIR)
+        });
     stack.regenerate(facts, args, images)
 }
