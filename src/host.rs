@@ -324,6 +324,34 @@ impl Host {
         Some(bytes)
     }
 
+    /// Open `abs` for reading, resolved once inside the root (a file to hand to this machine's
+    /// own tool as `/proc/self/fd/N`, so that nothing walks the tree's path again).
+    pub fn open_read(&self, abs: impl AsRef<Path>) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let abs = abs.as_ref();
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        if !self.real {
+            if let Some(root) = self.fast_root() {
+                let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+                match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
+                    Ok(fd) => return Ok(File::from(fd)),
+                    Err(
+                        rustix::io::Errno::NOSYS
+                        | rustix::io::Errno::PERM
+                        | rustix::io::Errno::TOOBIG,
+                    ) => self.fast.off.store(true, Ordering::Relaxed),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let path = self.open_path(abs)?;
+        Ok(File::from(rustix::fs::open(
+            path,
+            flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?))
+    }
+
     /// Read a file that may be absent: `Ok(None)` when it does not exist.
     pub fn read_optional(&self, abs: impl AsRef<Path>) -> Result<Option<String>> {
         let abs = abs.as_ref();

@@ -356,7 +356,7 @@ fn json_is_one_document_with_every_check() {
     assert_eq!(list.len(), 19);
     for c in list {
         // The reset checks carry the facts their verdict comes from.
-        let keys = if c.get("reset").is_some() { 4 } else { 3 };
+        let keys = if c.get("resets").is_some() { 4 } else { 3 };
         assert_eq!(c.as_object().unwrap().len(), keys, "{c}");
         assert!(["pass", "warn", "fail"].contains(&c["status"].as_str().unwrap()));
         assert!(c["detail"].is_string());

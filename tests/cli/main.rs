@@ -25,3 +25,4 @@ mod reset_power;
 mod rom;
 mod sdboot;
 mod synth;
+mod tree_programs;
