@@ -33,6 +33,7 @@ pub mod runtime_bind;
 pub mod select;
 pub mod signals;
 pub mod sysfs;
+pub mod tree_trust;
 pub mod txn;
 pub mod ui;
 pub mod undo;

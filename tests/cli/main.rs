@@ -26,3 +26,4 @@ mod rom;
 mod sdboot;
 mod synth;
 mod tree_programs;
+mod tree_trust;
