@@ -24,6 +24,7 @@ mod reset;
 mod reset_power;
 mod rom;
 mod sdboot;
+mod swap_race;
 mod synth;
 mod tree_programs;
 mod tree_trust;
