@@ -4,7 +4,8 @@
 //!
 //! - Each call of a fake (other than `chroot`) appends one line, `name args…`, to the log
 //!   ([`Fakes::calls`]).
-//! - `chroot ROOT cmd args…` runs the fake `cmd` with `FAKE_ROOT=ROOT`. The other fakes
+//! - `chroot ROOT cmd args…` runs the fake `cmd` with `FAKE_ROOT=ROOT`, and logs `cmd`
+//!   ([`Fakes::chrooted`]: what gpt ran of a tree's own programs). The other fakes
 //!   refuse to run without `FAKE_ROOT` (exit 99): a test can never touch the real `/boot`.
 //!   (`dpkg-query --admindir=DIR` needs no root.)
 //! - `update-grub` sources `ROOT/etc/default/grub` and `ROOT/etc/default/grub.d/*.cfg` in a
@@ -16,7 +17,8 @@
 //!   `lib/modules/KVER`, `-` if the kernel has no such module file) and one `conf FILE CKSUM`
 //!   line per `ROOT/etc/modprobe.d/*.conf`.
 //! - `lsinitramfs IMG` lists `usr/lib/modules/KVER/kernel/…/vfio-pci.ko` and
-//!   `etc/modprobe.d/…` lines for such an image.
+//!   `etc/modprobe.d/…` lines for such an image. An image gpt hands over open, as
+//!   `/proc/self/fd/N`, is logged as `fd:/boot/NAME`.
 //! - `depmod -a KVER` writes `ROOT/lib/modules/KVER/modules.dep` (fails for a missing KVER).
 //! - `dpkg-query -W [-f FMT] PKG…` reads `ROOT/var/lib/dpkg/status`; `apt-get install PKG…`
 //!   adds stanzas to it.
