@@ -44,18 +44,6 @@ impl<'a> Session<'a> {
         Ok(Session { ui, mode, yes })
     }
 
-    pub fn dry_run(&self) -> bool {
-        matches!(self.mode, Mode::DryRun)
-    }
-
-    /// The lock of a real run (`None` in a dry run).
-    pub fn lock(&self) -> Option<&Lock> {
-        match &self.mode {
-            Mode::Apply(lock) => Some(lock),
-            Mode::DryRun => None,
-        }
-    }
-
     /// Under `--root`, a plan that runs the tree's own programs says so; a real run refuses
     /// a tree another user could change (a dry run, which runs nothing, warns).
     pub fn trust_tree(&self, host: &Host, plan: &crate::plan::Plan) -> Result<()> {
@@ -76,6 +64,18 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         bail!("refusing to run the tree's own programs: {what}; nothing was changed")
+    }
+
+    pub fn dry_run(&self) -> bool {
+        matches!(self.mode, Mode::DryRun)
+    }
+
+    /// The lock of a real run (`None` in a dry run).
+    pub fn lock(&self) -> Option<&Lock> {
+        match &self.mode {
+            Mode::Apply(lock) => Some(lock),
+            Mode::DryRun => None,
+        }
     }
 
     /// Diffs are the product of a dry run (stdout, unless `--json`); a real run shows them
