@@ -324,6 +324,75 @@ impl Host {
         Some(bytes)
     }
 
+    /// Open `abs` for reading, resolved once inside the root (a file to hand to this machine's
+    /// own tool as `/proc/self/fd/N`, so that nothing walks the tree's path again).
+    pub fn open_read(&self, abs: impl AsRef<Path>) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let abs = abs.as_ref();
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        if !self.real {
+            if let Some(root) = self.fast_root() {
+                let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+                match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
+                    Ok(fd) => return Ok(File::from(fd)),
+                    Err(
+                        rustix::io::Errno::NOSYS
+                        | rustix::io::Errno::PERM
+                        | rustix::io::Errno::TOOBIG,
+                    ) => self.fast.off.store(true, Ordering::Relaxed),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let path = self.open_path(abs)?;
+        Ok(File::from(rustix::fs::open(
+            path,
+            flags | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?))
+    }
+
+    /// Open `abs` with `flags`, resolved once inside the root by the kernel (`openat2` with
+    /// `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`), for the writing side: a folder to create,
+    /// rename and remove in with `*at` calls, so that no path is walked twice. On this
+    /// machine's `/`, a plain `open`. Under a root on a kernel without `openat2` (before
+    /// Linux 5.6, or filtered), an error: gpt refuses to write there rather than walk the
+    /// path twice and race whoever else can change the tree.
+    pub fn open_in_root(
+        &self,
+        abs: impl AsRef<Path>,
+        flags: rustix::fs::OFlags,
+    ) -> io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let abs = abs.as_ref();
+        let flags = flags | OFlags::CLOEXEC;
+        if self.real {
+            return Ok(rustix::fs::open(
+                Path::new("/").join(abs),
+                flags,
+                Mode::empty(),
+            )?);
+        }
+        let root = self
+            .fast
+            .root
+            .get_or_init(|| File::open(&self.root).ok())
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the root cannot be opened"))?;
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
+            Ok(fd) => Ok(fd),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM | rustix::io::Errno::TOOBIG) => {
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel offers no openat2 (Linux 5.6 or later), which gpt needs to \
+                     write inside --root without racing other users of the tree",
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Read a file that may be absent: `Ok(None)` when it does not exist.
     pub fn read_optional(&self, abs: impl AsRef<Path>) -> Result<Option<String>> {
         let abs = abs.as_ref();

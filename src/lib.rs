@@ -34,6 +34,7 @@ pub mod select;
 pub mod signals;
 pub mod single_gpu;
 pub mod sysfs;
+pub mod tree_trust;
 pub mod txn;
 pub mod ui;
 pub mod undo;

@@ -33,6 +33,7 @@ pub fn package_for(cmd: &str) -> Option<&'static str> {
     Some(match cmd {
         "update-grub" | "grub-mkconfig" => "grub2-common",
         "update-initramfs" | "lsinitramfs" => "initramfs-tools",
+        "dracut" | "lsinitrd" => "dracut",
         "depmod" | "modprobe" | "lsmod" => "kmod",
         "chroot" => "coreutils",
         "dpkg-query" | "dpkg" => "dpkg",
@@ -251,6 +252,28 @@ impl<'a> Runner<'a> {
     pub fn query(&self, argv: &[&str]) -> Result<Captured> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         Ok(self.spawn_and_wait(&argv, None)?.1)
+    }
+
+    /// Run this machine's own `name` (found on PATH; never the root's, never through
+    /// `chroot`) on `file`, an open file it gets as `/proc/self/fd/N`: how a tree's file is
+    /// read with a tool under `--root` without executing anything from the tree and without
+    /// walking the tree's path again. Its exit status is the caller's to judge.
+    pub fn query_own_on(&self, name: &str, file: &std::fs::File) -> Result<Captured> {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        use std::os::fd::AsRawFd;
+        let prog = self.which(name).ok_or_else(|| {
+            let install = package_for(name).map_or("it".to_string(), |p| format!("the {p} package"));
+            anyhow::anyhow!(
+                "{name} is not installed on this machine (under --root gpt reads a tree's file \
+                 with this machine's own tools, never the tree's); install {install} to have it read"
+            )
+        })?;
+        let fd = file.as_raw_fd();
+        // Inherited by the child for the time of this one call.
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).context("cannot hand the file over")?;
+        let res = self.spawn_program(&prog, &[format!("/proc/self/fd/{fd}")], None);
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("cannot close the file")?;
+        Ok(res?.1)
     }
 }
 

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "runner.rs",
             "signals.rs",
             "printable.rs",
+            "tree_trust.rs",
         ],
     ),
     (

@@ -165,6 +165,6 @@ impl Generator for Dracut {
     }
 
     fn list(&self, runner: &Runner, image: &str) -> Result<String> {
-        Ok(runner.query(&["lsinitrd", image])?.stdout_str())
+        super::list_image(runner, "lsinitrd", image)
     }
 }

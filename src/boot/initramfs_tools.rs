@@ -137,7 +137,7 @@ impl Generator for InitramfsTools {
     }
 
     fn list(&self, runner: &Runner, image: &str) -> Result<String> {
-        Ok(runner.query(&["lsinitramfs", image])?.stdout_str())
+        super::list_image(runner, "lsinitramfs", image)
     }
 }
 

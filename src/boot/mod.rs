@@ -178,6 +178,28 @@ pub trait Generator: Sync {
     fn list(&self, runner: &Runner, image: &str) -> Result<String>;
 }
 
+/// The file list of `image` by `lister` (`lsinitramfs`, `lsinitrd`). On this machine, its
+/// lister as usual; under `--root`, this machine's own lister on the image opened inside the
+/// root, never the tree's (a read-only command executes nothing from a tree). A lister that
+/// fails, or is missing, is an error: what the image holds could not be told.
+pub fn list_image(runner: &Runner, lister: &str, image: &str) -> Result<String> {
+    let host = runner.host();
+    let c = if host.is_real_root() {
+        runner.query(&[lister, image])?
+    } else {
+        let file = host
+            .open_read(image)
+            .map_err(|e| crate::ioerr::error("open", Path::new(image), &e))?;
+        runner.query_own_on(lister, &file)?
+    };
+    if !c.status.success() {
+        let err = String::from_utf8_lossy(&c.stderr);
+        let tail = err.trim().lines().last().unwrap_or("").to_string();
+        anyhow::bail!("`{lister}` failed ({}): {tail}", c.status);
+    }
+    Ok(c.stdout_str())
+}
+
 /// Every loader gpt knows (reset looks for gpt's marks in all of their files).
 pub fn loaders() -> Vec<&'static dyn Loader> {
     vec![

@@ -175,6 +175,7 @@ pub fn run(host: &Host, ui: &Ui, args: &FullArgs) -> Result<u8> {
         return Ok(0);
     }
     warn_stale_entries(ui, host, &facts, &stack, &planned);
+    session.trust_tree(host, &planned.plan)?;
     if session.dry_run() {
         dry_run(ui, selection.as_ref(), &planned, &reset)?;
         return Ok(0);

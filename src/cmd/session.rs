@@ -44,6 +44,28 @@ impl<'a> Session<'a> {
         Ok(Session { ui, mode, yes })
     }
 
+    /// Under `--root`, a plan that runs the tree's own programs says so; a real run refuses
+    /// a tree another user could change (a dry run, which runs nothing, warns).
+    pub fn trust_tree(&self, host: &Host, plan: &crate::plan::Plan) -> Result<()> {
+        let Some(note) = crate::tree_trust::runs_tree_programs(host, plan) else {
+            return Ok(());
+        };
+        self.ui.info(format!("note: {note}"));
+        let Some((path, why)) = crate::tree_trust::first_changeable(host, plan) else {
+            return Ok(());
+        };
+        let what = format!(
+            "{} {why}: another user could change what gpt runs there as root; make it root's \
+             and writable only by root (chown root:root, chmod go-w) or use a tree only root can change",
+            path.display()
+        );
+        if self.dry_run() {
+            self.ui.warn(format!("a real run would refuse: {what}"));
+            return Ok(());
+        }
+        bail!("refusing to run the tree's own programs: {what}; nothing was changed")
+    }
+
     pub fn dry_run(&self) -> bool {
         matches!(self.mode, Mode::DryRun)
     }

@@ -1,17 +1,29 @@
 //! Writing files the way a careful admin would: atomically (temp file in the same folder,
 //! fsync, rename, fsync the folder), keeping mode and owner, never following a symlink out
 //! of the root, never leaving a temp file behind.
+//!
+//! Every write, folder, mode, owner, rename and removal works on a descriptor of its parent
+//! folder, resolved once inside the root ([`Host::open_in_root`]), with `*at` calls on a name
+//! in it (`openat(O_CREAT|O_EXCL|O_NOFOLLOW)`, `mkdirat`, `renameat`, `unlinkat`) and mode and
+//! owner set on the open file: no path is walked twice, so a user who swaps a folder of the
+//! tree for a symlink while gpt works cannot turn a write onto the real host.
 
 use crate::host::Host;
 use crate::ioerr::{self, IoContext};
 use anyhow::{bail, Context, Result};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 /// Every temp file gpt makes starts with this; stale ones are removed at the next run.
 pub const TEMP_PREFIX: &str = ".gpt-tmp.";
+
+/// Symlink hops followed for one write (the kernel's limit is 40).
+const MAX_LINK_HOPS: usize = 40;
 
 /// Mode and owner of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +43,11 @@ impl Meta {
         }
     }
 
-    fn of(meta: &fs::Metadata) -> Meta {
+    fn of(st: &rustix::fs::Stat) -> Meta {
         Meta {
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
         }
     }
 }
@@ -47,30 +59,98 @@ pub struct Current {
     pub meta: Meta,
 }
 
-/// Where a write to `abs` lands ([`Host::write_target`]).
-fn target(host: &Host, abs: &Path) -> Result<PathBuf> {
-    host.write_target(abs)
+/// A name in a folder opened inside the root.
+struct At {
+    dir: OwnedFd,
+    name: OsString,
+}
+
+/// The parent folder of `abs`, opened once inside the root, and `abs`'s last name (a final
+/// symlink is not followed).
+fn parent_of(host: &Host, abs: &Path) -> io::Result<At> {
+    let name = match abs.components().next_back() {
+        Some(Component::Normal(n)) => n.to_os_string(),
+        _ => {
+            let why = format!("{} names no file", abs.display());
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+    };
+    let parent = abs.parent().unwrap_or(Path::new("/"));
+    let dir = host.open_in_root(parent, OFlags::RDONLY | OFlags::DIRECTORY)?;
+    Ok(At { dir, name })
+}
+
+/// Where a write to `abs` lands: a final symlink followed inside the root (an atomic rename
+/// then replaces the link's target and keeps the link), each hop read with `readlinkat` in a
+/// folder opened inside the root. The name returned is not a symlink, or does not exist;
+/// `None` when the folder it lands in does not exist.
+fn landing_opt(host: &Host, abs: &Path) -> Result<Option<At>> {
+    let mut cur = abs.to_path_buf();
+    for _ in 0..MAX_LINK_HOPS {
+        let at = match parent_of(host, &cur) {
+            Ok(at) => at,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ioerr::error("open the folder of", abs, &e)),
+        };
+        let Ok(target) = rustix::fs::readlinkat(&at.dir, &at.name, Vec::new()) else {
+            return Ok(Some(at));
+        };
+        let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+        cur = match cur.parent() {
+            Some(p) if !target.is_absolute() => p.join(target),
+            _ => target,
+        };
+    }
+    bail!("too many levels of symbolic links in {}", abs.display())
+}
+
+/// [`landing_opt`] where the folder must exist (gpt has just made sure of it).
+fn landing(host: &Host, abs: &Path) -> Result<At> {
+    landing_opt(host, abs)?.with_context(|| {
+        format!(
+            "{} is a link into a folder that does not exist; fix or remove the link",
+            abs.display()
+        )
+    })
+}
+
+fn stat_at(at: &At) -> io::Result<rustix::fs::Stat> {
+    Ok(rustix::fs::statat(
+        &at.dir,
+        &at.name,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+fn not_a_file(abs: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is not a regular file (a directory or device is in its place); move it aside and run gpt again",
+        abs.display()
+    )
 }
 
 /// The file at `abs` (as on the target host), or `None` when it does not exist. A directory
 /// or other non-file there is an error: gpt only ever writes regular files.
 pub fn read(host: &Host, abs: &Path) -> Result<Option<Current>> {
-    let path = target(host, abs)?;
-    let meta = match fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ioerr::error("read", abs, &e)),
+    let Some(at) = landing_opt(host, abs)? else {
+        return Ok(None);
     };
-    if !meta.is_file() {
-        bail!(
-            "{} is not a regular file (a directory or device is in its place); move it aside and run gpt again",
-            abs.display()
-        );
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(&at.dir, &at.name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err(not_a_file(abs)),
+        Err(e) => return Err(ioerr::error("read", abs, &e.into())),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| ioerr::error("read", abs, &e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(not_a_file(abs));
     }
-    let bytes = fs::read(&path).io_ctx("read", abs)?;
+    let mut bytes = Vec::new();
+    File::from(fd).read_to_end(&mut bytes).io_ctx("read", abs)?;
     Ok(Some(Current {
         bytes,
-        meta: Meta::of(&meta),
+        meta: Meta::of(&st),
     }))
 }
 
@@ -86,13 +166,17 @@ pub fn missing_dirs(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>> {
         if d.as_os_str().is_empty() || d == Path::new("/") {
             break;
         }
-        let p = target(host, d)?;
-        match fs::metadata(&p) {
-            Ok(m) if m.is_dir() => break,
-            Ok(_) => bail!(
-                "{} is not a directory; gpt needs a folder there",
-                d.display()
-            ),
+        match host.open_in_root(d, OFlags::PATH) {
+            Ok(fd) => match rustix::fs::fstat(&fd) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => break,
+                _ => bail!(
+                    "{} is not a directory; gpt needs a folder there",
+                    d.display()
+                ),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                return Err(ioerr::error("create", d, &e))
+            }
             Err(_) => missing.push(d.to_path_buf()),
         }
         cur = d.parent();
@@ -113,25 +197,33 @@ pub fn create_dirs_unsynced(host: &Host, abs_dir: &Path) -> Result<Vec<PathBuf>>
     make_dirs(host, abs_dir, false)
 }
 
+/// Open the folder `name` in `dir` itself (never through a symlink).
+fn open_sub(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
 fn make_dirs(host: &Host, abs_dir: &Path, durable: bool) -> Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     for d in missing_dirs(host, abs_dir)? {
-        let p = target(host, &d)?;
-        match fs::create_dir(&p) {
+        let at = parent_of(host, &d).map_err(|e| ioerr::error("create", &d, &e))?;
+        match rustix::fs::mkdirat(&at.dir, &at.name, Mode::from_raw_mode(0o755)) {
             Ok(()) => {}
             // Another gpt made it since we looked (two started at once on a root without
             // /run): a folder there is what we wanted; it is that one's to own.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => continue,
-            Err(e) => return Err(ioerr::error("create", &d, &e)),
+            Err(rustix::io::Errno::EXIST) if open_sub(&at.dir, &at.name).is_ok() => continue,
+            Err(e) => return Err(ioerr::error("create", &d, &e.into())),
         }
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
+        let fd = open_sub(&at.dir, &at.name).map_err(|e| ioerr::error("create", &d, &e))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))
             .with_context(|| format!("cannot set the mode of {}", d.display()))?;
         if running_as_root() {
-            std::os::unix::fs::chown(&p, Some(0), Some(0))
+            let root = Some(rustix::fs::Uid::ROOT);
+            rustix::fs::fchown(&fd, root, Some(rustix::fs::Gid::ROOT))
                 .with_context(|| format!("cannot set the owner of {}", d.display()))?;
         }
-        if let (true, Some(parent)) = (durable, p.parent()) {
-            sync_dir(parent)?;
+        if durable {
+            sync_dir(&at.dir, &d)?;
         }
         created.push(d);
     }
@@ -144,35 +236,40 @@ pub fn remove_dirs_if_empty(host: &Host, dirs: &[PathBuf]) -> Result<()> {
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     dirs.dedup();
     for d in dirs {
-        let p = target(host, d)?;
-        match fs::remove_dir(&p) {
-            Ok(()) => {
-                if let Some(parent) = p.parent() {
-                    sync_dir(parent)?;
-                }
+        let at = match parent_of(host, d) {
+            Ok(at) => at,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(ioerr::error("remove", d, &e)),
+        };
+        match rustix::fs::unlinkat(&at.dir, &at.name, AtFlags::REMOVEDIR) {
+            Ok(()) => sync_dir(&at.dir, d)?,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTEMPTY) => {}
+            Err(e) => {
+                return Err(io::Error::from(e))
+                    .with_context(|| format!("cannot remove {}", d.display()))
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::DirectoryNotEmpty => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", d.display())),
         }
     }
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync the folder {}", dir.display()))
+fn sync_dir(dir: &OwnedFd, shown: &Path) -> Result<()> {
+    rustix::fs::fsync(dir).with_context(|| {
+        let folder = shown.parent().unwrap_or(Path::new("/"));
+        format!("cannot sync the folder {}", folder.display())
+    })
 }
 
 /// Removes the temp file unless it was renamed into place.
-struct TempGuard(Option<PathBuf>);
+struct TempGuard<'a> {
+    dir: &'a OwnedFd,
+    name: Option<OsString>,
+}
 
-impl Drop for TempGuard {
+impl Drop for TempGuard<'_> {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
+        if let Some(n) = self.name.take() {
+            let _ = rustix::fs::unlinkat(self.dir, &n, AtFlags::empty());
         }
     }
 }
@@ -206,55 +303,48 @@ pub fn write_with(
         .parent()
         .with_context(|| format!("{} has no parent folder", abs.display()))?;
     let created = create_dirs(host, parent_abs)?;
-    let path = target(host, abs)?;
-    let existing = match fs::metadata(&path) {
-        Ok(m) if m.is_file() => Some(Meta::of(&m)),
-        Ok(_) => bail!(
-            "{} is not a regular file (a directory or device is in its place); move it aside and run gpt again",
-            abs.display()
-        ),
+    let at = landing(host, abs)?;
+    let existing = match stat_at(&at) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+            Some(Meta::of(&st))
+        }
+        Ok(_) => return Err(not_a_file(abs)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(ioerr::error("read", abs, &e)),
     };
     let meta = meta
         .or(existing)
         .unwrap_or_else(|| Meta::new_file(new_mode));
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent folder", path.display()))?;
-    if !dir.is_dir() {
-        bail!(
-            "{} is a link into a folder that does not exist ({}); fix or remove the link",
-            abs.display(),
-            dir.display()
-        );
-    }
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", abs.display()))?;
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}", name.to_string_lossy()));
-    let _ = fs::remove_file(&tmp);
-    let mut guard = TempGuard(Some(tmp.clone()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .io_ctx("write", abs)?;
+    let mut tmp = OsString::from(TEMP_PREFIX);
+    tmp.push(&at.name);
+    let _ = rustix::fs::unlinkat(&at.dir, &tmp, AtFlags::empty());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&at.dir, &tmp, flags, Mode::from_raw_mode(0o600))
+        .map_err(|e| ioerr::error("write", abs, &e.into()))?;
+    let mut guard = TempGuard {
+        dir: &at.dir,
+        name: Some(tmp.clone()),
+    };
+    let mut f = File::from(fd);
     f.write_all(bytes).io_ctx("write", abs)?;
     if running_as_root() {
-        std::os::unix::fs::fchown(&f, Some(meta.uid), Some(meta.gid))
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(meta.uid),
+            rustix::fs::Gid::from_raw(meta.gid),
+        );
+        rustix::fs::fchown(&f, Some(uid), Some(gid))
             .with_context(|| format!("cannot set the owner of {}", abs.display()))?;
     }
     // After chown, which clears set-id bits.
-    f.set_permissions(fs::Permissions::from_mode(meta.mode))
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(meta.mode))
         .with_context(|| format!("cannot set the mode of {}", abs.display()))?;
     f.sync_all().io_ctx("write", abs)?;
     drop(f);
-    fs::rename(&tmp, &path).io_ctx("write", abs)?;
-    guard.0 = None;
+    rustix::fs::renameat(&at.dir, &tmp, &at.dir, &at.name)
+        .map_err(|e| ioerr::error("write", abs, &e.into()))?;
+    guard.name = None;
     if sync_dir_after {
-        sync_dir(dir)?;
+        sync_dir(&at.dir, abs)?;
     }
     Ok(created)
 }
@@ -264,17 +354,16 @@ pub fn write_with(
 /// after the commands. The free blocks and inodes come from `statvfs` (what an unprivileged
 /// writer may use, to be safe); a file system that does not say is taken at its word.
 pub fn check_room(host: &Host, abs: &Path, len: usize) -> Result<()> {
-    let path = target(host, abs)?;
-    let Some(dir) = path.parent() else {
+    let Ok(Some(at)) = landing_opt(host, abs) else {
         return Ok(());
     };
-    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
+    let Ok(st) = rustix::fs::fstatvfs(&at.dir) else {
         return Ok(());
     };
-    let block = st.fragment_size().max(1);
+    let block = st.f_frsize.max(1);
     let need = (len as u64).div_ceil(block) + 1;
-    let enough_blocks = st.blocks() == 0 || st.blocks_available() >= need;
-    let enough_inodes = st.files() == 0 || st.files_available() >= 1;
+    let enough_blocks = st.f_blocks == 0 || st.f_bavail >= need;
+    let enough_inodes = st.f_files == 0 || st.f_favail >= 1;
     if enough_blocks && enough_inodes {
         return Ok(());
     }
@@ -285,9 +374,11 @@ pub fn check_room(host: &Host, abs: &Path, len: usize) -> Result<()> {
 /// Remove `abs` (a link inside the root is followed and its target removed). Returns whether
 /// there was a file.
 pub fn remove(host: &Host, abs: &Path) -> Result<bool> {
-    let path = target(host, abs)?;
-    match fs::symlink_metadata(&path) {
-        Ok(m) if m.is_dir() => bail!(
+    let Some(at) = landing_opt(host, abs)? else {
+        return Ok(false);
+    };
+    match stat_at(&at) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => bail!(
             "{} is a directory, not a file gpt wrote; leaving it",
             abs.display()
         ),
@@ -295,33 +386,40 @@ pub fn remove(host: &Host, abs: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(ioerr::error("remove", abs, &e)),
     }
-    fs::remove_file(&path).io_ctx("remove", abs)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
+    rustix::fs::unlinkat(&at.dir, &at.name, AtFlags::empty())
+        .map_err(|e| ioerr::error("remove", abs, &e.into()))?;
+    sync_dir(&at.dir, abs)?;
     Ok(true)
 }
 
 /// Remove stale `.gpt-tmp.*` files that a killed gpt left in the folder `abs_dir`.
 pub fn clean_temps(host: &Host, abs_dir: &Path) -> Result<usize> {
-    let dir = target(host, abs_dir)?;
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(_) => return Ok(0),
+    let Ok(dir) = host.open_in_root(abs_dir, OFlags::RDONLY | OFlags::DIRECTORY) else {
+        return Ok(0);
+    };
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+        return Ok(0);
     };
     let mut n = 0;
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
-            && entry.file_type().is_ok_and(|t| t.is_file())
-        {
-            fs::remove_file(entry.path()).with_context(|| {
-                format!(
-                    "cannot remove the stale temp file {}",
-                    entry.path().display()
-                )
-            })?;
-            n += 1;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+        if !name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+            continue;
         }
+        let at = At {
+            dir: dir.try_clone()?,
+            name,
+        };
+        if !stat_at(&at)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+        {
+            continue;
+        }
+        rustix::fs::unlinkat(&at.dir, &at.name, AtFlags::empty()).with_context(|| {
+            let shown = host.path(abs_dir).join(&at.name);
+            format!("cannot remove the stale temp file {}", shown.display())
+        })?;
+        n += 1;
     }
     Ok(n)
 }
@@ -329,7 +427,8 @@ pub fn clean_temps(host: &Host, abs_dir: &Path) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::fs;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn host() -> (tempfile::TempDir, Host) {
         let d = tempfile::tempdir().unwrap();

@@ -363,12 +363,12 @@ fn stuck(
 /// ones is closed first: a write that never returns must not hold gpt's lock.
 pub fn write_helper(host: &Host, path: &str, value: &str) -> Result<()> {
     close_inherited();
-    let target = host.write_target(path)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&target)
-        .with_context(|| format!("cannot open {path}"))?;
+    // Opened once inside the root, as every write of gpt's.
+    let flags = rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::TRUNC;
+    let mut f = std::fs::File::from(
+        host.open_in_root(path, flags)
+            .with_context(|| format!("cannot open {path}"))?,
+    );
     use std::io::Write;
     f.write_all(format!("{value}\n").as_bytes())
         .with_context(|| format!("cannot write {value:?} to {path}"))?;

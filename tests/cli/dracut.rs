@@ -126,7 +126,7 @@ fn cycle(which: Dracut, rebuild: &[&str]) {
     );
     let calls = fakes.calls();
     assert!(
-        calls.contains(&format!("lsinitrd /boot/initrd.img-{DEBIAN_KVER}")),
+        calls.contains(&format!("lsinitrd fd:/boot/initrd.img-{DEBIAN_KVER}")),
         "{calls:?}"
     );
     // gpt check names the generator and finds vfio_pci in the image.

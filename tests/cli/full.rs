@@ -466,7 +466,7 @@ fn full_applies_runs_each_command_once_verifies_and_a_rerun_changes_nothing() {
             "update-grub",
             "depmod -a 6.1.0-13-amd64",
             "update-initramfs -u -k all",
-            "lsinitramfs /boot/initrd.img-6.1.0-13-amd64"
+            "lsinitramfs fd:/boot/initrd.img-6.1.0-13-amd64"
         ]
     );
     let cfg = read(r, "/boot/grub/grub.cfg");

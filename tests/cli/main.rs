@@ -25,4 +25,7 @@ mod reset_power;
 mod rom;
 mod sdboot;
 mod single_gpu;
+mod swap_race;
 mod synth;
+mod tree_programs;
+mod tree_trust;

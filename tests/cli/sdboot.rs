@@ -74,7 +74,7 @@ fn full_writes_etc_kernel_cmdline_regenerates_each_kernel_and_reset_gives_it_bac
             format!("depmod -a {DEBIAN_KVER}"),
             "update-initramfs -u -k all".into(),
             format!("kernel-install add {DEBIAN_KVER} /boot/vmlinuz-{DEBIAN_KVER} /boot/initrd.img-{DEBIAN_KVER}"),
-            format!("lsinitramfs /boot/initrd.img-{DEBIAN_KVER}"),
+            format!("lsinitramfs fd:/boot/initrd.img-{DEBIAN_KVER}"),
         ]
     );
     let opts = options(r);

@@ -4,7 +4,8 @@
 //!
 //! - Each call of a fake (other than `chroot`) appends one line, `name args…`, to the log
 //!   ([`Fakes::calls`]).
-//! - `chroot ROOT cmd args…` runs the fake `cmd` with `FAKE_ROOT=ROOT`. The other fakes
+//! - `chroot ROOT cmd args…` runs the fake `cmd` with `FAKE_ROOT=ROOT`, and logs `cmd`
+//!   ([`Fakes::chrooted`]: what gpt ran of a tree's own programs). The other fakes
 //!   refuse to run without `FAKE_ROOT` (exit 99): a test can never touch the real `/boot`.
 //!   (`dpkg-query --admindir=DIR` needs no root.)
 //! - `update-grub` sources `ROOT/etc/default/grub` and `ROOT/etc/default/grub.d/*.cfg` in a
@@ -16,7 +17,8 @@
 //!   `lib/modules/KVER`, `-` if the kernel has no such module file) and one `conf FILE CKSUM`
 //!   line per `ROOT/etc/modprobe.d/*.conf`.
 //! - `lsinitramfs IMG` lists `usr/lib/modules/KVER/kernel/…/vfio-pci.ko` and
-//!   `etc/modprobe.d/…` lines for such an image.
+//!   `etc/modprobe.d/…` lines for such an image. An image gpt hands over open, as
+//!   `/proc/self/fd/N`, is logged as `fd:/boot/NAME`.
 //! - `depmod -a KVER` writes `ROOT/lib/modules/KVER/modules.dep` (fails for a missing KVER).
 //! - `dpkg-query -W [-f FMT] PKG…` reads `ROOT/var/lib/dpkg/status`; `apt-get install PKG…`
 //!   adds stanzas to it.
@@ -110,6 +112,16 @@ fake_begin() {
   done
 }
 
+# fake_shown_image ARG: how a lister's image argument is logged. gpt hands this machine's
+# lister an image it opened inside a root as /proc/self/fd/N: logged `fd:/boot/NAME` (the
+# open file's path from its /boot on), to tell which image it was and that it came open.
+fake_shown_image() {
+  case $1 in
+    /proc/self/fd/*) local t; t=$(readlink "$1"); echo "fd:/boot/${t##*/boot/}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # A module name in kmod's spelling: vfio-pci.ko.zst -> vfio_pci.
 fake_norm() { local n=${1//-/_}; n=${n%.ko*}; echo "$n"; }
 
@@ -157,6 +169,7 @@ if [ ! -d "$root" ]; then
   echo "chroot: cannot change root directory to '$root': No such file or directory" >&2
   exit 125
 fi
+printf '%s\n' "$cmd" >> "$FAKE_STATE/chroot.log"
 if [ "$cmd" != chroot ] && [ -x "$FAKE_BIN/$cmd" ]; then
   export FAKE_ROOT="$root"
   # Through bash, not execve of the script: a script written a moment ago may still be open
@@ -480,7 +493,7 @@ printf 'title Pop!_OS\nlinux /EFI/Pop_OS-fake/vmlinuz.efi\ninitrd /EFI/Pop_OS-fa
 "##;
 
 const LSINITRAMFS: &str = r##"
-fake_begin lsinitramfs no "$@"
+fake_begin lsinitramfs no "$(fake_shown_image "${1:-}")"
 [ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "." && echo "usr"
 fake_list_image lsinitramfs "" "${1:-}"
 "##;
@@ -574,7 +587,7 @@ fi
 /// lsinitrd IMAGE: the image's files, one per line with ls -l's columns before the path, as
 /// the real one prints them.
 const LSINITRD: &str = r##"
-fake_begin lsinitrd no "$@"
+fake_begin lsinitrd no "$(fake_shown_image "${1:-}")"
 [ -f "${FAKE_ROOT:-}${1:-}" ] || [ -f "${1:-}" ] && echo "Image: $1: 12M" && echo "========================================================================"
 fake_list_image lsinitrd "-rw-r--r--   1 root     root        12345 Jan  1 00:00 " "${1:-}"
 "##;
@@ -731,9 +744,20 @@ impl Fakes {
             .collect()
     }
 
+    /// The commands run through the fake `chroot` (`name` each), in order: what gpt ran
+    /// of a tree's own programs.
+    pub fn chrooted(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("chroot.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Forget the calls so far (and the per-command call counts `FAKE_FAIL=name:N` uses).
     pub fn reset_log(&self) {
         fs::write(self.log(), "").unwrap();
+        let _ = fs::remove_file(self.dir.path().join("chroot.log"));
         for e in fs::read_dir(self.dir.path()).unwrap() {
             let e = e.unwrap();
             if e.file_name().to_string_lossy().starts_with("count-") {

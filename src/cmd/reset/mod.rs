@@ -97,6 +97,11 @@ pub fn run(host: &Host, ui: &Ui, args: &ResetArgs) -> Result<u8> {
     if plan.files.is_empty() && run_now.is_empty() && manual.is_empty() {
         return nothing_to_reset(host, &session, state.is_some(), &items);
     }
+    let runs = Plan {
+        commands: run_now.clone(),
+        ..plan.clone()
+    };
+    session.trust_tree(host, &runs)?;
     if session.dry_run() {
         return dry_run(ui, &items, &run_now, &manual);
     }
