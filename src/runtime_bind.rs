@@ -350,8 +350,8 @@ pub fn refuse_holders(holds: &[(PciAddress, Hold)], verb: &str) -> Option<anyhow
              nvidia driver forever):\n{}\nNothing was changed;",
             lines.join("\n")
         ),
-        "stop them (a display server or compositor on this card, nvidia-persistenced, a CUDA \
-         or audio program) and run this again",
+        "stop them (a VM with the card's /dev/vfio group open, a display server or compositor \
+         on this card, nvidia-persistenced, a CUDA or audio program) and run this again",
     ))
 }
 

@@ -567,6 +567,17 @@ pub fn hand_back_all(host: &Host, ui: &Ui, dry_run: bool) -> Result<()> {
             )
         })
         .collect();
+    // A VM with the card's /dev/vfio group open (or any other holder): taking the card from
+    // under it is not reset's to do, and vfio-pci's release would wait for it.
+    let bound: Vec<PciAddress> = journal
+        .functions
+        .iter()
+        .filter_map(|e| PciAddress::parse(&e.address))
+        .collect();
+    let found = holders::read(host, &bound, None);
+    if let Some(e) = rb::refuse_holders(&found.holds, "reset") {
+        return Err(e);
+    }
     if dry_run {
         ui.info(format!(
             "would first hand back what `gpt bind` bound: {}",

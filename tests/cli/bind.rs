@@ -459,6 +459,57 @@ fn reset_hands_back_what_bind_bound_first() {
 }
 
 #[test]
+fn reset_refuses_to_take_a_bound_card_from_the_vm_that_has_it_open() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    second_card(root);
+    let _k = Kernel::start(root, Rules::default());
+    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    // A VM: a process with the function's /dev/vfio group open.
+    let group = std::fs::read_link(root.join("sys/bus/pci/devices/0000:02:00.0/iommu_group"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let node = root.join("dev/vfio").join(&group);
+    std::fs::create_dir_all(node.parent().unwrap()).unwrap();
+    std::fs::write(&node, "").unwrap();
+    let mut vm = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(std::fs::File::open(&node).unwrap())
+        .spawn()
+        .unwrap();
+    let bound = drivers(root);
+    let before = tree(root);
+    for args in [
+        &["reset", "--dry-run"][..],
+        &["reset", "--yes", "--no-update"],
+    ] {
+        let (code, _, err) = run(gpt(root).args(args));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        // The function in bind's journal is named, and what to stop.
+        assert!(
+            err.contains(&format!(
+                "/dev/vfio/{group} (0000:02:00.1): sleep (pid {})",
+                vm.id()
+            )) && err.contains("a VM with the card's /dev/vfio group open"),
+            "{err}"
+        );
+        assert!(err.contains("Nothing was changed"), "{err}");
+        assert_eq!(tree(root), before, "{args:?} changed the tree");
+        assert_eq!(drivers(root), bound);
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let (code, _, err) = run(gpt(root).args(["reset", "--yes", "--no-update"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(drivers(root), host_drivers(), "{err}");
+    assert!(journal(root).is_none());
+}
+
+#[test]
 fn unbind_gives_gpt_fulls_card_to_its_host_drivers_for_this_boot() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
