@@ -380,7 +380,23 @@ impl Host {
             .as_ref()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the root cannot be opened"))?;
         let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(root, rel_path(abs), flags, Mode::empty(), resolve) {
+        let rel = rel_path(abs);
+        // EAGAIN: a rename or mount anywhere on the machine while the kernel walked a `..`
+        // (sysfs links are full of them), so it could not vouch for staying inside the root.
+        // The call is safe to repeat (openat2(2) says so); a busy machine needs a few tries.
+        let mut tries = 0;
+        let opened = loop {
+            match rustix::fs::openat2(root, &rel, flags, Mode::empty(), resolve) {
+                Err(rustix::io::Errno::AGAIN) if tries < 1000 => {
+                    tries += 1;
+                    if tries % 100 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                other => break other,
+            }
+        };
+        match opened {
             Ok(fd) => Ok(fd),
             Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM | rustix::io::Errno::TOOBIG) => {
                 Err(io::Error::new(
@@ -564,6 +580,52 @@ mod tests {
         assert_eq!(host.read_to_string("/etc/link").unwrap(), "inside");
         assert_eq!(host.read_to_string("/etc/up").unwrap(), "inside");
         assert_eq!(host.resolve("/etc/link").unwrap(), root.join("etc/real"));
+    }
+
+    /// The kernel answers EAGAIN to an `openat2(RESOLVE_IN_ROOT)` that walked `..` while
+    /// anything was renamed on the machine; the writing side must try again, not fail (the
+    /// fake sysfs under a busy test run hit it). Renames run beside the opens here.
+    #[test]
+    fn renames_elsewhere_do_not_fail_an_open_through_dot_dot() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("sys/devices/pci/0000:02:00.0")).unwrap();
+        std::fs::create_dir_all(root.join("sys/bus/pci/devices")).unwrap();
+        std::fs::write(
+            root.join("sys/devices/pci/0000:02:00.0/driver_override"),
+            "",
+        )
+        .unwrap();
+        symlink(
+            "../../../devices/pci/0000:02:00.0",
+            root.join("sys/bus/pci/devices/0000:02:00.0"),
+        )
+        .unwrap();
+        let busy = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        let host = Host::new(root);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (a, b) = (busy.path().join("a"), busy.path().join("b"));
+                std::fs::write(&a, "").unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(&a, &b).unwrap();
+                    std::fs::rename(&b, &a).unwrap();
+                }
+            });
+            for _ in 0..20_000 {
+                let r = host.open_in_root(
+                    "/sys/bus/pci/devices/0000:02:00.0/driver_override",
+                    rustix::fs::OFlags::WRONLY,
+                );
+                if let Err(e) = r {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("open failed while renames ran elsewhere: {e}");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 
     #[test]
