@@ -167,6 +167,15 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Every display controller (class 03), in address order.
+    pub fn gpus(&self) -> Vec<PciAddress> {
+        self.devices
+            .values()
+            .filter(|d| d.is_gpu())
+            .map(|d| d.address)
+            .collect()
+    }
+
     pub fn iommu_enabled(&self) -> bool {
         !self.groups.is_empty()
     }

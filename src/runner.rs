@@ -16,6 +16,16 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The folders where a command run as `chroot ROOT cmd` is looked for, in its PATH's order.
+pub const CHROOT_BIN_DIRS: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
 use std::time::{Duration, Instant};
 
 /// Lines of stderr put into an error.
@@ -109,16 +119,9 @@ impl<'a> Runner<'a> {
 
     /// Whether `name` exists inside the root's usual command folders.
     fn inside_root(&self, name: &str) -> bool {
-        [
-            "/usr/local/sbin",
-            "/usr/local/bin",
-            "/usr/sbin",
-            "/usr/bin",
-            "/sbin",
-            "/bin",
-        ]
-        .iter()
-        .any(|d| self.host.exists(Path::new(d).join(name)))
+        CHROOT_BIN_DIRS
+            .iter()
+            .any(|d| self.host.exists(Path::new(d).join(name)))
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {

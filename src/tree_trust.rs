@@ -7,18 +7,9 @@
 
 use crate::host::Host;
 use crate::plan::Plan;
+use crate::runner::CHROOT_BIN_DIRS as BIN_DIRS;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-/// The folders where a chroot looks for a command, in its PATH's order.
-const BIN_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
 
 /// Why another user could change a file of `uid` and `mode` (`None`: only root or `me` can).
 /// A folder writable by all but sticky lets others change only their own entries.

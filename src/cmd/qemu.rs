@@ -243,13 +243,7 @@ fn chosen_cards(ui: &Ui, topo: &Topology, names: &Names, wanted: &[String]) -> R
 
 /// The host's only display controller (single-GPU mode without --device).
 fn only_display(topo: &Topology) -> Result<String> {
-    let gpus: Vec<PciAddress> = topo
-        .devices
-        .values()
-        .filter(|d| d.is_gpu())
-        .map(|d| d.address)
-        .collect();
-    crate::single_gpu::only_display(&gpus)
+    crate::single_gpu::only_display(&topo.gpus())
         .map(|a| a.to_string())
         .map_err(|e| anyhow::anyhow!(e))
 }

@@ -74,12 +74,7 @@ fn card(
     let gpu = match device {
         Some(d) => topo.find(d)?.address,
         None => {
-            let gpus: Vec<PciAddress> = topo
-                .devices
-                .values()
-                .filter(|d| d.is_gpu())
-                .map(|d| d.address)
-                .collect();
+            let gpus = topo.gpus();
             sg::only_display(&gpus).map_err(|e| {
                 Refusal::error(
                     "not_only_display",
