@@ -5,7 +5,8 @@
 # target/ansible-venv); the role runs on localhost against copies of the bundled example host
 # (examples/hosts/rocketlake-rtx2060) through gpt's --root, with gpt_install false (nothing is
 # installed on this machine) and fake update-grub, update-initramfs, depmod, lsinitramfs and chroot
-# first on PATH (tests/fakes/: they refuse to run outside a fake root). GPT_BIN: the gpt to
+# first on PATH (tests/fakes/: they refuse to run outside a fake root, but lsinitramfs, which gpt
+# runs itself on the image it opened inside the tree, and which only reads it). GPT_BIN: the gpt to
 # run (default target/release/gpt, built if missing).
 #
 # Checks: check mode changes no byte and shows gpt's diff; the first run changes, the second
