@@ -204,7 +204,9 @@ ensure_image() {
         if [ ! -f "$dir/disk.img" ]; then
             note "building the $suite $variant image (cache key $key) from ${mirror:-the default mirror of debootstrap}"
             # Older images of this suite and variant are of no further use.
-            find "$cache" -maxdepth 1 -name "$suite-$variant-*" ! -name "$suite-$variant-$key" -exec rm -rf {} +
+            # (Exactly SUITE-VARIANT-KEY: trixie-sdboot-* would also match trixie-sdboot-dracut-KEY.)
+            find "$cache" -maxdepth 1 -regextype posix-extended -regex ".*/$suite-$variant-[0-9a-f]{16}" \
+                ! -name "$suite-$variant-$key" -exec rm -rf {} +
             # (set -e does not reach into this subshell: it runs on the left of ||)
             bash "$here/image.sh" "$suite" "$mirror" "$dir" "$variant" >&2 || exit 1
             note "image $suite $variant built in $((SECONDS - t0)) s"
