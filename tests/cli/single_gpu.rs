@@ -234,6 +234,11 @@ fn enable(root: &Path, f: &Fakes, extra: &[&str]) {
 }
 
 /// Run the installed hook as libvirt does; (exit code, stderr).
+/// The hook for domain VM, whose XML holds both of the card's functions (`managed='no'`).
+fn card_hook(root: &Path, f: &Fakes, op: &str, sub: &str) -> (i32, String) {
+    hook(root, f, op, sub, &domain_xml(VM, "no", &["0", "1"]))
+}
+
 fn hook(root: &Path, f: &Fakes, op: &str, sub: &str, xml: &str) -> (i32, String) {
     let mut cmd = Command::new(root.join(HOOK));
     f.env(&mut cmd, root);
@@ -600,13 +605,7 @@ fn a_process_that_will_not_let_go_is_named_and_the_display_comes_back() {
         .stdin(std::fs::File::open(root.join("dev/dri/card0")).unwrap())
         .spawn()
         .unwrap();
-    let (code, err) = hook(
-        root,
-        &f,
-        "prepare",
-        "begin",
-        &domain_xml(VM, "no", &["0", "1"]),
-    );
+    let (code, err) = card_hook(root, &f, "prepare", "begin");
     let _ = stray.kill();
     let _ = stray.wait();
     assert_eq!(code, 1, "libvirt must not start the VM: {err}");
@@ -633,13 +632,7 @@ fn a_process_that_will_not_let_go_is_named_and_the_display_comes_back() {
         "{out}"
     );
     // libvirt runs `release end` after a failed start too: nothing is left to restore.
-    let (code, err) = hook(
-        root,
-        &f,
-        "release",
-        "end",
-        &domain_xml(VM, "no", &["0", "1"]),
-    );
+    let (code, err) = card_hook(root, &f, "release", "end");
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("nothing to restore"), "{err}");
     assert_display_restored(root, &f);
@@ -673,13 +666,7 @@ fn a_driver_whose_unbind_blocks_fails_the_start_and_the_display_comes_back() {
     let k = Kernel::start(root, rules);
     enable(root, &f, &[]);
     let started = std::time::Instant::now();
-    let (code, err) = hook(
-        root,
-        &f,
-        "prepare",
-        "begin",
-        &domain_xml(VM, "no", &["0", "1"]),
-    );
+    let (code, err) = card_hook(root, &f, "prepare", "begin");
     assert_eq!(code, 1, "{err}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
@@ -717,13 +704,7 @@ fn a_probe_that_binds_nothing_fails_the_start_and_the_display_comes_back() {
     rules.refuse.insert("vfio-pci".into());
     let _k = Kernel::start(root, rules);
     enable(root, &f, &[]);
-    let (code, err) = hook(
-        root,
-        &f,
-        "prepare",
-        "begin",
-        &domain_xml(VM, "no", &["0", "1"]),
-    );
+    let (code, err) = card_hook(root, &f, "prepare", "begin");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("the probe bound nothing"), "{err}");
     assert_display_restored(root, &f);
@@ -831,13 +812,7 @@ fn before_6_0_the_firmware_framebuffer_is_released_and_given_back_on_failure() {
     rules.refuse.insert("vfio-pci".into());
     let _k = Kernel::start(root, rules);
     enable(root, &f, &[]);
-    let (code, err) = hook(
-        root,
-        &f,
-        "prepare",
-        "begin",
-        &domain_xml(VM, "no", &["0", "1"]),
-    );
+    let (code, err) = card_hook(root, &f, "prepare", "begin");
     assert_eq!(code, 1, "{err}");
     assert_eq!(*log.lock().unwrap(), ["unbind", "bind"], "{err}");
     assert!(efifb_bound(), "efifb is back");
