@@ -569,12 +569,12 @@ pub fn hand_back_all(host: &Host, ui: &Ui, dry_run: bool) -> Result<()> {
         .collect();
     // A VM with the card's /dev/vfio group open (or any other holder): taking the card from
     // under it is not reset's to do, and vfio-pci's release would wait for it.
-    let bound: Vec<PciAddress> = journal
+    let mut addrs: Vec<PciAddress> = journal
         .functions
         .iter()
         .filter_map(|e| PciAddress::parse(&e.address))
         .collect();
-    let found = holders::read(host, &bound, None);
+    let found = holders::read(host, &addrs, None);
     if let Some(e) = rb::refuse_holders(&found.holds, "reset") {
         return Err(e);
     }
@@ -596,11 +596,6 @@ pub fn hand_back_all(host: &Host, ui: &Ui, dry_run: bool) -> Result<()> {
         timeout: Duration::from_secs(20),
         keep_override: BTreeSet::new(),
     };
-    let mut addrs: Vec<PciAddress> = journal
-        .functions
-        .iter()
-        .filter_map(|e| PciAddress::parse(&e.address))
-        .collect();
     addrs.reverse();
     let problems = live.hand_back(&addrs, &mut journal);
     if !problems.is_empty() {
