@@ -615,6 +615,19 @@ fn continued(argv: &[String]) -> String {
     out
 }
 
+/// `<!-- text -->` and a newline, the text made a valid XML comment: no `--` inside it and no
+/// `-` at its end (libvirt's parser refuses both, and a whole domain with them).
+fn comment(text: &str) -> String {
+    let mut t = text.to_string();
+    while t.contains("--") {
+        t = t.replace("--", "- -");
+    }
+    if t.ends_with('-') {
+        t.push(' ');
+    }
+    format!("<!-- {t} -->\n")
+}
+
 /// A function `gpt bind` bound (in `runtime`) is `managed='no'`: libvirt must not hand it back
 /// to the host behind gpt's journal when the VM stops; `gpt unbind` does.
 /// With `single` (single-GPU mode), every function is `managed=single`: with 'yes' libvirt
@@ -626,37 +639,36 @@ fn libvirt_xml(
     runtime: &[PciAddress],
     single: Option<&str>,
 ) -> String {
-    let mut s = String::from(
-        "<!-- Add inside <devices> of a domain with UEFI firmware (<os firmware='efi'>) and a q35 machine (virsh edit NAME). -->\n",
+    let mut s = comment(
+        "Add inside <devices> of a domain with UEFI firmware (<os firmware='efi'>) and a q35 machine (virsh edit NAME).",
     );
     if let Some(m) = single {
-        s.push_str(&format!(
-            "<!-- single-GPU mode: `sudo gpt single-gpu enable NAME` installs the hook that takes \
+        s.push_str(&comment(&format!(
+            "single-GPU mode: `sudo gpt single-gpu enable NAME` installs the hook that takes \
              the card from the host's desktop when the VM starts and gives it back when it stops; \
-             managed='{m}': {} -->\n",
+             managed='{m}': {}",
             if m == "yes" {
                 "libvirt hands the card back to its host drivers at the stop, and gpt's hook checks that it did"
             } else {
-                "gpt's hook hands the card to vfio-pci and back itself (--unmanaged)"
+                "gpt's hook hands the card to vfio-pci and back itself (gpt qemu's unmanaged choice)"
             }
-        ));
+        )));
     }
     for addr in cards.iter().flat_map(|c| &c.functions) {
-        let what = format!("{addr}{}", describe(topo, names, addr)).replace("--", "- -");
         let managed = if let Some(m) = single {
             m
         } else if runtime.contains(addr) {
-            s.push_str(
-                "<!-- bound to vfio-pci by `gpt bind`: managed='no', so libvirt leaves it on \
-                 vfio-pci when the VM stops; `sudo gpt unbind` gives it back to the host -->\n",
-            );
+            s.push_str(&comment(
+                "bound to vfio-pci by `gpt bind`: managed='no', so libvirt leaves it on \
+                 vfio-pci when the VM stops; `sudo gpt unbind` gives it back to the host",
+            ));
             "no"
         } else {
             "yes"
         };
+        s.push_str(&comment(&format!("{addr}{}", describe(topo, names, addr))));
         s.push_str(&format!(
-            "<!-- {what} -->\n\
-             <hostdev mode='subsystem' type='pci' managed='{managed}'>\n  \
+            "<hostdev mode='subsystem' type='pci' managed='{managed}'>\n  \
                <source>\n    \
                  <address domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>\n  \
                </source>\n\
@@ -673,6 +685,14 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<PciAddress> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_comment_never_holds_a_double_hyphen_nor_ends_with_one() {
+        assert_eq!(comment("plain"), "<!-- plain -->\n");
+        assert_eq!(comment("a --flag b"), "<!-- a - -flag b -->\n");
+        assert_eq!(comment("x---y"), "<!-- x- - -y -->\n");
+        assert_eq!(comment("ends-"), "<!-- ends-  -->\n");
     }
 
     #[test]

@@ -378,6 +378,7 @@ fn enable_shows_the_hook_installs_it_and_disable_and_reset_remove_it_exactly() {
         before,
         "reset leaves /etc as it was, and no journal"
     );
+
 }
 
 #[test]
@@ -736,6 +737,14 @@ fn a_display_manager_that_will_not_start_fails_the_restore_loudly_after_every_ot
     );
 }
 
+/// Every `<!-- … -->` of `out` is a well-formed XML comment: no `--` inside, no `-` at its end.
+fn valid_xml_comments(out: &str) -> bool {
+    out.split("<!--").skip(1).all(|rest| {
+        rest.split_once("-->")
+            .is_some_and(|(body, _)| !body.contains("--") && !body.ends_with('-'))
+    })
+}
+
 #[test]
 fn qemu_prints_the_single_gpu_hostdevs_managed_or_not() {
     let d = tempfile::tempdir().unwrap();
@@ -744,6 +753,7 @@ fn qemu_prints_the_single_gpu_hostdevs_managed_or_not() {
     let (code, out, err) = run(gpt(root).args(["qemu", "--libvirt", "--single-gpu"]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("gpt single-gpu enable NAME"), "{out}");
+    assert!(valid_xml_comments(&out), "{out}");
     let xml = |out: &str| {
         out.lines()
             .filter(|l| !l.starts_with("<!--"))
@@ -761,6 +771,9 @@ fn qemu_prints_the_single_gpu_hostdevs_managed_or_not() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(xml(&out).matches("managed='no'").count(), 2, "{out}");
     assert!(!xml(&out).contains("managed='yes'"));
+    // libvirt refuses a domain whose comment holds `--` (`virsh define`: "Double hyphen within
+    // comment"), as the unmanaged note once did.
+    assert!(valid_xml_comments(&out), "{out}");
     // --unmanaged alone is a usage error.
     let (code, _, _) = run(gpt(root).args(["qemu", "--libvirt", "--unmanaged"]));
     assert_eq!(code, 2);
