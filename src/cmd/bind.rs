@@ -132,6 +132,20 @@ fn refuse_foreign_override(host: &Host, targets: &[PciAddress], journal: &Journa
     Ok(())
 }
 
+/// Loading vfio-pci runs `modprobe`; under `--root` that is the tree's own, which only a tree
+/// no other user can change may run as root (as for `gpt full`'s commands).
+pub fn trust_modprobe(host: &Host, session: &Session) -> Result<()> {
+    let load = crate::plan::Step::new(
+        &format!("loading {}", rb::VFIO_PCI_MODULE),
+        &["modprobe", rb::VFIO_PCI_MODULE],
+    );
+    let plan = crate::plan::Plan {
+        commands: vec![load],
+        ..crate::plan::Plan::default()
+    };
+    session.trust_tree(host, &plan)
+}
+
 fn print_steps(ui: &Ui, steps: &[Step]) {
     for s in steps {
         ui.info(format!("    {}", s.describe()));
@@ -222,6 +236,12 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
     }
     ui.step("Steps:");
     print_steps(ui, &steps);
+    if steps
+        .iter()
+        .any(|s| matches!(s.action, rb::Action::Load { .. }))
+    {
+        trust_modprobe(host, &session)?;
+    }
     let ask = "Bind these functions to vfio-pci now?";
     if let Some(code) = dry_run_or_ask(ui, &session, ask, || {
         print(ui, false, true, devices.clone(), &steps, &sel.warnings)

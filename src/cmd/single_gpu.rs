@@ -334,7 +334,10 @@ fn hook(host: &Host, ui: &Ui, h: &SingleGpuHook, phase: Phase) -> Result<u8> {
         ));
         return Ok(0);
     }
-    let _session = Session::start(host, ui, false, true, "the hook runs as root")?;
+    let session = Session::start(host, ui, false, true, "the hook runs as root")?;
+    if phase == Phase::Release && !crate::txn::live::registered(host, rb::VFIO_PCI) {
+        super::bind::trust_modprobe(host, &session)?;
+    }
     let topo = facts.topology()?;
     let funcs: Vec<Function> = targets.iter().filter_map(|a| function(topo, a)).collect();
     let order = rb::bind_order(&funcs);

@@ -636,3 +636,34 @@ fn bind_waits_for_no_one_while_another_gpt_holds_the_lock() {
     assert!(k.log().is_empty());
     assert_eq!(drivers(root), host_drivers());
 }
+
+/// Under `--root`, loading vfio-pci runs the tree's own `modprobe` as root: as for `gpt full`'s
+/// commands, gpt says so and refuses a tree another user could change, before any write.
+#[test]
+fn under_root_loading_vfio_pci_needs_a_tree_only_root_can_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    second_card(root);
+    std::fs::remove_dir_all(root.join("sys/bus/pci/drivers/vfio-pci")).unwrap();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o757)).unwrap();
+    let before = tree(root);
+    let (code, out, err) =
+        run(gpt(root).args(["bind", "--device", "02:00.0", "--yes", "--timeout", "5"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("note: under --root, modprobe run as root inside"),
+        "{err}"
+    );
+    let named = format!(
+        "refusing to run the tree's own programs: {} is writable by others (mode 757)",
+        root.canonicalize().unwrap().display()
+    );
+    assert!(err.contains(&named), "{err}");
+    assert_eq!(tree(root), before, "a refusal changes nothing");
+    assert_eq!(drivers(root), host_drivers());
+    // A dry run, which runs nothing, says what a real run would refuse.
+    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("a real run would refuse:"), "{err}");
+}
