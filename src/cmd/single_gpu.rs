@@ -151,7 +151,9 @@ fn refuse_reset(host: &Host, facts: &Facts, targets: &[PciAddress]) -> Result<()
             "no_reset",
             targets.to_vec(),
             format!(
-                "refusing: nothing resets this card between its host driver and the VM ({why}), so                  after the VM the host driver may not bring it up again and the host would stay                  without a screen until a reboot. Nothing was changed;"
+                "refusing: nothing resets this card between its host driver and the VM ({why}), so \
+                 after the VM the host driver may not bring it up again and the host would stay \
+                 without a screen until a reboot. Nothing was changed;"
             ),
             "`gpt check` shows the reset facts",
         ));
@@ -247,12 +249,31 @@ fn enable(host: &Host, ui: &Ui, a: &SingleGpuEnable) -> Result<u8> {
     }
     let mut change = FileChange::new(&path, before, Some(text));
     change.new_mode = 0o755;
+    let d = libvirt_daemon(host);
     apply(host, &session, ui, change, "Install this hook?", || {
         ui.ok(format!(
-            "installed {path}; restart libvirtd so that it sees the hook (`sudo systemctl restart libvirtd`),              then start {}: the host's desktop stops while it runs and comes back when it stops              (`gpt check` shows the last hand-over)",
+            "installed {path}; restart {d} so that it sees the hook (`sudo systemctl restart {d}`), \
+             then start {}: the host's desktop stops while it runs and comes back when it stops \
+             (`gpt check` shows the last hand-over)",
             a.vm
         ))
     })
+}
+
+/// The daemon that runs the qemu driver's hooks: virtqemud where the modular daemons are
+/// enabled, else the monolithic libvirtd (Debian's and Ubuntu's default).
+fn libvirt_daemon(host: &Host) -> &'static str {
+    let modular = [
+        "/etc/systemd/system/sockets.target.wants/virtqemud.socket",
+        "/etc/systemd/system/multi-user.target.wants/virtqemud.service",
+    ]
+    .iter()
+    .any(|p| host.exists(p) || host.link_name(p).is_some());
+    if modular {
+        "virtqemud"
+    } else {
+        "libvirtd"
+    }
 }
 
 /// Whether gpt's journal holds `path`.
@@ -310,9 +331,10 @@ fn disable(host: &Host, ui: &Ui, a: &SingleGpuDisable) -> Result<u8> {
         bail!("{path} is not in gpt's journal, so gpt did not write it: remove it yourself if it is yours; nothing was changed");
     }
     let change = FileChange::new(&path, Some(cur.bytes), None);
+    let d = libvirt_daemon(host);
     apply(host, &session, ui, change, "Remove this hook?", || {
         ui.ok(format!(
-            "removed {path}; restart libvirtd so that it forgets the hook (`sudo systemctl restart libvirtd`)"
+            "removed {path}; restart {d} so that it forgets the hook (`sudo systemctl restart {d}`)"
         ))
     })
 }

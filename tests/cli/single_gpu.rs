@@ -379,6 +379,26 @@ fn enable_shows_the_hook_installs_it_and_disable_and_reset_remove_it_exactly() {
         "reset leaves /etc as it was, and no journal"
     );
 
+    // Where the modular daemons run, the hooks are virtqemud's: that is the one to restart.
+    let wants = root.join("etc/systemd/system/sockets.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/virtqemud.socket",
+        wants.join("virtqemud.socket"),
+    )
+    .unwrap();
+    let (code, _, err) = run(gpt_f(root, &f).args(["single-gpu", "enable", VM, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("(`sudo systemctl restart virtqemud`)"),
+        "{err}"
+    );
+    let (code, _, err) = run(gpt_f(root, &f).args(["single-gpu", "disable", VM, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("restart virtqemud so that it forgets"),
+        "{err}"
+    );
 }
 
 #[test]
