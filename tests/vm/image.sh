@@ -17,6 +17,8 @@
 #                    kernel-install falls back to /proc/cmdline, as on a fresh install.
 #   sdboot-dracut    sdboot's loader with dracut's images (the dracut variant's packages and
 #                    configuration): the layout where a bare `dracut` picks an output on the ESP.
+#   libvirt          initramfs-tools, then `apt-get install libvirt-daemon-system libvirt-clients`
+#                    beside QEMU: the host of single-GPU mode, whose libvirt runs gpt's hook.
 # A dracut image carries /etc/dracut.conf.d/10-gpt-vm.conf: lz4 images and force_drivers of the fake
 # GPU's own drivers (bochs, snd_hda_intel), which the initramfs then loads before anything else
 # unless gpt's configuration holds them off. The dracut variant keeps Debian's generic images (no
@@ -64,7 +66,8 @@ dracut) generator= ;;
 dracut-itc) generator=initramfs-tools-core, ;;
 sdboot) generator=initramfs-tools, loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
 sdboot-dracut) generator= loader=systemd-boot,systemd-boot-efi,systemd-boot-tools, ;;
-*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc, sdboot, sdboot-dracut)"; exit 2 ;;
+libvirt) generator=initramfs-tools, extra=qemu-system-x86, ;;
+*) log "unknown variant '$variant' (initramfs-tools, dracut, dracut-itc, sdboot, sdboot-dracut, libvirt)"; exit 2 ;;
 esac
 # The two sides of a variant: its loader (systemd-boot or GRUB) and its generator.
 case $variant in sdboot | sdboot-dracut) sdboot=yes ;; *) sdboot=no ;; esac
@@ -131,6 +134,24 @@ if [ "$dracut" = yes ]; then
     log "dracut $(chroot "$root" dpkg-query -W -f '${Version}' dracut) installed in $((SECONDS - t1)) s;" \
         "initramfs-tools: $(chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools 2>/dev/null || echo none)," \
         "initramfs-tools-core: $(chroot "$root" dpkg-query -W -f '${db:Status-Abbrev}' initramfs-tools-core 2>/dev/null || echo none)"
+fi
+
+if [ "$variant" = libvirt ]; then
+    # libvirt by apt, not debootstrap: apt weighs its alternatives and virtual packages. Its
+    # maintainer scripts only add users and enable units here (no systemd runs in the tree).
+    t1=$SECONDS
+    log "variant $variant: apt-get install libvirt-daemon-system libvirt-clients"
+    find "$debs" -maxdepth 1 -name '*.deb' -exec cp {} "$root/var/cache/apt/archives/" \;
+    {
+        chroot_apt update && chroot_apt install libvirt-daemon-system libvirt-clients &&
+            find "$root/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec cp -n {} "$debs/" \; &&
+            chroot_apt clean
+    } >"$tmp/apt.log" 2>&1 || {
+        tail -n 30 "$tmp/apt.log" >&2
+        exit 1
+    }
+    rm -rf "$root"/var/lib/apt/lists/*
+    log "libvirt $(chroot "$root" dpkg-query -W -f '${Version}' libvirt-daemon-system) installed in $((SECONDS - t1)) s"
 fi
 
 kver=$(ls "$root/lib/modules" | sort -V | tail -n 1)

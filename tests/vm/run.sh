@@ -24,11 +24,11 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
-all_scenarios=(main twin dracut dracut-testing twin-dracut sdboot sdboot-dracut)
+all_scenarios=(main twin dracut dracut-testing twin-dracut sdboot sdboot-dracut single-gpu)
 # Run when neither --scenario nor GPT_VM_SCENARIOS says otherwise (see README.md: time budget).
-# Longest first: with two at a time, dracut and sdboot start together, then main and twin take
-# whichever slot frees first.
-default_scenarios=(dracut sdboot-dracut sdboot main twin)
+# Longest first: with two at a time, dracut and sdboot-dracut start together, then sdboot, main,
+# twin and the short single-gpu (one boot, about 2 minutes) take whichever slot frees first.
+default_scenarios=(dracut sdboot-dracut sdboot main twin single-gpu)
 
 usage() {
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -174,12 +174,14 @@ fi
 #   twin-dracut      trixie's dracut image with twin's two identical GPUs (gpt's pre-udev hook)
 #   sdboot           trixie, systemd-boot (kernel-install, BLS entries on the ESP), no GRUB
 #   sdboot-dracut    trixie, systemd-boot with dracut 106 (no update-initramfs) as the generator
+#   single-gpu       trixie with libvirt: the fake GPU is the guest's only display (single-GPU mode)
 image_of() {
     case $1 in
     dracut | twin-dracut) echo trixie dracut ;;
     dracut-testing) echo testing dracut-itc ;;
     sdboot) echo trixie sdboot ;;
     sdboot-dracut) echo trixie sdboot-dracut ;;
+    single-gpu) echo trixie libvirt ;;
     *) echo "$suite" initramfs-tools ;;
     esac
 }
@@ -221,8 +223,9 @@ ensure_image() {
 # kernel's EFI stub takes the std VGA's framebuffer, the target becomes the boot VGA, and Debian 12's
 # 6.1 kernel oopses (use-after-free in sysfb_disable) when vfio-pci has evicted that framebuffer and
 # virtio_gpu probes later. cirrus-vga gets a linear-framebuffer GOP and stays the boot VGA.
+# single-gpu has no cirrus: the fake GPU is the guest's only display, its boot VGA with fbcon on it.
 qemu_devices() {
-    echo -vga none -device cirrus-vga,bus=pcie.0
+    if [ "$1" = single-gpu ]; then echo -vga none; else echo -vga none -device cirrus-vga,bus=pcie.0; fi
     echo -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=1c.0
     echo -device VGA,bus=rp1,addr=00.0,multifunction=on -device ich9-intel-hda,bus=rp1,addr=00.1
     if [ "$1" = twin ] || [ "$1" = twin-dracut ]; then

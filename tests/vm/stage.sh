@@ -877,6 +877,185 @@ nested_vm() {
         eval 'test '$vm_rc' = 0 && grep -q "^{\"return\": {}}" "$W/'$name'-qmp.txt"'
 }
 
+# --- single-GPU mode (single-gpu): libvirt's hook gives the only display to a VM and back ----------
+VM=gptvm
+VM_UUID=7a0d3c52-0d6e-4f6b-9a53-5f1e3c6b2a10
+CARD_NODE=/dev/dri/by-path/pci-$GPU-card
+# The libvirt daemon that runs the qemu driver's hooks: virtqemud where the modular daemons are
+# enabled, else libvirtd.
+libvirt_daemon() {
+    if systemctl -q is-enabled virtqemud.service 2>/dev/null || systemctl -q is-enabled virtqemud.socket 2>/dev/null; then
+        echo virtqemud
+    else
+        echo libvirtd
+    fi
+}
+# fbcon's vtconsoles and whether each is bound, one "NAME BIND" per line.
+fb_vtcons() {
+    local f
+    for f in /sys/class/vtconsole/vtcon*; do
+        grep -q 'frame buffer' "$f/name" 2>/dev/null && echo "$(basename "$f") $(cat "$f/bind")"
+    done
+}
+fbcon_bound() { fb_vtcons | grep -q ' 1$' || { why="vtconsoles: $(fb_vtcons | tr '\n' ' ')"; return 1; }; }
+fbcon_unbound() { ! fb_vtcons | grep -q ' 1$' || { why="vtconsoles: $(fb_vtcons | tr '\n' ' ')"; return 1; }; }
+# The framebuffer fbcon draws on belongs to the card.
+fb_on_card() {
+    local f
+    for f in /sys/class/graphics/fb*; do
+        [ "$(basename "$(readlink -f "$f/device" 2>/dev/null)")" = $GPU ] && return 0
+    done
+    why="no /sys/class/graphics/fb* of $GPU"
+    return 1
+}
+# dm_holds_card: display-manager.service is active and its main process holds the card's DRM node.
+dm_holds_card() {
+    local pid node
+    systemctl -q is-active display-manager.service || { why="display-manager.service is $(systemctl is-active display-manager.service)"; return 1; }
+    pid=$(systemctl show -P MainPID display-manager.service)
+    node=$(readlink -f "$CARD_NODE" 2>/dev/null)
+    [ -n "$node" ] || { why="no $CARD_NODE"; return 1; }
+    ls -l "/proc/$pid/fd" 2>/dev/null | grep -q " -> $node\$" && return 0
+    why="its main process $pid holds no $node"
+    return 1
+}
+dm_stopped() { ! systemctl -q is-active display-manager.service || { why="display-manager.service is active"; return 1; }; }
+# vm_pid: the nested QEMU of domain $VM, from libvirt's pid file.
+vm_pid() { cat "/run/libvirt/qemu/$VM.pid" 2>/dev/null; }
+vm_opened_vfio() {
+    local pid group
+    pid=$(vm_pid)
+    group=$(group_of $GPU)
+    [ -n "$pid" ] || { why="no /run/libvirt/qemu/$VM.pid"; return 1; }
+    ls -l "/proc/$pid/fd" 2>/dev/null | grep -q "/dev/vfio/$group\$" && return 0
+    why="QEMU (pid $pid) has no /dev/vfio/$group open"
+    return 1
+}
+last_record() { # last_record PHASE OK: /run/gpt/single-gpu.json is this phase's, with ok = OK
+    jq -e --arg p "$1" --argjson ok "$2" --arg vm $VM '.phase == $p and .ok == $ok and .vm == $vm' /run/gpt/single-gpu.json >/dev/null 2>&1 && return 0
+    why="record: $(jq -c . /run/gpt/single-gpu.json 2>/dev/null | cut -c1-300)"
+    return 1
+}
+show_display() {
+    echo "--- display: DM $(systemctl is-active display-manager.service) (main pid $(systemctl show -P MainPID display-manager.service));" \
+        "$GPU $(driver_of $GPU), $AUDIO $(driver_of $AUDIO); fbcon: $(fb_vtcons | tr '\n' ' '); nodes: $(gpu_dri_nodes | tr '\n' ' ')"
+}
+# The stand-in display manager: a unit aliased to display-manager.service, as gdm or sddm are,
+# whose main process keeps the card's DRM node open as a desktop does.
+install_stand_in_dm() {
+    cat >/etc/systemd/system/gpt-test-dm.service <<EOF2
+[Unit]
+Description=Stand-in display manager (VM test): keeps the card's DRM node open, as a desktop does
+
+[Service]
+ExecStart=/bin/sh -c 'exec sleep infinity 3<>$CARD_NODE'
+
+[Install]
+Alias=display-manager.service
+EOF2
+    systemctl daemon-reload
+    systemctl enable gpt-test-dm.service
+    systemctl start display-manager.service
+    sleep 1
+    check "the stand-in display manager (display-manager.service) runs and holds $CARD_NODE" dm_holds_card ||
+        bail "no stand-in display manager"
+}
+# domain_xml FILE [--unmanaged]: writes FILE, a TCG domain $VM (no disk, no display, SeaBIOS)
+# with the card's hostdevs as `gpt qemu --libvirt --single-gpu [--unmanaged] --json` prints them.
+domain_xml() {
+    local file=$1 flag=${2:-} managed=yes name=qemu-libvirt
+    [ -z "$flag" ] || { managed=no; name=qemu-libvirt-unmanaged; }
+    run "$name" gpt qemu --libvirt --single-gpu $flag --json
+    check "gpt qemu --libvirt --single-gpu $flag exits 0 with both functions' hostdevs, managed='$managed'" \
+        eval 'exited '"$name"' 0 && test "$(jq -r .xml "$W/'"$name"'.out" | grep -c "<hostdev mode=.subsystem. type=.pci. managed=.'"$managed"'.>")" = 2'
+    {
+        echo "<domain type='qemu'>"
+        echo "  <name>$VM</name><uuid>$VM_UUID</uuid>"
+        echo "  <memory unit='MiB'>128</memory><vcpu>1</vcpu>"
+        echo "  <os><type arch='x86_64' machine='q35'>hvm</type></os>"
+        echo "  <devices>"
+        jq -r .xml "$W/$name.out" | sed 's/^/    /'
+        echo "  </devices>"
+        echo "</domain>"
+    } >"$file"
+    sed 's/^/  xml| /' "$file"
+}
+# hook_acts_for_vm_only FILE: mode 755, and its first test lets only domain $VM through.
+hook_acts_for_vm_only() {
+    [ "$(stat -c %a "$1" 2>/dev/null)" = 755 ] || { why="mode $(stat -c %a "$1" 2>&1)"; return 1; }
+    grep -qxF "[ \"\$1\" = '$VM' ] || exit 0" "$1" || { why="no line [ \"\$1\" = '$VM' ] || exit 0"; return 1; }
+}
+# vm_cycle LABEL: virsh start → the hook released the card and the VM opened it; virsh destroy →
+# the hook restored the display.
+vm_cycle() {
+    local l=$1 t0
+    run "start-$l" virsh start $VM
+    echo "# virsh start ($l) took $secs s"
+    check "$l: virsh start $VM exits 0 (the hook's release let it start)" exited "start-$l" 0 || {
+        journalctl -b --no-pager -n 40 2>/dev/null | sed 's/^/  journal| /'
+        return 1
+    }
+    show_display
+    check "$l: the hook stopped the display manager" dm_stopped
+    check "$l: $GPU and $AUDIO are on vfio-pci" bound_to vfio-pci $GPU $AUDIO
+    check "$l: fbcon let go of the card (no frame-buffer vtconsole bound)" fbcon_unbound
+    check "$l: the nested VM's QEMU opened /dev/vfio/$(group_of $GPU)" vm_opened_vfio
+    check "$l: gpt's record says the release for $VM succeeded" last_record release true
+    sleep 5
+    check "$l: ... and $VM still runs 5 s later" eval 'test "$(virsh domstate '$VM' 2>/dev/null | head -n 1)" = running'
+    run "destroy-$l" virsh destroy $VM
+    echo "# virsh destroy ($l) took $secs s"
+    check "$l: virsh destroy $VM exits 0" exited "destroy-$l" 0
+    # libvirt runs `release end` before destroy returns; allow the display manager a moment.
+    t0=$SECONDS
+    until dm_holds_card >/dev/null 2>&1 || [ $((SECONDS - t0)) -gt 60 ]; do sleep 1; done
+    udevadm settle --timeout=30 || true
+    show_display
+    check "$l: gpt's record says the restore for $VM succeeded" last_record restore true
+    check "$l: bochs-drm and snd_hda_intel have the card again" drivers_match "$state/drivers.before"
+    check "$l: the card's /dev/dri nodes are back" eval 'gpu_dri_nodes | cmp -s - "$state/dri.before"'
+    check "$l: fbcon is bound to the card's framebuffer again" eval 'fbcon_bound && fb_on_card'
+    check "$l: the stand-in display manager is active and holds $CARD_NODE again" dm_holds_card
+    check "$l: driver_override is empty again on both functions" \
+        eval 'test "$(cat /sys/bus/pci/devices/$GPU/driver_override /sys/bus/pci/devices/$AUDIO/driver_override)" = "$(printf "(null)\n(null)")"'
+}
+single_gpu_sanity() {
+    console_facts
+    check "$GPU is the boot VGA and the guest's only display" \
+        eval 'test "$(console_vga)" = $GPU && test "$(lspci -n -d ::0300 | wc -l)" = 1'
+    check "$GPU is on bochs-drm and $AUDIO on snd_hda_intel" \
+        eval 'bound_to bochs-drm $GPU && bound_to snd_hda_intel $AUDIO'
+    check "fbcon draws on the card's framebuffer (a frame-buffer vtconsole is bound)" eval 'fbcon_bound && fb_on_card' ||
+        bail "fbcon is not on the card"
+    local d v
+    d=$(libvirt_daemon)
+    v=$(dpkg-query -W -f '${Version}' libvirt-daemon-system 2>/dev/null)
+    check "libvirt $v (>= 6.5, runs hooks from qemu.d): $d is active" \
+        eval 'dpkg --compare-versions "$v" ge 6.5 && systemctl -q is-active '"$d"'.service'
+}
+# The refusal for real: a process that is no unit of the user's keeps the card; the hook waits,
+# names it, hands everything back and fails the start.
+refused_while_held() {
+    local holder
+    sleep 600 3<>"$CARD_NODE" &
+    holder=$!
+    run start-held virsh start $VM
+    echo "# virsh start (held) took $secs s"
+    show_display
+    check "held: virsh start fails with gpt's reason, naming the holder (sleep, pid $holder)" \
+        eval 'test "$rc" != 0 && grep -q "sleep (pid $holder)" "$W/start-held.err"'
+    check "held: $VM did not start" eval 'test "$(virsh domstate '$VM' 2>/dev/null | head -n 1)" = "shut off"'
+    check "held: gpt's record says the release failed and handed back" last_record release false
+    check "held: the card stayed on bochs-drm and snd_hda_intel" drivers_match "$state/drivers.before"
+    check "held: fbcon stayed on the card" eval 'fbcon_bound && fb_on_card'
+    check "held: the stand-in display manager is active and holds $CARD_NODE again" dm_holds_card
+    run check-held gpt --json check
+    check "held: gpt check shows the failed release as a warning" \
+        jqt check-held 'any(.checks[]; (.name | startswith("single-GPU mode")) and .status == "warn")'
+    kill $holder
+    wait $holder 2>/dev/null
+}
+
 # --- scenarios ------------------------------------------------------------------------------------------
 echo "=== gpt-vm: scenario $scenario, boot $boot, gpt $(gpt --version 2>&1 | head -n 1)"
 settle
@@ -1164,6 +1343,57 @@ sdboot-dracut:2)
     check "after reset no file on the ESP that no entry boots" no_orphan_esp_files
     check "after reset /etc/kernel/cmdline, which gpt created, is gone" test ! -e /etc/kernel/cmdline
     check "/etc is byte-identical to boot 1 (contents, modes, owners, links)" etc_same_as "$state/etc.before"
+    complete=yes
+    ;;
+# single-gpu (trixie with libvirt; the fake GPU is the only display, fbcon on it, a stand-in
+# display manager holding it): gpt single-gpu enable, libvirt's hook releases the card at
+# `virsh start` and restores the display at `virsh destroy`, managed='yes' and 'no'; a second
+# holder makes the start fail with the display untouched; disable and reset leave /etc as it was.
+# One boot: single-GPU mode changes nothing that needs a reboot.
+single-gpu:1)
+    sanity
+    single_gpu_sanity
+    install_stand_in_dm
+    gpu_dri_nodes >"$state/dri.before"
+    xml=$state/$VM.xml
+    xml_unmanaged=$state/$VM-unmanaged.xml
+    domain_xml "$xml"
+    domain_xml "$xml_unmanaged" --unmanaged
+    run define virsh define "$xml"
+    check "virsh define $VM (the card's functions as managed hostdevs) exits 0" exited define 0 || bail "no domain"
+    record $GPU $AUDIO
+    run enable-dry gpt single-gpu enable $VM --dry-run
+    check "gpt single-gpu enable --dry-run shows the hook and changes nothing" \
+        eval 'exited enable-dry 0 && grep -q "gpt-single-gpu-$VM" "$W/enable-dry.out" && etc_same_as "$state/etc.before"'
+    run enable gpt single-gpu enable $VM --yes --timeout 20
+    check "gpt single-gpu enable $VM exits 0" exited enable 0 || bail "single-GPU mode not enabled"
+    hook=/etc/libvirt/hooks/qemu.d/gpt-single-gpu-$VM
+    sed 's/^/  hook| /' "$hook"
+    check "the hook $hook is executable (755) and acts for $VM only" hook_acts_for_vm_only "$hook"
+    d=$(libvirt_daemon)
+    run restart systemctl restart "$d.service"
+    check "systemctl restart $d (libvirt reads its hooks at start)" exited restart 0
+    vm_cycle managed
+    run check-sg gpt --json check
+    check "gpt check shows the last restore for $VM as passed" \
+        jqt check-sg 'any(.checks[]; .name == "single-GPU mode'"'"'s last restore (domain '$VM')" and .status == "pass")'
+    check "the system journal has gpt's lines for the release and the restore" \
+        eval 'journalctl -b -t gpt --no-pager >"$W/journal-gpt.txt" 2>&1; grep -q "last release (domain '$VM') succeeded" "$W/journal-gpt.txt" && grep -q "last restore (domain '$VM') succeeded" "$W/journal-gpt.txt"'
+    sed 's/^/  journal| /' "$W/journal-gpt.txt" 2>/dev/null | tail -n 4
+    refused_while_held
+    run define-unmanaged virsh define "$xml_unmanaged"
+    check "virsh define $VM with managed='no' hostdevs exits 0" exited define-unmanaged 0 &&
+        vm_cycle unmanaged
+    run define-again virsh define "$xml"
+    check "virsh define $VM as it was" exited define-again 0
+    run disable gpt single-gpu disable $VM --yes
+    check "gpt single-gpu disable $VM exits 0 and removes the hook" eval 'exited disable 0 && test ! -e "$hook"'
+    check "after disable /etc is byte-identical to before enable (contents, modes, owners, links)" etc_same_as "$state/etc.before"
+    run enable2 gpt single-gpu enable $VM --yes
+    check "gpt single-gpu enable again exits 0" eval 'exited enable2 0 && test -x "$hook"'
+    run reset gpt reset --yes --json
+    check "gpt reset exits 0 and removes the hook" eval 'exited reset 0 && test ! -e "$hook"'
+    check "after reset /etc is byte-identical to before enable (contents, modes, owners, links)" etc_same_as "$state/etc.before"
     complete=yes
     ;;
 *)
