@@ -322,6 +322,11 @@ pub struct Record {
     /// fbcon's vtconsoles the release unbound (the restore binds them again).
     #[serde(default)]
     pub consoles: Vec<String>,
+    /// The units the release stopped, in order (the restore starts these, and only these):
+    /// a unit that was not running (no display manager: `startx`) is neither stopped nor
+    /// started. `None` in a record of a gpt that did not keep them.
+    #[serde(default)]
+    pub stopped: Option<Vec<String>>,
 }
 
 impl Record {
@@ -521,6 +526,7 @@ mod tests {
             steps: vec!["stopped display-manager.service".into()],
             error: None,
             consoles: vec!["vtcon1".into()],
+            stopped: Some(vec!["display-manager.service".into()]),
         };
         assert!(r.summary().contains("release (domain win10) succeeded"));
         r.error = Some("boom".into());

@@ -384,6 +384,7 @@ fn hook(host: &Host, ui: &Ui, h: &SingleGpuHook, phase: Phase) -> Result<u8> {
         steps: Vec::new(),
         error: None,
         consoles: Vec::new(),
+        stopped: None,
     };
     let result = match phase {
         Phase::Release => disp.release(&card, &mut rec),
@@ -396,8 +397,7 @@ fn hook(host: &Host, ui: &Ui, h: &SingleGpuHook, phase: Phase) -> Result<u8> {
                 ));
                 return Ok(0);
             }
-            let consoles = last.map(|r| r.consoles).unwrap_or_default();
-            disp.restore(&card, gpu, &consoles, &mut rec)
+            disp.restore(&card, gpu, last.as_ref(), &mut rec)
         }
     };
     rec.ok = result.is_ok();

@@ -106,7 +106,7 @@ impl Display<'_> {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "the card is still in use {} s after the display manager stopped: {}; stop it \
+                    "the card is still in use {} s after the units were stopped: {}; stop it \
                      (a user session's compositor, pipewire: list its unit with --also-stop in \
                      `gpt single-gpu enable`)",
                     self.live.timeout.as_secs(),
@@ -211,6 +211,7 @@ impl Display<'_> {
         let mut done = Done::default();
         let result = self.take(card, rec, &mut done);
         rec.consoles = done.consoles.clone();
+        rec.stopped = Some(done.stopped.clone());
         let Err(e) = result else {
             return Ok(());
         };
@@ -231,6 +232,7 @@ impl Display<'_> {
             }
         }
         rec.consoles.clear();
+        rec.stopped = Some(Vec::new());
         let back = if problems.is_empty() {
             "the host has its display back".to_string()
         } else {
@@ -241,6 +243,10 @@ impl Display<'_> {
 
     fn take(&self, card: &Card, rec: &mut Record, done: &mut Done) -> Result<()> {
         for u in card.also_stop.iter().chain([&DISPLAY_MANAGER.to_string()]) {
+            if !self.active(u) {
+                rec.steps.push(format!("{u} was not running"));
+                continue;
+            }
             self.unit("stop", u)?;
             done.stopped.push(u.clone());
             rec.steps.push(format!("stopped {u}"));
@@ -275,15 +281,24 @@ impl Display<'_> {
     }
 
     /// Give the card back: each function to its driver (or check that libvirt did, for
-    /// `managed='yes'`), wait for the DRM node, bind fbcon, start the units and check they
-    /// run. Every step is tried; the error lists what failed.
+    /// `managed='yes'`), wait for the DRM node, bind fbcon, start the units the release
+    /// stopped (`released`: its record; without one, the display manager and the listed
+    /// units) and check they run. Every step is tried; the error lists what failed.
     pub fn restore(
         &self,
         card: &Card,
         display: PciAddress,
-        consoles: &[String],
+        released: Option<&Record>,
         rec: &mut Record,
     ) -> Result<()> {
+        let consoles: &[String] = released.map(|r| r.consoles.as_slice()).unwrap_or(&[]);
+        let units: Vec<String> = match released.and_then(|r| r.stopped.clone()) {
+            Some(stopped) => stopped.into_iter().rev().collect(),
+            None => [DISPLAY_MANAGER.to_string()]
+                .into_iter()
+                .chain(card.also_stop.iter().cloned())
+                .collect(),
+        };
         let mut problems: Vec<String> = Vec::new();
         let mut journal = super::live::load_journal(self.host())?.unwrap_or_default();
         let back: Vec<PciAddress> = card.order.iter().rev().map(|f| f.address).collect();
@@ -319,7 +334,7 @@ impl Display<'_> {
                 Err(e) => problems.push(format!("{vc}: {e:#}")),
             }
         }
-        for u in [DISPLAY_MANAGER.to_string()].iter().chain(card.also_stop) {
+        for u in &units {
             let started = self.unit("start", u).and_then(|()| {
                 if self.active(u) {
                     Ok(())

@@ -677,6 +677,35 @@ fn a_listed_unit_is_stopped_too_and_started_again() {
     assert_display_restored(root, &f);
 }
 
+/// A desktop started by hand (`startx`), no display manager running: the release stops no unit
+/// that was not running, and the restore starts none (it used to start display-manager.service,
+/// which on such a host fails the restore).
+#[test]
+fn without_a_running_display_manager_no_unit_is_stopped_or_started() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    one_card(root);
+    let f = Fakes::new();
+    let _k = Kernel::start(root, Rules::default());
+    enable(root, &f, &[]);
+    let (code, err) = card_hook(root, &f, "prepare", "begin");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        drivers(root),
+        [Some("vfio-pci".into()), Some("vfio-pci".into())]
+    );
+    let (code, err) = card_hook(root, &f, "release", "end");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(drivers(root), host_drivers());
+    assert!(fbcon_bound(root), "fbcon bound again");
+    assert!(!f.dm_active(root), "no display manager was started");
+    let calls = std::fs::read_to_string(f.state().join("calls")).unwrap_or_default();
+    assert!(!calls.contains("systemctl stop"), "{calls}");
+    assert!(!calls.contains("systemctl start"), "{calls}");
+    let record = std::fs::read_to_string(root.join("run/gpt/single-gpu.json")).unwrap();
+    assert!(record.contains("\"restore\""), "{record}");
+}
+
 #[test]
 fn a_driver_whose_unbind_blocks_fails_the_start_and_the_display_comes_back() {
     let d = tempfile::tempdir().unwrap();
