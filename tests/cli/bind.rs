@@ -139,6 +139,16 @@ fn journal(root: &Path) -> Option<Value> {
     Some(serde_json::from_str(&text).unwrap())
 }
 
+/// The RocketLake host after `gpt bind --device 02:00.0`: the card on vfio-pci, the fake kernel
+/// (returned) still serving.
+fn bound_second_card(root: &Path) -> Kernel {
+    second_card(root);
+    let k = Kernel::start(root, Rules::default());
+    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    k
+}
+
 #[test]
 fn bind_moves_the_whole_card_display_last_and_unbind_gives_it_back() {
     let d = tempfile::tempdir().unwrap();
@@ -440,10 +450,7 @@ fn a_crash_after_any_step_is_undone_by_unbind_from_the_journal() {
 fn reset_hands_back_what_bind_bound_first() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
-    second_card(root);
-    let _k = Kernel::start(root, Rules::default());
-    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
-    assert_eq!(code, 0, "{err}");
+    let _k = bound_second_card(root);
     let (_, _, err) = run(gpt(root).args(["reset", "--dry-run"]));
     assert!(
         err.contains(
@@ -462,10 +469,7 @@ fn reset_hands_back_what_bind_bound_first() {
 fn reset_refuses_to_take_a_bound_card_from_the_vm_that_has_it_open() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
-    second_card(root);
-    let _k = Kernel::start(root, Rules::default());
-    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
-    assert_eq!(code, 0, "{err}");
+    let _k = bound_second_card(root);
     // A VM: a process with the function's /dev/vfio group open.
     let group = std::fs::read_link(root.join("sys/bus/pci/devices/0000:02:00.0/iommu_group"))
         .unwrap()
@@ -566,10 +570,7 @@ fn an_override_someone_else_set_is_refused_and_left_alone() {
 fn qemu_passes_the_bound_card_and_libvirt_leaves_it_to_gpt() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();
-    second_card(root);
-    let _k = Kernel::start(root, Rules::default());
-    let (code, _, err) = run(gpt(root).args(["bind", "--device", "02:00.0", "--yes"]));
-    assert_eq!(code, 0, "{err}");
+    let _k = bound_second_card(root);
     // Nothing configured by `gpt full`: `gpt qemu` takes the card `gpt bind` bound.
     let (code, out, err) = run(gpt(root).args(["qemu"]));
     assert_eq!(code, 0, "{err}");
