@@ -215,31 +215,6 @@ impl Host {
         self.root.join(rel)
     }
 
-    /// Where a write to `abs` lands: symlinks followed, but never out of the root. Under `/`
-    /// the links are followed the same way (where [`Host::resolve`] leaves them to the
-    /// kernel), so an atomic rename replaces a symlinked file's target and keeps its link.
-    pub fn write_target(&self, abs: impl AsRef<Path>) -> Result<PathBuf> {
-        let abs = abs.as_ref();
-        if !self.real {
-            return self.resolve(abs);
-        }
-        let mut path = Path::new("/").join(abs);
-        for _ in 0..MAX_LINK_HOPS {
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    let to = std::fs::read_link(&path)
-                        .with_context(|| format!("cannot read link {}", path.display()))?;
-                    path = match path.parent() {
-                        Some(parent) => parent.join(to),
-                        None => to,
-                    };
-                }
-                _ => return Ok(path),
-            }
-        }
-        bail!("too many levels of symbolic links in {}", abs.display())
-    }
-
     /// Resolve `abs` following symlinks, but never outside the root. The result exists only
     /// if the path exists; dangling links resolve to where they point.
     pub fn resolve(&self, abs: impl AsRef<Path>) -> Result<PathBuf> {

@@ -7,13 +7,14 @@
 //! error when the card shows no valid ROM.
 //!
 //! Under `--root` the attribute is a plain file of the tree: it is read as it is, and the
-//! enable and disable writes are made only where the file is sysfs's own (`statfs`), so a
-//! test tree's bytes are never overwritten.
+//! enable and disable writes are made only where the open file is sysfs's own (`fstatfs`), so
+//! a test tree's bytes are never overwritten.
 
 use crate::host::Host;
 use crate::pci::{PciAddress, PciDevice};
 use anyhow::{anyhow, Result};
-use std::io::{self, Read, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Where `gpt rom` saves a card's ROM: one file per card model and board.
@@ -42,44 +43,64 @@ pub fn saved_path(dev: &PciDevice) -> Option<PathBuf> {
     Some(Path::new(ROM_DIR).join(name))
 }
 
-/// The ROM of `addr` as the kernel gives it.
+/// The ROM of `addr` as the kernel gives it. The attribute is opened once, inside the root
+/// (`Host::open_in_root`), and every switch and read goes through that descriptor: nothing is
+/// walked twice between the check that it is sysfs's and the writes.
 pub fn read(host: &Host, addr: &PciAddress) -> Result<Vec<u8>> {
+    use rustix::fs::OFlags;
     let abs = attribute(addr);
-    let path = host.write_target(&abs)?;
-    if !is_sysfs(&path) {
-        return std::fs::read(&path).map_err(|e| read_error(addr, &abs, &e));
+    // Non-blocking: a FIFO planted in a tree answers at once instead of hanging the read.
+    let file = host
+        .open_in_root(&abs, OFlags::RDWR | OFlags::NONBLOCK)
+        .map(std::fs::File::from)
+        .map_err(|e| match crate::ioerr::advice(&e) {
+            Some(a) => anyhow!("cannot open {}: {a}", abs.display()),
+            None => crate::ioerr::error("open", &abs, &e),
+        })?;
+    if !is_sysfs(&file) {
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(anyhow!(
+                "{} is neither sysfs's attribute nor a regular file (a FIFO or a device in the tree): not reading it",
+                abs.display()
+            ));
+        }
+        return read_all(&file).map_err(|e| read_error(addr, &abs, &e));
     }
-    switch(&path, &abs, b"1\n")?;
-    let bytes = read_all(&path);
+    switch(&file, &abs, b"1\n")?;
+    let bytes = read_all(&file);
     // Always switched off again, even when the read failed.
-    let off = switch(&path, &abs, b"0\n");
+    let off = switch(&file, &abs, b"0\n");
     let bytes = bytes.map_err(|e| read_error(addr, &abs, &e))?;
     off?;
     Ok(bytes)
 }
 
-fn is_sysfs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
+fn is_sysfs(file: &std::fs::File) -> bool {
+    nix::sys::statfs::fstatfs(file)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::SYSFS_MAGIC)
 }
 
-/// Write `what` to the attribute, in place (no temp file, no truncation: it is a switch).
-fn switch(path: &Path, abs: &Path, what: &[u8]) -> Result<()> {
+/// Write `what` to the attribute at offset 0, in place (it is a switch, not a file's bytes).
+fn switch(file: &std::fs::File, abs: &Path, what: &[u8]) -> Result<()> {
     let verb = if what[0] == b'1' { "enable" } else { "disable" };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(what))
+    file.write_all_at(what, 0)
         .map_err(|e| match crate::ioerr::advice(&e) {
             Some(a) => anyhow!("cannot {verb} reading {}: {a}", abs.display()),
             None => anyhow!("cannot {verb} reading {}: {e}", abs.display()),
         })
 }
 
-fn read_all(path: &Path) -> io::Result<Vec<u8>> {
+/// Every byte from offset 0 (the switch writes moved no shared position that matters).
+fn read_all(file: &std::fs::File) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read_at(&mut chunk, bytes.len() as u64)?;
+        if n == 0 {
+            return Ok(bytes);
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn read_error(addr: &PciAddress, abs: &Path, e: &io::Error) -> anyhow::Error {

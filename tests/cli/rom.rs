@@ -525,3 +525,31 @@ fn reset_leaves_a_saved_rom_and_undoes_the_rest() {
         "paths that differ (now, before)"
     );
 }
+
+/// A tree is untrusted input: a FIFO where sysfs has the `rom` attribute must not hang `gpt
+/// rom` (it used to wait for a writer forever). The attribute is opened once, non-blocking,
+/// inside the root; the FIFO gives nothing, which is an error, and nothing is saved.
+#[test]
+fn a_fifo_for_the_rom_attribute_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ready(dir.path());
+    let rom = dir
+        .path()
+        .join(t.dev_dir("0000:02:00.0").trim_start_matches('/'))
+        .join("rom");
+    nix::unistd::mkfifo(&rom, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = run(gpt(dir.path())
+        .args(["rom", "02:00.0"])
+        .timeout(std::time::Duration::from_secs(60)));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "no hang"
+    );
+    assert!(
+        err.contains("0000:02:00.0/rom is neither sysfs's attribute nor a regular file"),
+        "{err}"
+    );
+    assert!(!dir.path().join("var/lib/gpt/rom").exists());
+}
