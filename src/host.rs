@@ -19,6 +19,21 @@ use std::sync::{Arc, OnceLock};
 /// Symlink hops allowed while resolving one path (the kernel's limit is 40).
 const MAX_LINK_HOPS: usize = 40;
 
+/// The bytes of `path`, opened without blocking: a FIFO a tree plants where a file is read
+/// gives what is in it (nothing, without a writer) instead of waiting for a writer for ever.
+/// Every read is opened this way (`O_NONBLOCK` changes nothing for files, sysfs or /proc).
+fn read_nonblocking(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
@@ -281,19 +296,25 @@ impl Host {
                 )
             });
         }
-        std::fs::read_to_string(self.open_path(abs.as_ref())?)
+        let bytes = read_nonblocking(&self.open_path(abs.as_ref())?)?;
+        String::from_utf8(bytes).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        })
     }
 
     pub fn read(&self, abs: impl AsRef<Path>) -> io::Result<Vec<u8>> {
         if let Some(bytes) = self.read_fast(abs.as_ref()) {
             return Ok(bytes);
         }
-        std::fs::read(self.open_path(abs.as_ref())?)
+        read_nonblocking(&self.open_path(abs.as_ref())?)
     }
 
     /// The whole content of `abs` through the fast path, `None` to take the portable one.
     fn read_fast(&self, abs: &Path) -> Option<Vec<u8>> {
-        let fd = self.open_fast(abs, OFlag::O_RDONLY)?;
+        let fd = self.open_fast(abs, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
         let mut bytes = Vec::new();
         read_to_end(&fd, &mut bytes).ok()?;
         Some(bytes)

@@ -108,10 +108,14 @@ fn devcap_flr(host: &Host, abs: &str, power_state: Option<&str>) -> DevcapFlr {
         return DevcapFlr::Unknown(why);
     }
     let mut bytes = Vec::with_capacity(CONFIG_BYTES);
+    // Opened inside the root and without blocking: a tree's FIFO is no config space to wait on.
     let read = host
-        .resolve(format!("{abs}/config"))
-        .and_then(|p| Ok(std::fs::File::open(p)?))
-        .and_then(|f| Ok(f.take(CONFIG_BYTES as u64).read_to_end(&mut bytes)?));
+        .open_in_root(
+            format!("{abs}/config"),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK,
+        )
+        .map(std::fs::File::from)
+        .and_then(|f| f.take(CONFIG_BYTES as u64).read_to_end(&mut bytes));
     match (read, devcap::flr(&bytes)) {
         (Err(e), _) => DevcapFlr::Unknown(format!("cannot read config space: {e}")),
         (Ok(_), Some(true)) => DevcapFlr::Yes,

@@ -84,3 +84,36 @@ fn without_a_lister_here_check_warns_and_runs_none_of_the_trees() {
     assert_eq!(fakes.chrooted(), Vec::<String>::new(), "ran in the tree");
     assert!(!root.join("tree-program-ran").exists());
 }
+
+/// A FIFO planted where gpt reads a file (the kernel's command line, a function's config space
+/// and reset method, the pci.ids database) does not hang a read-only command: every read opens
+/// without blocking, so the FIFO reads as nothing and `gpt check` and `gpt iommu` still answer.
+#[test]
+fn fifos_where_files_are_read_do_not_hang_a_read_only_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    configured_host(root);
+    let dev = root.join("sys/bus/pci/devices/0000:02:00.0");
+    let dev = dev.canonicalize().unwrap_or(dev);
+    for p in [
+        root.join("proc/cmdline"),
+        dev.join("config"),
+        dev.join("reset_method"),
+    ] {
+        let _ = std::fs::remove_file(&p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    }
+    for args in [&["check"][..], &["iommu"][..]] {
+        let started = std::time::Instant::now();
+        let (code, out, err) = run(gpt(root)
+            .args(args)
+            .timeout(std::time::Duration::from_secs(60)));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{args:?} hung: {err}"
+        );
+        assert!(code == 0 || code == 1, "{args:?} exit {code}: {out}{err}");
+        assert!(!out.is_empty(), "{args:?} said nothing: {err}");
+    }
+}
