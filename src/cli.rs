@@ -388,7 +388,8 @@ pub struct SingleGpuEnable {
     pub device: Option<String>,
 
     /// A unit to stop besides display-manager.service when the VM starts (a session's
-    /// compositor, pipewire); repeatable
+    /// compositor, pipewire), started again when it stops; USER/UNIT for a unit of that
+    /// user's own manager (alice/pipewire.service); repeatable
     #[arg(long = "also-stop", value_name = "UNIT")]
     pub also_stop: Vec<String>,
 
@@ -432,7 +433,8 @@ pub struct SingleGpuHook {
     #[arg(long = "device", value_name = "ADDR", required = true)]
     pub device: String,
 
-    /// A unit to stop (release) or start (restore) besides display-manager.service
+    /// A unit to stop (release) or start (restore) besides display-manager.service (USER/UNIT:
+    /// that user's unit)
     #[arg(long = "also-stop", value_name = "UNIT")]
     pub also_stop: Vec<String>,
 

@@ -38,14 +38,50 @@ pub fn valid_vm_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
-/// A unit name the hook may stop: systemd's characters only.
-pub fn valid_unit(name: &str) -> bool {
-    !name.is_empty()
+/// A unit name the hook may stop: systemd's characters only, optionally `USER/` before it for
+/// a unit of that user's own manager (a session's compositor, pipewire).
+pub fn valid_unit(spec: &str) -> bool {
+    let (user, name) = unit_of(spec);
+    user.is_none_or(valid_user)
+        && !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('-')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"@._:-\\".contains(&b))
+}
+
+/// A login name as Debian's adduser takes it: a letter or `_`, then letters, digits, `_`, `-`, `.`.
+fn valid_user(u: &str) -> bool {
+    u.len() <= 32
+        && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.".contains(&b))
+}
+
+/// `USER/UNIT` → (`Some(USER)`, `UNIT`); a system unit → (`None`, `UNIT`). (`/` is in no unit
+/// name.)
+pub fn unit_of(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once('/') {
+        Some((user, unit)) => (Some(user), unit),
+        None => (None, spec),
+    }
+}
+
+/// The `systemctl` command line for `verb` (`stop`, `start`, `is-active`) on a unit spec: a
+/// user's unit goes to that user's manager (`systemctl --user -M USER@`, systemd 248 and later).
+pub fn systemctl_argv(verb: &str, spec: &str) -> Vec<String> {
+    let mut argv = vec!["systemctl".to_string()];
+    let (user, unit) = unit_of(spec);
+    if let Some(u) = user {
+        argv.extend(["--user".into(), "-M".into(), format!("{u}@")]);
+    }
+    argv.push(verb.into());
+    if verb == "is-active" {
+        argv.push("--quiet".into());
+    }
+    argv.push(unit.into());
+    argv
 }
 
 /// The hook file for domain `vm` (a valid name).
@@ -385,6 +421,42 @@ mod tests {
         assert!(valid_unit("plasma-kwin_wayland.service"));
         assert!(valid_unit("user@1000.service"));
         assert!(!valid_unit("a;b"));
+        assert!(valid_unit("alice/pipewire.service"));
+        assert!(!valid_unit("Alice/pipewire.service"));
+        assert!(!valid_unit("alice/"));
+        assert!(!valid_unit("a/b/c.service"));
+        assert!(!valid_unit("/pipewire.service"));
+    }
+
+    #[test]
+    fn a_users_unit_goes_to_that_users_manager() {
+        assert_eq!(
+            systemctl_argv("stop", "display-manager.service"),
+            ["systemctl", "stop", "display-manager.service"]
+        );
+        assert_eq!(
+            systemctl_argv("start", "alice/pipewire.service"),
+            [
+                "systemctl",
+                "--user",
+                "-M",
+                "alice@",
+                "start",
+                "pipewire.service"
+            ]
+        );
+        assert_eq!(
+            systemctl_argv("is-active", "alice/pipewire.service"),
+            [
+                "systemctl",
+                "--user",
+                "-M",
+                "alice@",
+                "is-active",
+                "--quiet",
+                "pipewire.service"
+            ]
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn check_names(vm: &str, units: &[String]) -> Result<()> {
     }
     if let Some(u) = units.iter().find(|u| !sg::valid_unit(u)) {
         crate::usage!(
-            "--also-stop '{}': give a systemd unit name (`systemctl list-units`)",
+            "--also-stop '{}': give a systemd unit name (`systemctl list-units`), or USER/UNIT for a unit of a user's own manager (`systemctl --user list-units`)",
             u.escape_debug()
         );
     }

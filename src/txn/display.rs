@@ -81,7 +81,9 @@ impl Display<'_> {
     /// `systemctl VERB UNIT`.
     pub fn unit(&self, verb: &str, unit: &str) -> Result<()> {
         let label = format!("{verb} {unit}");
-        let step = crate::plan::Step::new(&label, &["systemctl", verb, unit]);
+        let argv = crate::single_gpu::systemctl_argv(verb, unit);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let step = crate::plan::Step::new(&label, &argv);
         self.live.runner.run(&step)?;
         Ok(())
     }
@@ -159,8 +161,9 @@ impl Display<'_> {
 
     /// Whether `unit` is active (`systemctl is-active`).
     pub fn active(&self, unit: &str) -> bool {
-        let step =
-            crate::plan::Step::new("is-active", &["systemctl", "is-active", "--quiet", unit]);
+        let argv = crate::single_gpu::systemctl_argv("is-active", unit);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let step = crate::plan::Step::new("is-active", &argv);
         self.live.runner.run(&step).is_ok()
     }
 }

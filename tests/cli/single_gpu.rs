@@ -113,10 +113,15 @@ const SYSTEMCTL: &str = r#"#!/bin/bash
 # manager's keeps the tree's /dev/dri/card0 open, as a display server does.
 set -u
 echo "systemctl $*" >> "$FAKE_STATE/calls"
+manager=
+if [ "$1" = --user ]; then
+  [ "$2" = -M ] || { echo "fake systemctl: --user without -M USER@" >&2; exit 1; }
+  manager=$3; shift 3
+fi
 verb=$1; shift
 [ "${1:-}" = --quiet ] && shift
 unit=$1
-pidf="$FAKE_STATE/$unit.pid"
+pidf="$FAKE_STATE/$manager$unit.pid"
 alive() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
 case $verb in
 stop)
@@ -666,14 +671,33 @@ fn a_listed_unit_is_stopped_too_and_started_again() {
     let (_t, f) = desktop(root);
     let _k = Kernel::start(root, Rules::default());
     assert!(f.systemctl(root, &["start", "pipewire.service"]));
-    enable(root, &f, &["--also-stop", "pipewire.service"]);
+    // A unit of a user's own manager: USER/UNIT.
+    let alices = |verb: &'static str| ["--user", "-M", "alice@", verb, "kwin_wayland.service"];
+    assert!(f.systemctl(root, &alices("start")));
+    enable(
+        root,
+        &f,
+        &[
+            "--also-stop",
+            "pipewire.service",
+            "--also-stop",
+            "alice/kwin_wayland.service",
+        ],
+    );
     let xml = domain_xml(VM, "no", &["0", "1"]);
     let (code, err) = hook(root, &f, "prepare", "begin", &xml);
     assert_eq!(code, 0, "{err}");
     assert!(!f.systemctl(root, &["is-active", "pipewire.service"]));
+    assert!(!f.systemctl(root, &alices("is-active")));
+    let calls = std::fs::read_to_string(f.state().join("calls")).unwrap();
+    assert!(
+        calls.contains("systemctl --user -M alice@ stop kwin_wayland.service"),
+        "{calls}"
+    );
     let (code, err) = hook(root, &f, "release", "end", &xml);
     assert_eq!(code, 0, "{err}");
     assert!(f.systemctl(root, &["is-active", "pipewire.service"]));
+    assert!(f.systemctl(root, &alices("is-active")));
     assert_display_restored(root, &f);
 }
 
