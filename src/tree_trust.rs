@@ -81,6 +81,20 @@ pub fn first_changeable(host: &Host, plan: &Plan) -> Option<(PathBuf, String)> {
         .find_map(|p| host.resolve(p).ok().and_then(|r| judge(&r)))
 }
 
+/// The first of `path` (a file of this machine, its links resolved) and the folders above it
+/// that another user could change, as `(path, why)`: a program root will run later (libvirt's
+/// hook runs gpt as root) must be only root's, all the way up.
+pub fn changeable_on_the_way(path: &Path) -> Option<(PathBuf, String)> {
+    let me = nix::unistd::geteuid().as_raw();
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut all: Vec<&Path> = real.ancestors().collect();
+    all.reverse();
+    all.into_iter().find_map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        changeable_by_others(m.uid(), m.mode(), m.is_dir(), me).map(|why| (p.to_path_buf(), why))
+    })
+}
+
 /// The sentence a plan carries under `--root` when it runs the tree's own programs.
 pub fn runs_tree_programs(host: &Host, plan: &Plan) -> Option<String> {
     if host.is_real_root() || plan.commands.is_empty() {

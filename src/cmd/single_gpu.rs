@@ -179,6 +179,26 @@ fn refuse_libvirt(host: &Host) -> Result<()> {
     Ok(())
 }
 
+/// The hook runs this very binary as root at every start of the domain: whoever could change
+/// it (or a folder above it) would run code as root.
+fn refuse_changeable_binary(exe: &Path, vm: &str) -> Result<()> {
+    let Some((path, why)) = crate::tree_trust::changeable_on_the_way(exe) else {
+        return Ok(());
+    };
+    Err(Refusal::error(
+        "hook_binary",
+        Vec::<PciAddress>::new(),
+        format!(
+            "refusing: {} {why}, and libvirt would run {} as root at every start of {vm}: \
+             another user could change what runs. Nothing was changed;",
+            path.display(),
+            exe.display()
+        ),
+        "run `gpt single-gpu enable` from a gpt only root can change (the gpt-vfio package \
+         installs /usr/bin/gpt)",
+    ))
+}
+
 /// An enabled SSH server, a serial getty.
 fn way_in(host: &Host, facts: &Facts) -> sg::WayIn {
     let wants = "/etc/systemd/system/multi-user.target.wants";
@@ -222,6 +242,7 @@ fn enable(host: &Host, ui: &Ui, a: &SingleGpuEnable) -> Result<u8> {
     }
     let exe = std::env::current_exe()
         .map_err(|e| anyhow::anyhow!("cannot tell where this gpt binary is: {e}"))?;
+    refuse_changeable_binary(&exe, &a.vm)?;
     let hook = sg::Hook {
         vm: a.vm.clone(),
         gpt: exe.display().to_string(),

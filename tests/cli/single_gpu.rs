@@ -406,6 +406,39 @@ fn enable_shows_the_hook_installs_it_and_disable_and_reset_remove_it_exactly() {
     );
 }
 
+/// libvirt runs the hook, and so the gpt binary it names, as root at every start: a gpt in a
+/// folder another user can change is refused, naming the folder, and nothing is written.
+#[test]
+fn enable_refuses_a_gpt_binary_another_user_could_change() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let (_t, f) = desktop(root);
+    let before = etc(root);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bin = elsewhere.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(assert_cmd::cargo::cargo_bin("gpt"), bin.join("gpt")).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = assert_cmd::Command::new(bin.join("gpt"));
+    cmd.env("NO_COLOR", "1")
+        .env("GPT_PCI_IDS", root.join("usr/share/misc/pci.ids"))
+        .env("PATH", f.path())
+        .env("FAKE_STATE", f.state())
+        .arg("--root")
+        .arg(root)
+        .args(["single-gpu", "enable", VM, "--yes"]);
+    let (code, _, err) = run(&mut cmd);
+    assert_eq!(code, 1, "{err}");
+    let named = format!(
+        "refusing: {} is writable by others (mode 777), and libvirt would run {} as root",
+        bin.canonicalize().unwrap().display(),
+        bin.canonicalize().unwrap().join("gpt").display()
+    );
+    assert!(err.contains(&named), "{err}");
+    assert!(err.contains("/usr/bin/gpt"), "{err}");
+    assert_eq!(etc(root), before, "nothing was written");
+}
+
 #[test]
 fn enable_refuses_what_cannot_work_and_changes_nothing() {
     let refused = |root: &Path, f: &Fakes, want: &str| {
