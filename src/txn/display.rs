@@ -109,7 +109,7 @@ impl Display<'_> {
             if Instant::now() >= deadline {
                 bail!(
                     "the card is still in use {} s after the units were stopped: {}; stop it \
-                     (a user session's compositor, pipewire: list its unit with --also-stop in \
+                     (a user session's compositor, pipewire: list its unit with --also-stop [USER/]UNIT in \
                      `gpt single-gpu enable`)",
                     self.live.timeout.as_secs(),
                     procs.join("; ")
