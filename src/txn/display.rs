@@ -124,10 +124,25 @@ impl Display<'_> {
         let v = if bind { "1" } else { "0" };
         self.live
             .step(&write(format!("{VTCONSOLES}/{vc}/bind"), v))?;
-        if console_bound(self.host(), vc) != bind {
+        if !self.settles(|| console_bound(self.host(), vc) == bind) {
             bail!("{VTCONSOLES}/{vc}/bind does not read {v} after writing it");
         }
         Ok(())
+    }
+
+    /// Whether `done` holds now or within a short while (as `Live` reads a driver link back:
+    /// what a write changes may show a moment after the write returns).
+    fn settles(&self, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + self.live.timeout.min(Duration::from_secs(2));
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Unbind or bind the firmware framebuffer (efifb), before Linux 6.0.
@@ -135,7 +150,7 @@ impl Display<'_> {
         let what = if bind { "bind" } else { "unbind" };
         self.live
             .step(&write(format!("{EFIFB_DRIVER}/{what}"), EFIFB_DEVICE))?;
-        if efifb_bound(self.host()) != bind {
+        if !self.settles(|| efifb_bound(self.host()) == bind) {
             bail!("efifb did not {what} {EFIFB_DEVICE}");
         }
         Ok(())

@@ -917,6 +917,9 @@ fn before_6_0_the_firmware_framebuffer_is_released_and_given_back_on_failure() {
             if text.trim() != "efi-framebuffer.0" {
                 continue;
             }
+            // The change shows a moment after the write returned (as a FIFO's reader acts
+            // after its writer is gone): gpt reads it back for a short while, not once.
+            std::thread::sleep(std::time::Duration::from_millis(200));
             let link = drv.join("efi-framebuffer.0");
             let _ = std::fs::remove_file(&link);
             if verb == "bind" {
