@@ -10,7 +10,7 @@
 //! it is gone (a stateless device link ties them: unbinding the GPU does not unbind the
 //! audio); handing back goes in the reverse order.
 
-use crate::pci::PciAddress;
+use crate::pci::{PciAddress, PciDevice};
 use crate::refusal::Refusal;
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,15 @@ pub struct Function {
 }
 
 impl Function {
+    /// The function as sysfs shows `d` now.
+    pub fn of(d: &PciDevice) -> Function {
+        Function {
+            address: d.address,
+            class: d.class,
+            driver: d.driver.clone(),
+        }
+    }
+
     fn is_display(&self) -> bool {
         self.class.is_some_and(|c| c >> 16 == 0x03)
     }

@@ -13,7 +13,7 @@ use crate::cli::{
 };
 use crate::facts::Facts;
 use crate::host::Host;
-use crate::pci::{PciAddress, Topology};
+use crate::pci::PciAddress;
 use crate::plan::{FileChange, Plan};
 use crate::refusal::Refusal;
 use crate::runner::Runner;
@@ -120,14 +120,6 @@ fn card(
         Err(e) => return Err(e),
     };
     Ok((gpu, sel.targets))
-}
-
-fn function(topo: &Topology, a: &PciAddress) -> Option<Function> {
-    topo.device(a).map(|d| Function {
-        address: d.address,
-        class: d.class,
-        driver: d.driver.clone(),
-    })
 }
 
 /// Refuse a card whose host driver would not have it back after a VM.
@@ -382,7 +374,10 @@ fn hook(host: &Host, ui: &Ui, h: &SingleGpuHook, phase: Phase) -> Result<u8> {
         super::bind::trust_modprobe(host, &session)?;
     }
     let topo = facts.topology()?;
-    let funcs: Vec<Function> = targets.iter().filter_map(|a| function(topo, a)).collect();
+    let funcs: Vec<Function> = targets
+        .iter()
+        .filter_map(|a| topo.device(a).map(Function::of))
+        .collect();
     let order = rb::bind_order(&funcs);
     let runner = Runner::new(host, ui);
     let live = Live {

@@ -6,8 +6,8 @@ use crate::cmd::session::Session;
 use crate::facts::Facts;
 use crate::holders;
 use crate::host::Host;
-use crate::pci::{PciAddress, PciDevice, Topology};
-use crate::runtime_bind::{self as rb, Function, Journal};
+use crate::pci::{PciAddress, Topology};
+use crate::runtime_bind::{self as rb, Journal};
 use crate::select::Request;
 use crate::txn::live;
 use crate::ui::{Refusal, Ui};
@@ -42,14 +42,6 @@ pub(super) fn request(facts: &Facts, args: &crate::cli::BindArgs) -> Result<Opti
         cpu_maker: crate::pci::cpu_maker(facts.cpu_vendor.as_deref()),
         ..Request::default()
     }))
-}
-
-pub(super) fn function(d: &PciDevice) -> Function {
-    Function {
-        address: d.address,
-        class: d.class,
-        driver: d.driver.clone(),
-    }
 }
 
 /// Refuse before any write: what holds the functions (the console, a process).

@@ -11,7 +11,7 @@ mod unbind;
 pub use checks::trust_modprobe;
 pub use unbind::{hand_back_all, unbind};
 
-use checks::{function, refuse_foreign_override, refuse_holders, request};
+use checks::{refuse_foreign_override, refuse_holders, request};
 use report::{dry_run_or_ask, print, print_steps, DeviceJson};
 
 use super::session::Session;
@@ -72,7 +72,7 @@ pub fn bind(host: &Host, ui: &Ui, args: &crate::cli::BindArgs) -> Result<u8> {
         .targets
         .iter()
         .filter_map(|a| topo.device(a))
-        .map(function)
+        .map(Function::of)
         .collect();
     let order = rb::bind_order(&funcs);
     let mut steps: Vec<Step> = Vec::new();

@@ -1,7 +1,7 @@
 //! `gpt unbind`: give what `gpt bind` bound (its journal in /run), or `gpt full`'s card for
 //! this boot, back to its host drivers; and `gpt reset`'s hand-back of bind's card first.
 
-use super::checks::{function, refuse_holders, request};
+use super::checks::{refuse_holders, request};
 use super::report::{dry_run_or_ask, print, print_steps, DeviceJson};
 use crate::cmd::session::Session;
 use crate::facts::Facts;
@@ -128,7 +128,7 @@ fn to_hand_back(
     let funcs: Vec<Function> = out
         .iter()
         .filter_map(|b| topo.device(&b.address))
-        .map(function)
+        .map(Function::of)
         .collect();
     let order: Vec<PciAddress> = rb::bind_order(&funcs)
         .iter()
